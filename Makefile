@@ -1,0 +1,50 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Each creates the virtual environment if needed and installs everything first.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segsr-installed
+
+# torch builds that pip resolves on each architecture (see README, "Install").
+ARCH := $(shell uname -m)
+ifeq ($(ARCH),aarch64)
+TORCH_PKGS ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PKGS ?= torch==2.14.1 torchvision==0.29.1
+endif
+
+DEMO_DATA ?= demo_data
+
+.PHONY: install demo test bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel
+	$(PY) -m pip install $(TORCH_PKGS)
+	$(PY) -m pip install -e '.[test]'
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(PY) datasets_prep/make_demo_dataset.py --out $(DEMO_DATA)
+	$(PY) -m segsr_basicsr.train -opt options/demo/train_SeGSR_HAT_demo_x4.yml
+	$(PY) -m segsr_basicsr.test -opt options/demo/test_SeGSR_HAT_demo_x4.yml
+	$(PY) -m segsr_basicsr.infer -opt options/demo/test_SeGSR_HAT_demo_x4.yml \
+		--model experiments/SeGSR_HAT_demo_x4/models/net_g_latest.pth \
+		--input $(DEMO_DATA)/scene/demo_scene_LR.png --output results/demo_infer --tile 64 --tile-overlap 16
+	@echo
+	@echo "Demo done. Look at:"
+	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"
+	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/"
+	@echo "  large-scene inference:             results/demo_infer/"
+
+bench: install
+	$(PY) benchmarks/bench_segsr.py
+
+clean-demo:
+	rm -rf $(DEMO_DATA) experiments/SeGSR_HAT_demo_x4* results/SeGSR_HAT_demo_x4_test* results/demo_infer
