@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+# Two cores, shared: keep every test single-threaded and deterministic.
+torch.set_num_threads(1)
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
