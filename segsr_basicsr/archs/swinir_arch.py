@@ -1,0 +1,70 @@
+"""SeG-SR guidance on BasicSR's SwinIR: one SR unit per residual Swin transformer block (RSTB)."""
+import inspect
+
+import torch.nn.functional as F
+from basicsr.archs.swinir_arch import SwinIR
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from segsr_basicsr.archs.guided import GuidedBackbone
+
+#: SwinIR's reconstruction variants; '' / None is its same-size (denoising, JPEG) mode
+UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv', '', None)
+
+
+@ARCH_REGISTRY.register()
+class SeGSR_SwinIR(GuidedBackbone, SwinIR):
+    """BasicSR's SwinIR (same keys, same output without guidance) with SeG-SR guidance.
+
+    Supports every reconstruction variant of BasicSR's SwinIR; anything else
+    is rejected here, where BasicSR would silently fall back to the same-size
+    mode. Unlike BasicSR's SwinIR it takes any LR size (padded to the window).
+    """
+
+    feature_layout = 'tokens'
+
+    def __init__(self, *args, guidance=None, **kwargs):
+        opt = inspect.signature(SwinIR).bind(*args, **kwargs)
+        opt.apply_defaults()
+        upsampler, upscale = opt.arguments['upsampler'], opt.arguments['upscale']
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f'SeGSR_SwinIR: upsampler={upsampler!r} is not one of {UPSAMPLERS}')
+        if upsampler == 'nearest+conv' and upscale != 4:
+            raise ValueError(f"SeGSR_SwinIR: upsampler='nearest+conv' supports only upscale=4, got {upscale!r}")
+        super().__init__(*args, **kwargs)
+        if not upsampler:
+            self.upscale = 1  # SwinIR keeps the size in this mode whatever `upscale` says
+        self.unit_channels = self.embed_dim
+        # a block shrinks its window to the training patch when that is smaller
+        self.size_multiple = self.layers[0].residual_group.blocks[0].window_size
+        self.init_guidance(guidance)
+
+    @property
+    def sr_units(self):
+        return self.layers
+
+    def forward_head(self, x):
+        self.mean = self.mean.type_as(x)
+        x = (x - self.mean) * self.img_range
+        first = self.conv_first(x)
+        tokens = self.patch_embed(first)
+        if self.ape:
+            tokens = tokens + self.absolute_pos_embed
+        return self.pos_drop(tokens), {'size': tuple(x.shape[-2:]), 'skip': first, 'input': x}
+
+    def forward_unit(self, k, feat, ctx):
+        return self.layers[k](feat, ctx['size'])
+
+    def forward_tail(self, feat, ctx):
+        res = self.conv_after_body(self.patch_unembed(self.norm(feat), ctx['size'])) + ctx['skip']
+        if self.upsampler == 'pixelshuffle':
+            out = self.conv_last(self.upsample(self.conv_before_upsample(res)))
+        elif self.upsampler == 'pixelshuffledirect':
+            out = self.upsample(res)
+        elif self.upsampler == 'nearest+conv':
+            out = self.conv_before_upsample(res)
+            for conv_up in (self.conv_up1, self.conv_up2):
+                out = self.lrelu(conv_up(F.interpolate(out, scale_factor=2, mode='nearest')))
+            out = self.conv_last(self.lrelu(self.conv_hr(out)))
+        else:
+            out = ctx['input'] + self.conv_last(res)
+        return out / self.img_range + self.mean
