@@ -29,7 +29,8 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
         if upsampler not in UPSAMPLERS:
             raise ValueError(f'SeGSR_SwinIR: upsampler={upsampler!r} is not one of {UPSAMPLERS}')
         if upsampler == 'nearest+conv' and upscale != 4:
-            raise ValueError(f"SeGSR_SwinIR: upsampler='nearest+conv' supports only upscale=4, got {upscale!r}")
+            raise ValueError(f"SeGSR_SwinIR: upscale={upscale!r} with upsampler='nearest+conv', "
+                             'which supports only upscale=4')
         super().__init__(*args, **kwargs)
         if not upsampler:
             self.upscale = 1  # SwinIR keeps the size in this mode whatever `upscale` says

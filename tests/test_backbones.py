@@ -1,0 +1,155 @@
+"""SeG-SR on BasicSR's own EDSR, RCAN and SwinIR (issue 7).
+
+Without guidance each adapter must BE the BasicSR arch (keys and output, to
+the bit), so BasicSR checkpoints load; with guidance every trainable
+parameter must learn, on any LR size and scale.
+"""
+import segsr_basicsr  # noqa: F401,I001  (first: makes basicsr importable, registers the archs)
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from basicsr.archs import build_network
+from basicsr.archs.edsr_arch import EDSR
+from basicsr.archs.rcan_arch import RCAN
+from basicsr.archs.swinir_arch import SwinIR
+from basicsr.utils.options import ordered_yaml
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from tests.tiny_configs import REPO, TINY_GUIDANCE
+
+#: name -> (BasicSR class, tiny config without the scale); window 4 so LR sizes need padding
+TINY = {
+    'EDSR': (EDSR, dict(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=4, res_scale=0.1, num_units=2)),
+    'RCAN': (RCAN, dict(num_in_ch=3, num_out_ch=3, num_feat=16, num_group=2, num_block=1, squeeze_factor=4)),
+    'SwinIR': (SwinIR, dict(img_size=8, window_size=4, depths=[1, 1], embed_dim=12, num_heads=[2, 2], mlp_ratio=2,
+                            img_range=1., upsampler='pixelshuffle', resi_connection='1conv')),
+}
+ADAPTER_ONLY = ('num_units', 'guidance')
+
+
+def build(name, scale=4, guidance=None, **overrides):
+    """The adapter through BasicSR's registry, as an option file would build it."""
+    opt = dict(TINY[name][1], upscale=scale, **overrides)
+    return build_network(dict(opt, type=f'SeGSR_{name}', guidance=guidance))
+
+
+def build_basicsr(name, scale=4, **overrides):
+    cls, opt = TINY[name]
+    opt = {k: v for k, v in dict(opt, upscale=scale, **overrides).items() if k not in ADAPTER_ONLY}
+    return cls(**opt)
+
+
+def randomize_(net):
+    """Random values in every parameter, so no zero/one init can hide a missed or swapped weight."""
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return net
+
+
+def twin(name, scale=4, **overrides):
+    """(adapter without guidance, BasicSR arch) holding the same random weights."""
+    ours = randomize_(build(name, scale, **overrides)).eval()
+    theirs = build_basicsr(name, scale, **overrides).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    return ours, theirs
+
+
+# --- guidance off: exactly the BasicSR arch --------------------------------------------------------
+
+@pytest.mark.parametrize('name', TINY)
+def test_state_dict_keys_are_basicsr_keys(name):
+    ours, theirs = build(name), build_basicsr(name)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert all(ours.state_dict()[k].shape == v.shape for k, v in theirs.state_dict().items())
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('name', TINY)
+def test_guidance_off_output_equals_basicsr(name, scale):
+    ours, theirs = twin(name, scale)
+    x = torch.rand(2, 3, 8, 12)  # a multiple of SwinIR's window: BasicSR's SwinIR needs that
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize('upsampler, scale', [('pixelshuffle', 3), ('pixelshuffledirect', 2), ('nearest+conv', 4),
+                                              ('', 4), (None, 2)])
+def test_swinir_every_basicsr_upsampler_is_exact(upsampler, scale):
+    """BasicSR's SwinIR has four reconstruction tails; each must be reproduced, not approximated."""
+    ours, theirs = twin('SwinIR', scale, upsampler=upsampler, resi_connection='3conv')
+    x = torch.rand(1, 3, 8, 4)
+    with torch.no_grad():
+        y = ours(x)
+        assert torch.equal(y, theirs(x))
+    assert y.shape == (1, 3, 8 * ours.upscale, 4 * ours.upscale)
+
+
+def test_swinir_odd_size_equals_basicsr_on_reflect_padded_input():
+    """BasicSR's SwinIR needs window multiples (its model pads); the adapter pads itself, identically."""
+    ours, theirs = twin('SwinIR', 3)
+    assert ours.size_multiple == 4
+    x = torch.rand(1, 3, 7, 10)
+    with torch.no_grad():
+        y = ours(x)
+        ref = theirs(F.pad(x, (0, 2, 0, 1), mode='reflect'))[..., :21, :30]
+    assert torch.equal(y, ref)
+
+
+@pytest.mark.parametrize('name', ['EDSR', 'RCAN'])
+def test_cnn_trunks_on_odd_sizes_equal_basicsr(name):
+    ours, theirs = twin(name, 3)
+    assert ours.size_multiple == 1
+    x = torch.rand(1, 3, 7, 5)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_basicsr_checkpoint_file_loads(tmp_path):
+    """A checkpoint saved by BasicSR (params / params_ema) loads strictly into the adapter."""
+    theirs = randomize_(build_basicsr('RCAN'))
+    torch.save({'params_ema': theirs.state_dict()}, tmp_path / 'net_g.pth')
+    ours = build('RCAN')
+    ours.load_state_dict(torch.load(tmp_path / 'net_g.pth')['params_ema'], strict=True)
+    x = torch.rand(1, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(ours.eval()(x), theirs.eval()(x))
+
+
+# --- how each backbone is cut into SR units --------------------------------------------------------
+
+def test_edsr_units_group_consecutive_blocks():
+    net = build('EDSR', num_block=6, num_units=3)
+    units = net.sr_units
+    assert len(units) == 3
+    assert [b for u in units for b in u] == list(net.body)
+
+
+def test_rcan_units_are_residual_groups_and_swinir_units_are_rstbs():
+    rcan = build('RCAN')
+    assert list(rcan.sr_units) == list(rcan.body) and len(rcan.sr_units) == 2
+    swinir = build('SwinIR')
+    assert list(swinir.sr_units) == list(swinir.layers) and swinir.feature_layout == 'tokens'
+    assert swinir.unit_channels == 12 and rcan.unit_channels == 16 and rcan.feature_layout == 'image'
+
+
+@pytest.mark.parametrize('num_units', [3, 0, 2.0, None])
+def test_edsr_num_units_must_divide_num_block(num_units):
+    with pytest.raises(ValueError, match=rf'num_units={num_units!r}.*num_block=4'):
+        build('EDSR', num_units=num_units)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    (dict(upsampler='pixelshufle'), r"upsampler='pixelshufle'"),
+    (dict(upsampler='nearest+conv', upscale=2), r'upscale=2'),
+])
+def test_swinir_rejects_what_basicsr_swinir_does_not_support(overrides, message):
+    opt = dict(TINY['SwinIR'][1], upscale=4)
+    opt.update(overrides)
+    with pytest.raises(ValueError, match=message):
+        ARCH_REGISTRY.get('SeGSR_SwinIR')(**opt)
