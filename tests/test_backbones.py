@@ -6,8 +6,6 @@ parameter must learn, on any LR size and scale.
 """
 import segsr_basicsr  # noqa: F401,I001  (first: makes basicsr importable, registers the archs)
 
-import inspect
-from pathlib import Path
 
 import pytest
 import torch
@@ -153,3 +151,41 @@ def test_swinir_rejects_what_basicsr_swinir_does_not_support(overrides, message)
     opt.update(overrides)
     with pytest.raises(ValueError, match=message):
         ARCH_REGISTRY.get('SeGSR_SwinIR')(**opt)
+
+
+# --- option files ------------------------------------------------------------------------------------
+
+def load_options(name):
+    with open(REPO / 'options' / f'train_SeGSR_{name}_x4.yml') as f:
+        return yaml.load(f, Loader=ordered_yaml()[0])
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_option_file_is_the_paper_recipe_on_ucmerced(name):
+    opt = load_options(name)
+    assert opt['model_type'] == 'SeGSRModel' and opt['scale'] == 4 == opt['network_g']['upscale']
+    assert opt['network_g']['type'] == f'SeGSR_{name}' and f'SeGSR_{name}' in ARCH_REGISTRY
+    for phase in ('train', 'val'):
+        data = opt['datasets'][phase]
+        assert data['type'] == 'PairedImageDataset'
+        assert data['dataroot_gt'] == f'datasets/UCMerced/{phase}/HR'
+        assert data['dataroot_lq'] == f'datasets/UCMerced/{phase}/LR_bicubic/X4'
+    train = opt['train']
+    assert (opt['datasets']['train']['gt_size'], opt['datasets']['train']['batch_size_per_gpu']) == (256, 4)
+    assert (train['optim_g']['type'], train['optim_g']['lr'], train['optim_g']['betas']) == ('Adam', 2e-4, [0.9, 0.99])
+    assert (train['scheduler']['milestones'], train['scheduler']['gamma'], train['total_iter']) == ([50000], 0.5, 64000)
+    assert train['pixel_opt']['type'] == 'L1Loss' and train['ema_decay'] == 0.999
+    assert all(m['crop_border'] == 4 and m['test_y_channel'] for m in opt['val']['metrics'].values())
+    assert opt['network_g']['guidance'] == dict(clip_model='ViT-B-16', clip_pretrained='openai', tune='lora',
+                                                lora_rank=32, lora_alpha=32, lora_dropout=0.05,
+                                                embeddings_per_unit=1, logit_scale=100)
+
+
+@pytest.mark.parametrize('name, params', [('EDSR', 43_089_923), ('RCAN', 15_592_355), ('SwinIR', 11_900_199)])
+def test_option_file_network_is_the_published_backbone(name, params):
+    """Without guidance the option file's network is the published model (EDSR 43.1 M, RCAN 15.6 M, SwinIR 11.9 M)."""
+    net_opt = dict(load_options(name)['network_g'], guidance=None)
+    net = build_network(net_opt)
+    assert sum(p.numel() for p in net.parameters()) == params
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 9, 7)).shape == (1, 3, 36, 28)
