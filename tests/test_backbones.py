@@ -6,7 +6,6 @@ parameter must learn, on any LR size and scale.
 """
 import segsr_basicsr  # noqa: F401,I001  (first: makes basicsr importable, registers the archs)
 
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -189,3 +188,21 @@ def test_option_file_network_is_the_published_backbone(name, params):
     assert sum(p.numel() for p in net.parameters()) == params
     with torch.no_grad():
         assert net(torch.rand(1, 3, 9, 7)).shape == (1, 3, 36, 28)
+
+
+def test_swinir_use_checkpoint_works_and_changes_nothing():
+    """BasicSR 1.4.2's SwinIR crashes with use_checkpoint (drops x_size); ours recomputes RSTBs, same numbers."""
+    plain = randomize_(build('SwinIR')).train()
+    ckpt = build('SwinIR', use_checkpoint=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 3, 6, 9)
+    outs = []
+    for net in (plain, ckpt):
+        torch.manual_seed(1)  # same drop-path draws
+        y = net(x)
+        y.square().mean().backward()
+        outs.append((y.detach(), [p.grad for p in net.parameters()]))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs[0][1], outs[1][1]))
+    with pytest.raises(TypeError, match='x_size'):  # why the adapter does it itself
+        build_basicsr('SwinIR', use_checkpoint=True).train()(torch.rand(1, 3, 8, 8))

@@ -1,9 +1,12 @@
 """SeG-SR guidance on BasicSR's SwinIR: one SR unit per residual Swin transformer block (RSTB)."""
 import inspect
 
+import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
+
+from torch.utils.checkpoint import checkpoint
 
 from segsr_basicsr.archs.guided import GuidedBackbone
 
@@ -17,7 +20,9 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
 
     Supports every reconstruction variant of BasicSR's SwinIR; anything else
     is rejected here, where BasicSR would silently fall back to the same-size
-    mode. Unlike BasicSR's SwinIR it takes any LR size (padded to the window).
+    mode. Unlike BasicSR's SwinIR it takes any LR size (padded to the window),
+    and ``use_checkpoint`` works: BasicSR 1.4.2 drops ``x_size`` when it
+    checkpoints a block (TypeError), so the adapter checkpoints whole RSTBs.
     """
 
     feature_layout = 'tokens'
@@ -31,7 +36,10 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
         if upsampler == 'nearest+conv' and upscale != 4:
             raise ValueError(f"SeGSR_SwinIR: upscale={upscale!r} with upsampler='nearest+conv', "
                              'which supports only upscale=4')
-        super().__init__(*args, **kwargs)
+        use_checkpoint = opt.arguments['use_checkpoint']
+        opt.arguments['use_checkpoint'] = False  # BasicSR's per-block checkpointing crashes; see forward_unit
+        super().__init__(*opt.args, **opt.kwargs)
+        self.use_checkpoint = use_checkpoint
         if not upsampler:
             self.upscale = 1  # SwinIR keeps the size in this mode whatever `upscale` says
         self.unit_channels = self.embed_dim
@@ -53,6 +61,8 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
         return self.pos_drop(tokens), {'size': tuple(x.shape[-2:]), 'skip': first, 'input': x}
 
     def forward_unit(self, k, feat, ctx):
+        if self.use_checkpoint and torch.is_grad_enabled():
+            return checkpoint(self.layers[k], feat, ctx['size'], use_reentrant=False)
         return self.layers[k](feat, ctx['size'])
 
     def forward_tail(self, feat, ctx):
