@@ -1,0 +1,225 @@
+"""Building blocks of HAT (Chen et al., CVPR 2023), key-compatible with the official code.
+
+Module and parameter names mirror official ``hat/archs/hat_arch.py`` so an
+official checkpoint loads with ``strict=True``; the computation is rewritten
+for speed: qkv/proj are applied per token (before the window partition and
+after the merge), attention runs in ``F.scaled_dot_product_attention`` with
+the relative-position bias (+ shift mask) as its float ``attn_mask``, and the
+overlapping key/value windows of OCAB are cut with ``Tensor.unfold`` views
+(one copy) instead of ``nn.Unfold`` + rearrange.
+
+Token features are (B, H*W, C) throughout, as in official HAT.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from basicsr.archs.arch_util import trunc_normal_
+from basicsr.archs.rcan_arch import ChannelAttention
+from basicsr.archs.swinir_arch import DropPath, Mlp
+from torch import nn
+
+
+def relative_position_index_sa(window_size: int) -> torch.Tensor:
+    """(ws*ws, ws*ws) index into a (2*ws-1)**2 bias table, official HAT's ``calculate_rpi_sa``."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing='ij'))
+    coords = coords.flatten(1)  # 2, N
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)  # N, N, 2
+    return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+
+
+def relative_position_index_oca(window_size: int, overlap_window_size: int) -> torch.Tensor:
+    """(ws*ws, ows*ows) index into a (ws+ows-1)**2 bias table, official HAT's ``calculate_rpi_oca``."""
+    def grid(n):
+        return torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing='ij')).flatten(1)
+
+    rel = (grid(overlap_window_size)[:, None, :] - grid(window_size)[:, :, None]).permute(1, 2, 0)
+    rel = rel + (window_size - overlap_window_size + 1)
+    return rel[..., 0] * (window_size + overlap_window_size - 1) + rel[..., 1]
+
+
+def shift_window_mask(h: int, w: int, window_size: int, shift_size: int, dtype: torch.dtype,
+                      device: torch.device) -> torch.Tensor:
+    """(nW, 1, N, N) additive mask (0 / -100, as official HAT) for shifted-window attention on an h x w grid."""
+    region = torch.zeros(h, w, device=device)
+    cuts = (slice(0, -window_size), slice(-window_size, -shift_size), slice(-shift_size, None))
+    label = 0
+    for hs in cuts:
+        for ws in cuts:
+            region[hs, ws] = label
+            label += 1
+    windows = region.view(h // window_size, window_size, w // window_size, window_size).transpose(1, 2)
+    windows = windows.reshape(-1, window_size * window_size)  # nW, N
+    mask = (windows[:, None, :] != windows[:, :, None]).to(dtype) * -100.0
+    return mask.unsqueeze(1)
+
+
+def window_heads(x: torch.Tensor, parts: int, window_size: int, num_heads: int) -> torch.Tensor:
+    """(B, H, W, parts*C) -> (parts, B*nW, heads, ws*ws, C/heads), one copy."""
+    b, h, w, pc = x.shape
+    ws, d = window_size, pc // parts // num_heads
+    x = x.view(b, h // ws, ws, w // ws, ws, parts, num_heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7)
+    return x.reshape(parts, -1, num_heads, ws * ws, d)
+
+
+def merge_window_heads(x: torch.Tensor, b: int, h: int, w: int, window_size: int) -> torch.Tensor:
+    """(B*nW, heads, ws*ws, d) -> (B, H, W, heads*d), one copy."""
+    _, nh, _, d = x.shape
+    ws = window_size
+    x = x.view(b, h // ws, w // ws, nh, ws, ws, d).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, h, w, nh * d)
+
+
+def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Relative-position bias (heads, N, M) from a (T, heads) table and an (N, M) index."""
+    return table.t()[:, index]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: float,
+              batch: int) -> torch.Tensor:
+    """Fused attention of (B*nW, heads, N, d) windows; ``mask`` is (heads, N, M) or (nW, heads, N, M)."""
+    if mask.dim() == 4 and batch > 1:  # per-window mask: give SDPA a batch dim it can broadcast over
+        q, k, v = (t.view(batch, -1, *t.shape[1:]) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+        return out.flatten(0, 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
+
+
+class WindowAttention(nn.Module):
+    """Holds the (shifted-)window attention parameters of a HAB; the work is done in :meth:`HAB.forward`."""
+
+    def __init__(self, dim: int, window_size: int, num_heads: int, qkv_bias: bool = True,
+                 qk_scale: Optional[float] = None, attn_drop: float = 0., proj_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads)**-0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1)**2, num_heads))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+
+
+class CAB(nn.Module):
+    """Channel attention block: conv 3x3 -> GELU -> conv 3x3 -> channel attention; (B, C, H, W)."""
+
+    def __init__(self, num_feat: int, compress_ratio: int, squeeze_factor: int):
+        super().__init__()
+        self.cab = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat // compress_ratio, 3, 1, 1), nn.GELU(),
+            nn.Conv2d(num_feat // compress_ratio, num_feat, 3, 1, 1), ChannelAttention(num_feat, squeeze_factor))
+
+    def forward(self, x):
+        return self.cab(x)
+
+
+class HAB(nn.Module):
+    """Hybrid attention block: (shifted) window attention + conv_scale * CAB, then MLP."""
+
+    def __init__(self, dim, num_heads, window_size, shift_size, compress_ratio, squeeze_factor, conv_scale, mlp_ratio,
+                 qkv_bias, qk_scale, drop, attn_drop, drop_path):
+        super().__init__()
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.num_heads = num_heads
+        self.conv_scale = conv_scale
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.conv_block = CAB(dim, compress_ratio, squeeze_factor)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
+
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], rpi: torch.Tensor,
+                shift_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """x (B, H*W, C); shift_mask (nW, 1, N, N), used by shifted blocks only."""
+        h, w = size
+        b, n, c = x.shape
+        ws, s = self.window_size, self.shift_size
+        normed = self.norm1(x).view(b, h, w, c)
+        conv_x = self.conv_block(normed.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
+
+        # qkv and proj act per token, so they commute with the cyclic shift and the window partition
+        qkv = self.attn.qkv(normed)
+        if s > 0:
+            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
+        q, k, v = window_heads(qkv, 3, ws, self.num_heads)
+        mask = gather_bias(self.attn.relative_position_bias_table, rpi)  # heads, N, N
+        if s > 0:
+            mask = mask + shift_mask  # nW, heads, N, N
+        dropout = self.attn.attn_drop if self.training else 0.
+        out = attention(q, k, v, mask, self.attn.scale, dropout, b)
+        out = self.attn.proj_drop(self.attn.proj(merge_window_heads(out, b, h, w, ws)))
+        if s > 0:
+            out = torch.roll(out, shifts=(s, s), dims=(1, 2))
+
+        x = x + self.drop_path(out.reshape(b, n, c)) + conv_x * self.conv_scale
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class OCAB(nn.Module):
+    """Overlapping cross-attention block: ws x ws queries attend to ows x ows (zero-padded) key/value windows."""
+
+    def __init__(self, dim, window_size, overlap_ratio, num_heads, qkv_bias, qk_scale, mlp_ratio):
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = qk_scale or (dim // num_heads)**-0.5
+        self.overlap_win_size = int(window_size * overlap_ratio) + window_size
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((window_size + self.overlap_win_size - 1)**2, num_heads))
+        trunc_normal_(self.relative_position_bias_table, std=.02)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor, size: Tuple[int, int], rpi: torch.Tensor) -> torch.Tensor:
+        h, w = size
+        b, n, c = x.shape
+        ws, ows, nh = self.window_size, self.overlap_win_size, self.num_heads
+        qkv = self.qkv(self.norm1(x).view(b, h, w, c))
+        q = window_heads(qkv[..., :c], 1, ws, nh)[0]  # B*nW, heads, N, d
+        pad = (ows - ws) // 2
+        kv = F.pad(qkv[..., c:], (0, 0, pad, pad, pad, pad))  # B, H+2p, W+2p, 2C (zeros, as nn.Unfold)
+        kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)  # B, nWh, nWw, 2C, ows, ows (a view)
+        kv = kv.unflatten(3, (2, nh, c // nh)).permute(3, 0, 1, 2, 4, 6, 7, 5)
+        k, v = kv.reshape(2, -1, nh, ows * ows, c // nh)  # B*nW, heads, M, d each
+        mask = gather_bias(self.relative_position_bias_table, rpi)  # heads, N, M
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        x = x + self.proj(merge_window_heads(out, b, h, w, ws)).view(b, n, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class AttenBlocks(nn.Module):
+    """The HABs (shift 0 / ws//2 alternating) and the OCAB of one RHAG."""
+
+    def __init__(self, dim, depth, num_heads, window_size, shift_size, compress_ratio, squeeze_factor, conv_scale,
+                 overlap_ratio, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            HAB(dim, num_heads, window_size, 0 if i % 2 == 0 else shift_size, compress_ratio, squeeze_factor,
+                conv_scale, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path[i]) for i in range(depth))
+        self.overlap_attn = OCAB(dim, window_size, overlap_ratio, num_heads, qkv_bias, qk_scale, mlp_ratio)
+
+    def forward(self, x, ctx: dict):
+        for block in self.blocks:
+            x = block(x, ctx['size'], ctx['rpi_sa'], ctx['shift_mask'])
+        return self.overlap_attn(x, ctx['size'], ctx['rpi_oca'])
+
+
+class RHAG(nn.Module):
+    """Residual hybrid attention group: x + conv(blocks(x)), on (B, H*W, C) tokens. HAT's SR unit."""
+
+    def __init__(self, dim, resi_connection, **block_kwargs):
+        super().__init__()
+        self.residual_group = AttenBlocks(dim, **block_kwargs)
+        self.conv = nn.Conv2d(dim, dim, 3, 1, 1) if resi_connection == '1conv' else nn.Identity()
+
+    def forward(self, x: torch.Tensor, ctx: dict) -> torch.Tensor:
+        h, w = ctx['size']
+        b, n, c = x.shape
+        y = self.residual_group(x, ctx).transpose(1, 2).reshape(b, c, h, w)
+        return self.conv(y).flatten(2).transpose(1, 2) + x
