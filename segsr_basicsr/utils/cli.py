@@ -1,0 +1,35 @@
+"""Shared front of ``segsr_basicsr.train`` / ``segsr_basicsr.test``: check the option file, then hand over to basicsr."""
+import argparse
+import os
+import sys
+
+from segsr_basicsr.utils.checkpoint import CheckpointError
+from segsr_basicsr.utils.options import OptionError, load_option_file, validate_options
+
+
+def _check_args(argv, is_train):
+    from segsr_basicsr.compat import split_argv
+    rest, overrides = split_argv(list(argv))
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt', type=str)
+    known, _ = parser.parse_known_args(rest)
+    if known.opt is None:
+        return  # basicsr's own argparse prints the usage
+    opt = load_option_file(known.opt, overrides)
+    validate_options(opt, known.opt, is_train=is_train)
+
+
+def run(pipeline, is_train, argv=None, prog='segsr'):
+    """Validate, then ``pipeline(cwd)`` so experiments/, tb_logger/ and results/ land in the current directory."""
+    if argv is not None:
+        sys.argv = [sys.argv[0]] + list(argv)
+    try:
+        _check_args(sys.argv[1:], is_train)
+        pipeline(os.getcwd())
+    except (OptionError, CheckpointError) as e:
+        print(f'{prog}: error: {e}', file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

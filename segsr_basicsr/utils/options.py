@@ -1,0 +1,231 @@
+"""Safe option files: YAML without Python object tags, ``--force_yml`` without eval, early clear errors.
+
+basicsr parses option files with ``yaml.Loader`` (which runs ``!!python/object/apply`` tags) and
+applies ``--force_yml key=value`` through ``exec``. The compat layer routes both through here.
+"""
+import difflib
+import os
+from collections import OrderedDict
+
+import yaml
+
+__all__ = ['OptionError', 'SafeOrderedLoader', 'load_option_file', 'parse_override', 'apply_overrides',
+           'validate_options']
+
+
+class OptionError(ValueError):
+    """An option file, a ``--force_yml`` entry or an option value is wrong; the message says what to change."""
+
+
+class SafeOrderedLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):
+    """yaml.SafeLoader (standard tags only, e.g. ``!!float``) that keeps mapping order like basicsr's loader."""
+
+
+def _construct_ordered(loader, node):
+    loader.flatten_mapping(node)
+    return OrderedDict(loader.construct_pairs(node))
+
+
+SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_ordered)
+
+
+def load_yaml(path):
+    """Parse ``path`` safely; a Python tag or a syntax error raises OptionError naming the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        hint = ' (it is a folder)' if os.path.isdir(path) else ''
+        raise OptionError(f'Option file not found: {path}{hint}. Pass an existing YAML file with -opt, '
+                          'e.g. -opt options/train_SeGSR_HAT_x4.yml.')
+    with open(path, 'r', encoding='utf-8') as f:
+        try:
+            data = yaml.load(f, Loader=SafeOrderedLoader)
+        except yaml.constructor.ConstructorError as e:
+            raise OptionError(f'Refusing option file {path}: {e.problem} {e.problem_mark}. Option files may only '
+                              'contain plain YAML values; Python object tags (!!python/...) are never '
+                              'executed. Remove the tag.') from e
+        except yaml.YAMLError as e:
+            raise OptionError(f'Option file {path} is not valid YAML: {e}') from e
+    if not isinstance(data, dict):
+        raise OptionError(f'Option file {path} must be a YAML mapping (key: value lines), '
+                          f'got {type(data).__name__}.')
+    return data
+
+
+def parse_override_value(text):
+    """Same value rules as basicsr's ``_postprocess_yml_value``, but lists are parsed as YAML, never eval'ed."""
+    low = text.lower()
+    if text == '~' or low == 'none':
+        return None
+    if low in ('true', 'false'):
+        return low == 'true'
+    if text.startswith('!!float'):
+        try:
+            return float(text[len('!!float'):])
+        except ValueError:
+            raise OptionError(f'--force_yml value {text!r} is not a float.') from None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if text.startswith('['):
+        try:
+            value = yaml.load(text, Loader=SafeOrderedLoader)
+        except yaml.YAMLError as e:
+            raise OptionError(f'--force_yml list value {text!r} is not a valid YAML list: {e}') from None
+        if not isinstance(value, list):
+            raise OptionError(f'--force_yml value {text!r} should be a list like [1, 2].')
+        return value
+    return text
+
+
+def parse_override(entry):
+    """``'train:optim_g:lr=2e-4'`` -> (['train', 'optim_g', 'lr'], 0.0002)."""
+    if entry.count('=') < 1:
+        raise OptionError(f'--force_yml entry {entry!r} has no "=": write section:key=value, '
+                          'e.g. train:total_iter=1000.')
+    keys, value = entry.split('=', 1)
+    keys = [k.strip() for k in keys.strip().split(':')]
+    if not all(keys):
+        raise OptionError(f'--force_yml entry {entry!r} has an empty key: write section:key=value.')
+    return keys, parse_override_value(value.strip())
+
+
+def apply_overrides(opt, entries, source='the option file'):
+    """Set each ``a:b:c=value`` in ``opt``; every parent key must exist (like basicsr), the leaf may be new."""
+    for entry in entries or []:
+        keys, value = parse_override(entry)
+        node = opt
+        for depth, key in enumerate(keys[:-1]):
+            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+                node = node[int(key)]
+                continue
+            if not isinstance(node, dict) or key not in node:
+                where = ':'.join(keys[:depth + 1])
+                raise OptionError(f'--force_yml {entry!r}: key {where!r} does not exist in {source}'
+                                  f'{_suggest(key, node)}. Overrides can only change existing sections.')
+            node = node[key]
+        leaf = keys[-1]
+        if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
+            node[int(leaf)] = value
+        elif isinstance(node, dict):
+            node[leaf] = value
+        else:
+            raise OptionError(f'--force_yml {entry!r}: {":".join(keys[:-1])!r} in {source} is not a section.')
+    return opt
+
+
+def load_option_file(path, overrides=None):
+    """Safe-load ``path`` and apply ``--force_yml`` entries."""
+    return apply_overrides(load_yaml(path), overrides, source=os.fspath(path))
+
+
+def _suggest(key, mapping):
+    if not isinstance(mapping, dict):
+        return ''
+    close = difflib.get_close_matches(str(key), [str(k) for k in mapping], n=1)
+    return f' (did you mean {close[0]!r}?)' if close else ''
+
+
+def _require(opt, key, types, where, path, hint=''):
+    if key not in opt:
+        raise OptionError(f'{path}: missing key {where + key!r}{_suggest(key, opt)}.{hint}')
+    value = opt[key]
+    types = types if isinstance(types, tuple) else (types, )
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        names = '/'.join(t.__name__ for t in types)
+        raise OptionError(f'{path}: {where + key!r} must be a {names}, got {value!r}.')
+    return value
+
+
+def _positive_int(opt, key, where, path, minimum=1):
+    value = _require(opt, key, int, where, path)
+    if value < minimum:
+        raise OptionError(f'{path}: {where + key!r} must be >= {minimum}, got {value}.')
+    return value
+
+
+def _registered(registry, name, what, path, where):
+    if name not in registry:
+        names = sorted(k for k in registry.keys())
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f' Did you mean {", ".join(close)}?' if close else ''
+        raise OptionError(f'{path}: {where} {name!r} is not a registered BasicSR {what}.{hint} '
+                          'Check the spelling (our names start with SeGSR) and that segsr_basicsr is imported.')
+
+
+def _check_dataroots(dataset, where, path):
+    for key, value in dataset.items():
+        if not (key.startswith('dataroot') or key == 'meta_info_file') or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            values = value
+        else:
+            values = [value]
+        for v in values:
+            if not isinstance(v, str):
+                raise OptionError(f'{path}: {where}{key} must be a path, got {v!r}.')
+            if not os.path.exists(os.path.expanduser(v)):
+                raise OptionError(f'{path}: {where}{key} = {v!r} does not exist (looked in {os.getcwd()} for a '
+                                  'relative path). Prepare the dataset (see datasets_prep/) or fix the path.')
+
+
+def validate_options(opt, path, is_train=True):
+    """Check what basicsr would otherwise crash on later with a bare KeyError/ZeroDivisionError."""
+    import torch
+    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+
+    _require(opt, 'name', str, '', path)
+    model_type = _require(opt, 'model_type', str, '', path)
+    _registered(MODEL_REGISTRY, model_type, 'model', path, 'model_type')
+    num_gpu = opt.get('num_gpu', None)
+    if num_gpu is None:
+        raise OptionError(f"{path}: missing key 'num_gpu'. Use num_gpu: auto (all visible GPUs, 0 on a CPU machine).")
+    if num_gpu != 'auto':
+        if not isinstance(num_gpu, int) or isinstance(num_gpu, bool) or num_gpu < 0:
+            raise OptionError(f"{path}: 'num_gpu' must be 'auto' or an integer >= 0, got {num_gpu!r}.")
+        if num_gpu > 0 and not torch.cuda.is_available():
+            raise OptionError(f'{path}: num_gpu is {num_gpu} but CUDA is not available on this machine. '
+                              'Set num_gpu: 0 or num_gpu: auto to run on the CPU.')
+    if 'scale' in opt:
+        _positive_int(opt, 'scale', '', path)
+    network = _require(opt, 'network_g', dict, '', path)
+    arch = _require(network, 'type', str, 'network_g:', path)
+    _registered(ARCH_REGISTRY, arch, 'arch', path, 'network_g:type')
+    paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
+    for key, value in paths.items():
+        if key.startswith('pretrain_network') and value is not None:
+            if not isinstance(value, str) or not os.path.isfile(os.path.expanduser(value)):
+                raise OptionError(f'{path}: path:{key} = {value!r} is not a file. Fix the path or set it to ~.')
+    datasets = _require(opt, 'datasets', dict, '', path)
+    if not datasets:
+        raise OptionError(f"{path}: 'datasets' is empty.")
+    for phase, dataset in datasets.items():
+        where = f'datasets:{phase}:'
+        if not isinstance(dataset, dict):
+            raise OptionError(f'{path}: {where[:-1]!r} must be a section, got {dataset!r}.')
+        kind = phase.split('_')[0]
+        allowed = ('train', 'val') if is_train else ('test', 'val')
+        if kind not in allowed:
+            raise OptionError(f'{path}: dataset phase {phase!r} is not recognised; use '
+                              f'{" / ".join(a + "[_name]" for a in allowed)}.')
+        _require(dataset, 'name', str, where, path)
+        dtype = _require(dataset, 'type', str, where, path)
+        _registered(DATASET_REGISTRY, dtype, 'dataset', path, where + 'type')
+        _check_dataroots(dataset, where, path)
+        if kind == 'train':
+            _positive_int(dataset, 'batch_size_per_gpu', where, path)
+            _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
+    if is_train:
+        if 'train' not in datasets:
+            raise OptionError(f"{path}: 'datasets' has no 'train' section.")
+        train = _require(opt, 'train', dict, '', path)
+        _positive_int(train, 'total_iter', 'train:', path)
+        logger = _require(opt, 'logger', dict, '', path)
+        _positive_int(logger, 'print_freq', 'logger:', path)
+        _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+        if opt.get('val') is not None:
+            _positive_int(_require(opt, 'val', dict, '', path), 'val_freq', 'val:', path)
+    else:
+        _require(opt, 'val', dict, '', path, ' Testing needs a "val:" section (save_img, metrics).')
+    return opt
