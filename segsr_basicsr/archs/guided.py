@@ -21,6 +21,7 @@ reflect-padded to it and the output is cropped back.
 The adapter calls ``self.init_guidance(guidance)`` at the end of its
 ``__init__``. With ``guidance=None`` the network is exactly the backbone.
 """
+from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -79,11 +80,32 @@ class GuidedBackbone(nn.Module):
             self.guidance = None
             self.modulations = None
             return
+        if not isinstance(guidance, dict):
+            raise ValueError(f'network_g.guidance must be a mapping of guidance options (or null for no guidance), '
+                             f'got {guidance!r}; e.g. guidance: {{clip_model: ViT-B-16, clip_pretrained: openai}}')
         from segsr_basicsr.archs.guidance import SemanticGuidance
         from segsr_basicsr.archs.modulation import SemanticModulation
         self.guidance = SemanticGuidance(num_units=len(self.sr_units), upscale=self.upscale, **guidance)
         self.modulations = nn.ModuleList(
             SemanticModulation(self.unit_channels, self.guidance.map_channels) for _ in self.sr_units)
+
+    def merge_lora(self) -> None:
+        """Inference: fold the CLIP LoRA adapters into their weights (same output, cheaper). No-op without LoRA."""
+        if self.guidance is not None:
+            self.guidance.merge_lora()
+
+    def unmerge_lora(self) -> None:
+        if self.guidance is not None:
+            self.guidance.unmerge_lora()
+
+    @contextmanager
+    def merged_lora(self):
+        """``with net.merged_lora(): net(x)`` -- merged inside, unmerged (trainable) again after."""
+        self.merge_lora()
+        try:
+            yield self
+        finally:
+            self.unmerge_lora()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) LR in [0, 1] -> (B, 3, H*s, W*s); any H, W."""

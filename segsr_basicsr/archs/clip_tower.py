@@ -1,0 +1,243 @@
+"""SeG-SR's CLIP image tower: built and loaded by open_clip, run as the SFEM.
+
+``build_clip_visual(clip_model, clip_pretrained)`` resolves
+
+* ``clip_model``: an open_clip model name (``ViT-B-16``, ``ViT-L-14``, the shipped
+  ``SeGSR-Tiny-ViT``, ...) or a path to an open_clip model-config ``.json``;
+* ``clip_pretrained``: ``None`` (random weights), an open_clip pretrained tag
+  (``openai``, ``laion2b_s34b_b88k``, ...) or a local checkpoint file
+  (``.pt``/``.pth``/``.bin``/``.safetensors``, e.g. RemoteCLIP / GeoRSCLIP),
+
+and returns the ViT image tower plus a digest of its source, which SeG-SR
+stores in checkpoints instead of the frozen CLIP weights themselves.
+"""
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import NamedTuple, Optional, Tuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+CLIP_CONFIG_DIR = Path(__file__).resolve().parent / 'clip_configs'
+open_clip.add_model_config(CLIP_CONFIG_DIR)  # registers SeGSR-Tiny-ViT (tests, offline demo)
+
+_EXAMPLES = "e.g. 'ViT-B-16', 'ViT-B-32', 'ViT-L-14', 'SeGSR-Tiny-ViT'"
+
+
+class CLIPVisual(NamedTuple):
+    visual: VisionTransformer
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    #: sha256 of (model config, weights); the weights part only when they come from a tag or a file
+    digest: bytes
+    #: 'random' | 'tag' | 'file'
+    source: str
+    description: str
+
+
+def resolve_clip_model(clip_model) -> str:
+    """open_clip model name for ``clip_model`` (a name, or a model-config .json that gets registered)."""
+    if not isinstance(clip_model, str) or not clip_model:
+        raise ValueError(f'guidance.clip_model must be an open_clip model name ({_EXAMPLES}) or a path to an '
+                         f'open_clip model-config .json, got {clip_model!r}')
+    if clip_model.endswith('.json'):
+        path = Path(clip_model).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f'guidance.clip_model: model-config file {clip_model!r} does not exist')
+        cfg = json.loads(path.read_text())
+        if not all(k in cfg for k in ('embed_dim', 'vision_cfg', 'text_cfg')):
+            raise ValueError(f'guidance.clip_model: {clip_model!r} is not an open_clip model config '
+                             '(needs the keys embed_dim, vision_cfg and text_cfg)')
+        name = path.stem
+        known = open_clip.get_model_config(name)
+        if known is None:
+            open_clip.add_model_config(path)
+        elif known != cfg:
+            raise ValueError(f'guidance.clip_model: {clip_model!r} would register as {name!r}, which is already a '
+                             'different open_clip model config; rename the file')
+        return name
+    name = clip_model.replace('/', '-')
+    if open_clip.get_model_config(name) is None:
+        raise ValueError(f'guidance.clip_model: {clip_model!r} is not an open_clip model ({_EXAMPLES}; see '
+                         'open_clip.list_models()) nor a path to an open_clip model-config .json')
+    return name
+
+
+def _check_vit_config(name: str, cfg: dict) -> None:
+    vision = cfg['vision_cfg']
+    if vision.get('timm_model_name') or isinstance(vision.get('layers'), (list, tuple)):
+        raise ValueError(f'guidance.clip_model: {name!r} is not an open_clip ViT (timm or ResNet image tower); '
+                         f'SeG-SR needs a ViT with a class token and patch tokens ({_EXAMPLES})')
+
+
+def _check_vit(name: str, visual: nn.Module) -> None:
+    ok = (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == 'tok'
+          and visual.proj is not None)
+    if not ok:
+        raise ValueError(f'guidance.clip_model: {name!r} has no plain ViT image tower (class-token pooling, '
+                         f'projection, no attentional pooling); use a standard open_clip ViT ({_EXAMPLES})')
+
+
+def is_torchscript_archive(path: str) -> bool:
+    """True for TorchScript archives (e.g. OpenAI's original CLIP .pt files), which hold code, not just weights."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith('/constants.pkl') or n == 'constants.pkl' for n in zf.namelist())
+
+
+def load_clip_checkpoint(model: nn.Module, path: str, name: str, allow_torchscript: bool) -> None:
+    """Load a full open_clip checkpoint file into ``model`` (strict) through open_clip, weights_only."""
+    try:
+        if is_torchscript_archive(path):
+            if not allow_torchscript:
+                raise RuntimeError(f'{path} is a TorchScript archive (it contains code); SeG-SR loads one only from '
+                                   f'an explicit local path: set guidance.clip_pretrained: {path} if you trust it')
+            state_dict = torch.jit.load(path, map_location='cpu').state_dict()
+            for key in ('input_resolution', 'context_length', 'vocab_size'):
+                state_dict.pop(key, None)
+            model.load_state_dict(state_dict, strict=True)
+        else:
+            open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    except Exception as err:
+        raise RuntimeError(f'guidance: could not load the CLIP checkpoint {path!r} into open_clip model {name!r}: '
+                           f'{err}\nCheck that guidance.clip_model is the architecture of this checkpoint '
+                           "(e.g. a RemoteCLIP-ViT-B-32 file needs clip_model: ViT-B-32).") from err
+
+
+def _digest(cfg: dict, quick_gelu: bool, visual: Optional[nn.Module]) -> bytes:
+    h = hashlib.sha256(json.dumps({'model': cfg, 'quick_gelu': quick_gelu}, sort_keys=True).encode())
+    if visual is not None:
+        for key, t in sorted(visual.state_dict().items()):
+            t = t.detach().cpu().contiguous().reshape(-1)
+            h.update(f'{key}:{t.dtype}:{t.numel()}'.encode())
+            h.update(t.view(torch.uint8).numpy().data)
+    return h.digest()
+
+
+def _quiet_random_init(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('No pretrained weights loaded')
+
+
+def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
+    """Build the open_clip ViT image tower of ``clip_model`` with weights from ``clip_pretrained`` (see module doc)."""
+    name = resolve_clip_model(clip_model)
+    cfg = open_clip.get_model_config(name)
+    _check_vit_config(name, cfg)
+    tag_cfg, path = {}, None
+    if clip_pretrained is None:
+        source = 'random'
+    elif not isinstance(clip_pretrained, str) or not clip_pretrained:
+        raise ValueError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or a '
+                         f'local checkpoint path, got {clip_pretrained!r}')
+    elif open_clip.get_pretrained_cfg(name, clip_pretrained):
+        source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
+    elif os.path.isfile(os.path.expanduser(clip_pretrained)):
+        source, path = 'file', os.path.expanduser(clip_pretrained)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag of '
+                         f'{name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
+    quick_gelu = bool(tag_cfg.get('quick_gelu', False))  # e.g. OpenAI weights were trained with QuickGELU
+    root = logging.getLogger()
+    root.addFilter(_quiet_random_init)  # we load the weights ourselves below (or want them random)
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        root.removeFilter(_quiet_random_init)
+    _check_vit(name, model.visual)
+    if source == 'tag':
+        try:
+            path = open_clip.download_pretrained(tag_cfg)
+        except Exception as err:
+            raise RuntimeError(
+                f"guidance: could not download the CLIP weights '{clip_pretrained}' of {name} ({err}). Offline? "
+                'Fetch the open_clip checkpoint on a machine with internet (open_clip.create_model'
+                f"('{name}', pretrained='{clip_pretrained}') caches it under ~/.cache/huggingface) and pass the "
+                'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin') from err
+    if path is not None:
+        load_clip_checkpoint(model, path, name, allow_torchscript=source == 'file')
+    visual = model.visual
+    preprocess = open_clip.get_model_preprocess_cfg(model)
+    mean = tuple(tag_cfg.get('mean', preprocess.get('mean', open_clip.OPENAI_DATASET_MEAN)))
+    std = tuple(tag_cfg.get('std', preprocess.get('std', open_clip.OPENAI_DATASET_STD)))
+    digest = _digest(cfg, quick_gelu, visual if source != 'random' else None)
+    description = f'clip_model={clip_model!r}, clip_pretrained={clip_pretrained!r}'
+    return CLIPVisual(visual, mean, std, digest, source, description)
+
+
+def resize_positional_embedding(pos: torch.Tensor, old_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
+    """(1 + gh0*gw0, C) -> (1 + gh*gw, C): class token kept, patch part resized on its 2-D grid (bicubic, as open_clip)."""
+    if tuple(old_grid) == tuple(grid):
+        return pos
+    cls_pos, patch_pos = pos[:1], pos[1:]
+    patch_pos = patch_pos.reshape(1, old_grid[0], old_grid[1], -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode='bicubic', align_corners=False, antialias=True)
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1).to(pos.dtype)
+    return torch.cat([cls_pos, patch_pos])
+
+
+class CLIPImageEncoder(nn.Module):
+    """SFEM: LR image -> normalised CLIP global feature I_g and local features I_l.
+
+    The LR (B, 3, H, W) in [0, 1] is bilinearly upsampled by ``upscale`` to the nearest multiple of the
+    patch size, normalised with CLIP's mean/std and run through the ViT; the [CLS] token gives I_g
+    (B, D), the patch tokens I_l (B, gh*gw, D), both through ln_post and the projection, L2-normalised.
+    """
+
+    _MAX_CACHED_GRIDS = 16
+
+    def __init__(self, visual: VisionTransformer, mean, std):
+        super().__init__()
+        self.visual = visual
+        self.register_buffer('pixel_mean', torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('pixel_std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.patch_size = tuple(visual.patch_size)
+        self.base_grid = tuple(visual.grid_size)
+        self._pos_cache = None  # (source tensor, its version, {(grid, inference_mode): resized})
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.proj.shape[1]
+
+    def token_grid(self, h: int, w: int, upscale: float) -> Tuple[int, int]:
+        """CLIP token grid for an LR of h x w: (h*s, w*s) rounded to the nearest patch multiple (>= 1 patch)."""
+        ph, pw = self.patch_size
+        return max(1, int(h * upscale / ph + 0.5)), max(1, int(w * upscale / pw + 0.5))
+
+    def positional_embedding(self, grid: Tuple[int, int]) -> torch.Tensor:
+        """(1 + gh*gw, width); resized once per grid while the embedding is frozen (cached)."""
+        pos = self.visual.positional_embedding
+        if grid == self.base_grid or pos.requires_grad:
+            return resize_positional_embedding(pos, self.base_grid, grid)
+        cache = self._pos_cache
+        if cache is None or cache[0] is not pos or cache[1] != pos._version:
+            cache = self._pos_cache = (pos, pos._version, {})
+        key = (grid, torch.is_inference_mode_enabled())
+        if key not in cache[2]:
+            if len(cache[2]) >= self._MAX_CACHED_GRIDS:
+                cache[2].pop(next(iter(cache[2])))
+            with torch.no_grad():
+                cache[2][key] = resize_positional_embedding(pos, self.base_grid, grid)
+        return cache[2][key]
+
+    def forward(self, x: torch.Tensor, upscale: float):
+        """x (B, 3, H, W) in [0, 1] -> I_g (B, D), I_l (B, gh*gw, D), (gh, gw)."""
+        grid = self.token_grid(x.shape[-2], x.shape[-1], upscale)
+        v = self.visual
+        x = F.interpolate(x, size=(grid[0] * self.patch_size[0], grid[1] * self.patch_size[1]), mode='bilinear',
+                          align_corners=False)
+        x = ((x - self.pixel_mean) / self.pixel_std).to(v.conv1.weight.dtype)
+        tokens = v.conv1(x).flatten(2).transpose(1, 2)  # (B, gh*gw, width)
+        cls = v.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        tokens = torch.cat([cls, tokens], dim=1) + self.positional_embedding(grid).to(tokens.dtype)
+        tokens = v.transformer(v.ln_pre(tokens))
+        feats = F.normalize(v.ln_post(tokens) @ v.proj, dim=-1)  # (B, 1 + gh*gw, D)
+        return feats[:, 0], feats[:, 1:], grid
