@@ -152,6 +152,55 @@ def test_swinir_rejects_what_basicsr_swinir_does_not_support(overrides, message)
         ARCH_REGISTRY.get('SeGSR_SwinIR')(**opt)
 
 
+# --- guidance on ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', TINY)
+def test_guided_trains_and_every_trainable_parameter_gets_gradient(name):
+    net = build(name, 3, guidance=TINY_GUIDANCE)
+    trainable = {n: p for n, p in net.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach().clone() for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith('guidance.encoder.') for n in frozen)  # the CLIP tower, not LoRA
+    assert any('lora' in n for n in trainable) and any(n.startswith('modulations.') for n in trainable)
+    x, target = torch.rand(2, 3, 7, 10), torch.rand(2, 3, 21, 30)
+    loss_before = F.l1_loss(net.eval()(x), target).item()
+    opt = torch.optim.Adam(trainable.values(), lr=1e-3)
+    got_grad = set()
+    net.train()
+    for _ in range(3):  # LoRA B starts at 0, so LoRA A first gets a gradient on step 2
+        opt.zero_grad()
+        F.l1_loss(net(x), target).backward()
+        got_grad |= {n for n, p in trainable.items() if p.grad is not None and p.grad.abs().sum() > 0}
+        opt.step()
+    assert sorted(set(trainable) - got_grad) == []
+    assert all(torch.equal(p, frozen[n]) for n, p in net.named_parameters() if n in frozen)
+    assert F.l1_loss(net.eval()(x), target).item() < loss_before
+
+
+@pytest.mark.parametrize('scale', [2, 3, 4])
+@pytest.mark.parametrize('name', TINY)
+def test_guided_any_lr_size_and_scale(name, scale):
+    """LR sizes that are not window multiples; the maps land on the (padded) feature grid."""
+    net = build(name, scale, guidance=TINY_GUIDANCE).eval()
+    net.record_semantic_maps = True
+    with torch.no_grad():
+        y = net(torch.rand(2, 3, 7, 10))
+    assert y.shape == (2, 3, 7 * scale, 10 * scale) and torch.isfinite(y).all()
+    m = net.size_multiple
+    grid = (-(-7 // m) * m, -(-10 // m) * m)
+    assert [tuple(s.shape) for s in net.semantic_maps] == [(2, 1, *grid)] * len(net.sr_units)
+
+
+@pytest.mark.parametrize('name', TINY)
+def test_basicsr_weights_load_into_guided_network(name):
+    """The option files load plain BasicSR checkpoints with strict_load_g: false: only guidance keys are new."""
+    theirs = randomize_(build_basicsr(name))
+    ours = build(name, guidance=TINY_GUIDANCE)
+    result = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert result.unexpected_keys == []
+    assert result.missing_keys and all(k.startswith(('guidance.', 'modulations.')) for k in result.missing_keys)
+    assert all(torch.equal(ours.state_dict()[k], v) for k, v in theirs.state_dict().items())
+
+
 # --- option files ------------------------------------------------------------------------------------
 
 def load_options(name):
@@ -183,11 +232,15 @@ def test_option_file_is_the_paper_recipe_on_ucmerced(name):
 @pytest.mark.parametrize('name, params', [('EDSR', 43_089_923), ('RCAN', 15_592_355), ('SwinIR', 11_900_199)])
 def test_option_file_network_is_the_published_backbone(name, params):
     """Without guidance the option file's network is the published model (EDSR 43.1 M, RCAN 15.6 M, SwinIR 11.9 M)."""
-    net_opt = dict(load_options(name)['network_g'], guidance=None)
-    net = build_network(net_opt)
+    net_opt = load_options(name)['network_g']
+    net = build_network(dict(net_opt, guidance=None))
     assert sum(p.numel() for p in net.parameters()) == params
+    # its guidance block as written, on the tiny CLIP (no download): every key is one the guidance takes
+    guided = build_network(dict(net_opt, guidance=dict(net_opt['guidance'], clip_model='SeGSR-Tiny-ViT',
+                                                        clip_pretrained=None))).eval()
+    assert guided.guidance.options['lora_rank'] == 32 and guided.guidance.tune == 'lora'
     with torch.no_grad():
-        assert net(torch.rand(1, 3, 9, 7)).shape == (1, 3, 36, 28)
+        assert net(torch.rand(1, 3, 9, 7)).shape == guided(torch.rand(1, 3, 9, 7)).shape == (1, 3, 36, 28)
 
 
 def test_swinir_use_checkpoint_works_and_changes_nothing():
