@@ -208,7 +208,8 @@ def write_image(path, img_bgr, geo=None):
 
 
 # ----------------------------------------------------------------------------- one image
-def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None, save_maps=False, progress=None):
+def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None, save_maps=False, progress=None,
+                  scale=None):
     """uint8 BGR (H, W, 3) -> SR uint8 BGR (H*s, W*s, 3), and K maps (E, H, W) float32 when ``save_maps``.
 
     The SR result is rounded like BasicSR's tensor2img and written into a uint8
@@ -220,20 +221,21 @@ def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None
     h, w = img_bgr.shape[:2]
     lq = torch.from_numpy(np.ascontiguousarray(img_bgr[..., ::-1].transpose(2, 0, 1))).unsqueeze(0)
     lq = lq.float().div_(255)
+    scale = scale or getattr(net, 'upscale', None) or _infer_scale(net, device)
     sr = None
     maps = []
 
-    def sink(i, r0, r1, band):
+    def sink(i, r0, r1, c0, c1, block):
         nonlocal sr
         if i == 0:
             if sr is None:
-                sr = np.empty((h * band.shape[-1] // w, band.shape[-1], 3), np.uint8)
-            rgb = (band[0].clamp_(0, 1).mul_(255).round_()).byte().permute(1, 2, 0).numpy()
-            sr[r0:r1] = rgb[..., ::-1]
+                sr = np.empty((h * scale, w * scale, 3), np.uint8)
+            rgb = block[0].clamp_(0, 1).mul_(255).round_().byte().permute(1, 2, 0).numpy()
+            sr[r0:r1, c0:c1] = rgb[..., ::-1]
         else:
             if len(maps) < i:
-                maps.append(np.empty((band.shape[1], h, w), np.float32))
-            maps[i - 1][:, r0:r1] = band[0].numpy()
+                maps.append(np.empty((block.shape[1], h, w), np.float32))
+            maps[i - 1][:, r0:r1, c0:c1] = block[0].numpy()
 
     if save_maps:
         net.record_semantic_maps = True
@@ -318,7 +320,7 @@ def main(argv=None):
             with tqdm(total=count_tiles(h, w, args.tile, args.tile_overlap, multiple), unit='tile',
                       desc=src.name, disable=None) as bar:
                 sr, maps = super_resolve(net, img, device, args.tile, args.tile_overlap, args.tile_batch, amp,
-                                         args.save_maps, bar.update)
+                                         args.save_maps, bar.update, scale)
             write_image(out, sr, geo)
             for path, overlay in zip(map_paths, semantic_overlays(sr, maps)):
                 write_image(path, overlay)

@@ -9,10 +9,10 @@ tiled result equals the whole-image result (up to float rounding) everywhere
 except at the image border; for global-context networks (HAT's channel
 attention, CLIP guidance) the ramp hides the seams.
 
-Memory: tiles are processed one tile row at a time; only a band of output rows
-(one tile row high, scene wide) is held in float, and finished rows are handed
-to a ``sink`` (or copied into the returned tensor). Network activations depend on
-the tile size only.
+Memory: tiles are processed in rows; an output pixel is handed to a ``sink``
+(or copied into the returned tensor) as soon as no later tile touches it, so
+besides the network's activations on one tile (batch) only about one tile and a
+strip of ``overlap`` rows across the scene are held in float.
 """
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -83,7 +83,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
                   batch: int = 1,
                   device: Optional[torch.device] = None,
                   out_device: Optional[torch.device] = None,
-                  sink: Optional[Callable[[int, int, int, torch.Tensor], None]] = None,
+                  sink: Optional[Callable[[int, int, int, int, int, torch.Tensor], None]] = None,
                   progress: Optional[Callable[[int], None]] = None) -> Optional[Outputs]:
     """Run ``fn`` over overlapping tiles of ``lq`` (B, C, H, W) and blend the results.
 
@@ -92,12 +92,14 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
     (e.g. the SR image at x4 and semantic maps at x1).
     ``tile``/``overlap``/``margin`` are LR pixels; ``tile`` is rounded up to
     ``multiple``; ``margin`` (default ``overlap // 4``) is the band at inner tile
-    edges that gets zero weight. ``batch`` tiles go through ``fn`` at once.
+    edges that gets zero weight. ``batch`` tiles of a tile row go through ``fn`` at once.
 
     Without ``sink`` returns the blended output(s), float32 on ``out_device``
-    (default: ``lq.device``). With ``sink``, finished output rows are streamed as
-    ``sink(output_index, row0, row1, band)`` with band (B, C', row1-row0, W*s)
-    and nothing is returned: peak memory is then one band, not the scene.
+    (default: ``lq.device``). With ``sink``, every output pixel is handed over
+    exactly once, as soon as no later tile touches it:
+    ``sink(output_index, row0, row1, col0, col1, block)`` with block
+    (B, C', row1-row0, col1-col0), and nothing is returned. Held in float then:
+    about one tile plus a strip of ``overlap`` rows across the scene.
     A failing tile raises :class:`TileError` naming its position.
     """
     if tile <= 0:
@@ -118,31 +120,37 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
     b, _, h, w = lq.shape
     th, tw = min(tile, h), min(tile, w)
     ys, xs = tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
-    n_tiles = len(ys) * len(xs)
 
     scales: Optional[List[int]] = None
     wy: Dict[int, List[torch.Tensor]] = {}
     wx: Dict[int, List[torch.Tensor]] = {}
-    acc: List[Optional[torch.Tensor]] = []  # per output: rows [acc_top[i], ...) of the current band
-    acc_top: List[int] = []
     results: List[torch.Tensor] = []
     single = False
+    # Per output, the pixels still being accumulated:
+    #   win   rows [top, bot) of the current tile row, columns [win_x0, ...) (about one tile);
+    #   carry rows [top, prev bot) of every column: the previous tile row's bottom overlap;
+    #   below rows [done_y, bot) that the next tile row will add to (becomes the next carry).
+    states: List[dict] = []
 
-    def emit(i: int, upto: int):
-        """Hand output rows [acc_top[i], upto) of output i to the sink and drop them."""
-        rows = upto - acc_top[i]
-        if rows <= 0:
-            return
-        band = acc[i][:, :, :rows]
+    def put(i, r0, r1, c0, c1, block):
         if sink is not None:
-            sink(i, acc_top[i], upto, band)
+            sink(i, r0, r1, c0, c1, block)
         else:
-            results[i][:, :, acc_top[i]:upto] = band
-        acc[i] = acc[i][:, :, rows:]
-        acc_top[i] = upto
+            results[i][:, :, r0:r1, c0:c1] = block
+
+    def flush(i, upto):
+        """Columns [win_x0, upto) of the current tile row are final: emit them, keep their lower overlap."""
+        st = states[i]
+        n = upto - st['win_x0']
+        if n <= 0:
+            return
+        cols = st['win'][..., :n]
+        final = st['done_y'] - st['top']
+        put(i, st['top'], st['done_y'], st['win_x0'], upto, cols[:, :, :final])
+        st['below'][..., st['win_x0']:upto] = cols[:, :, final:]
+        st['win'], st['win_x0'] = st['win'][..., n:], upto
 
     for r, y0 in enumerate(ys):
-        row_outs: List[List[torch.Tensor]] = []  # per column chunk, per output
         for c0 in range(0, len(xs), batch):
             cols = xs[c0:c0 + batch]
             tiles = torch.cat([lq[:, :, y0:y0 + th, x0:x0 + tw] for x0 in cols]).to(device)
@@ -162,32 +170,39 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
                         raise TileError(f'tile output of shape {tuple(o.shape)} is not an integer multiple '
                                         f'of the tile size {th}x{tw}')
                     scales.append(s)
-                for i, (o, s) in enumerate(zip(out, scales)):
                     wy.setdefault(s, _axis_weights(ys, th, h, s, overlap, margin, out_device))
                     wx.setdefault(s, _axis_weights(xs, tw, w, s, overlap, margin, out_device))
-                    acc.append(torch.zeros(b, o.shape[1], 0, w * s, device=out_device))
-                    acc_top.append(0)
+                    states.append({'carry': None, 'channels': o.shape[1]})
                     if sink is None:
                         results.append(torch.empty(b, o.shape[1], h * s, w * s, device=out_device))
             for i, (o, s) in enumerate(zip(out, scales)):
+                st = states[i]
+                if c0 == 0:  # a new tile row
+                    top, bot = y0 * s, (y0 + th) * s
+                    done_y = (ys[r + 1] if r + 1 < len(ys) else h) * s
+                    st.update(top=top, bot=bot, done_y=done_y, win_x0=0,
+                              win=torch.zeros(b, st['channels'], bot - top, 0, device=out_device),
+                              below=torch.zeros(b, st['channels'], bot - done_y, w * s, device=out_device))
                 o = o.to(out_device, torch.float32)
-                # grow the band down to this tile row's bottom edge
-                need = (y0 + th) * s - acc_top[i]
-                if acc[i].shape[2] < need:
-                    pad = acc[i].new_zeros(b, acc[i].shape[1], need - acc[i].shape[2], w * s)
-                    acc[i] = torch.cat([acc[i], pad], dim=2)
-                top = y0 * s - acc_top[i]
                 for j, x0 in enumerate(cols):
-                    wgt = wy[s][r][:, None] * wx[s][c0 + j][None, :]
-                    acc[i][:, :, top:top + th * s, x0 * s:(x0 + tw) * s] += o[j * b:(j + 1) * b] * wgt
+                    c = c0 + j
+                    xa, xb = x0 * s, (x0 + tw) * s
+                    win_x1 = st['win_x0'] + st['win'].shape[-1]
+                    if xb > win_x1:  # widen the window, starting from what the previous row left there
+                        ext = st['win'].new_zeros(b, st['channels'], st['bot'] - st['top'], xb - win_x1)
+                        if st['carry'] is not None:
+                            ext[:, :, :st['carry'].shape[2]] = st['carry'][..., win_x1:xb]
+                        st['win'] = torch.cat([st['win'], ext], dim=3)
+                    wgt = wy[s][r][:, None] * wx[s][c][None, :]
+                    lo = xa - st['win_x0']
+                    st['win'][..., lo:lo + tw * s] += o[j * b:(j + 1) * b] * wgt
+                    flush(i, (xs[c + 1] if c + 1 < len(xs) else w) * s)
             del out, tiles
             if progress is not None:
                 progress(len(cols))
-        # rows above the next tile row's top are final
-        for i, s in enumerate(scales):
-            emit(i, (ys[r + 1] if r + 1 < len(ys) else h) * s)
+        for st in states:  # this row's lower overlap is the next row's start
+            st['carry'], st['below'] = st['below'], None
 
-    assert n_tiles > 0
     if sink is not None:
         return None
     return results[0] if single else tuple(results)
