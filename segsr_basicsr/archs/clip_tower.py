@@ -93,17 +93,17 @@ def is_torchscript_archive(path: str) -> bool:
         return any(n.endswith('/constants.pkl') or n == 'constants.pkl' for n in zf.namelist())
 
 
-def load_clip_checkpoint(model: nn.Module, path: str, name: str, allow_torchscript: bool) -> None:
-    """Load a full open_clip checkpoint file into ``model`` (strict) through open_clip, weights_only."""
+def load_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
+    """Load a full open_clip checkpoint file into ``model`` (strict): through open_clip with weights_only,
+    or, for a TorchScript archive (which the caller vetted), its state_dict."""
     try:
         if is_torchscript_archive(path):
-            if not allow_torchscript:
-                raise RuntimeError(f'{path} is a TorchScript archive (it contains code); SeG-SR loads one only from '
-                                   f'an explicit local path: set guidance.clip_pretrained: {path} if you trust it')
             state_dict = torch.jit.load(path, map_location='cpu').state_dict()
-            for key in ('input_resolution', 'context_length', 'vocab_size'):
-                state_dict.pop(key, None)
-            model.load_state_dict(state_dict, strict=True)
+            # archives also hold non-weight buffers (OpenAI: input_resolution, ...; attn_mask): take the model's keys
+            missing = sorted(model.state_dict().keys() - state_dict.keys())
+            if missing:
+                raise RuntimeError(f'missing key(s) in the TorchScript archive: {missing[:5]}')
+            model.load_state_dict({k: state_dict[k] for k in model.state_dict()}, strict=True)
         else:
             open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
     except Exception as err:
@@ -145,14 +145,6 @@ def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
         tags = open_clip.list_pretrained_tags_by_model(name)
         raise ValueError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag of '
                          f'{name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
-    quick_gelu = bool(tag_cfg.get('quick_gelu', False))  # e.g. OpenAI weights were trained with QuickGELU
-    root = logging.getLogger()
-    root.addFilter(_quiet_random_init)  # we load the weights ourselves below (or want them random)
-    try:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
-    finally:
-        root.removeFilter(_quiet_random_init)
-    _check_vit(name, model.visual)
     if source == 'tag':
         try:
             path = open_clip.download_pretrained(tag_cfg)
@@ -162,8 +154,20 @@ def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
                 'Fetch the open_clip checkpoint on a machine with internet (open_clip.create_model'
                 f"('{name}', pretrained='{clip_pretrained}') caches it under ~/.cache/huggingface) and pass the "
                 'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin') from err
+        if is_torchscript_archive(path):
+            raise RuntimeError(f"guidance: clip_pretrained '{clip_pretrained}' resolved to the TorchScript archive "
+                               f'{path} (it contains code); SeG-SR loads one only from an explicit local path: '
+                               f'set guidance.clip_pretrained: {path} if you trust it')
+    quick_gelu = bool(tag_cfg.get('quick_gelu', False))  # e.g. OpenAI weights were trained with QuickGELU
+    root = logging.getLogger()
+    root.addFilter(_quiet_random_init)  # we load the weights ourselves below (or want them random)
+    try:
+        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        root.removeFilter(_quiet_random_init)
+    _check_vit(name, model.visual)
     if path is not None:
-        load_clip_checkpoint(model, path, name, allow_torchscript=source == 'file')
+        load_clip_checkpoint(model, path, name)
     visual = model.visual
     preprocess = open_clip.get_model_preprocess_cfg(model)
     mean = tuple(tag_cfg.get('mean', preprocess.get('mean', open_clip.OPENAI_DATASET_MEAN)))
