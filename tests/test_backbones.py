@@ -259,3 +259,52 @@ def test_swinir_use_checkpoint_works_and_changes_nothing():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs[0][1], outs[1][1]))
     with pytest.raises(TypeError, match='x_size'):  # why the adapter does it itself
         build_basicsr('SwinIR', use_checkpoint=True).train()(torch.rand(1, 3, 8, 8))
+
+
+def test_option_files_differ_only_in_the_network():
+    """So the one end-to-end run below (SwinIR, the backbone that needs padding) stands for all three."""
+    opts = {name: load_options(name) for name in TINY}
+    for opt in opts.values():
+        del opt['name'], opt['network_g']
+    assert opts['EDSR'] == opts['RCAN'] == opts['SwinIR']
+
+
+def test_option_file_trains_and_validates_with_basicsr_pipeline(tmp_path):
+    """The option file as a user runs it (`python -m segsr_basicsr.train`), shrunk: tiny network and CLIP,
+    two iterations, validation on LR sizes that are not window multiples."""
+    import json
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    name = 'SwinIR'
+    opt = json.loads(json.dumps(load_options(name)))
+    rng = np.random.default_rng(0)
+    for phase, size in (('train', (32, 32)), ('val', (44, 36))):
+        gt_dir, lq_dir = tmp_path / phase / 'HR', tmp_path / phase / 'LR_bicubic' / 'X4'
+        gt_dir.mkdir(parents=True)
+        lq_dir.mkdir(parents=True)
+        for i in range(2):
+            gt = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (5, 5), 0)
+            cv2.imwrite(str(gt_dir / f'{i}.png'), gt)
+            cv2.imwrite(str(lq_dir / f'{i}.png'), cv2.resize(gt, (size[1] // 4, size[0] // 4), cv2.INTER_AREA))
+        opt['datasets'][phase].update(dataroot_gt=str(gt_dir), dataroot_lq=str(lq_dir))
+    opt['datasets']['train'].update(gt_size=32, batch_size_per_gpu=2, num_worker_per_gpu=0)
+    guidance = dict(opt['network_g']['guidance'], clip_model='SeGSR-Tiny-ViT', clip_pretrained=None)
+    opt['network_g'] = dict(TINY[name][1], type=f'SeGSR_{name}', upscale=4, guidance=guidance)
+    opt.update(num_gpu=0)
+    opt['train'].update(total_iter=2)
+    opt['val']['val_freq'] = opt['logger']['save_checkpoint_freq'] = 2
+    opt['logger'].update(print_freq=1, use_tb_logger=False)
+    (tmp_path / 'train.yml').write_text(yaml.safe_dump(opt))
+    r = subprocess.run([sys.executable, '-m', 'segsr_basicsr.train', '-opt', 'train.yml'], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / 'experiments' / opt['name']
+    logs = ''.join(p.read_text() for p in exp.glob('*.log'))
+    psnr = [line for line in logs.splitlines() if '# psnr:' in line]
+    assert psnr and float(psnr[-1].split('# psnr:')[1].split()[0]) > 5, logs[-2000:]
+    saved = torch.load(exp / 'models' / 'net_g_2.pth', map_location='cpu')
+    fresh = build_network(opt['network_g'])
+    fresh.load_state_dict(saved['params_ema'] if 'params_ema' in saved else saved['params'], strict=True)
