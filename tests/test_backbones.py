@@ -216,8 +216,8 @@ def test_option_file_is_the_paper_recipe_on_ucmerced(name):
     for phase in ('train', 'val'):
         data = opt['datasets'][phase]
         assert data['type'] == 'PairedImageDataset'
-        assert data['dataroot_gt'] == f'datasets/UCMerced/{phase}/HR'
-        assert data['dataroot_lq'] == f'datasets/UCMerced/{phase}/LR_bicubic/X4'
+        assert data['dataroot_gt'] == f'datasets/UCMerced/{phase}/HR_x4'  # what datasets_prep/make_bicubic.py writes
+        assert data['dataroot_lq'] == f'datasets/UCMerced/{phase}/LR_x4'
     train = opt['train']
     assert (opt['datasets']['train']['gt_size'], opt['datasets']['train']['batch_size_per_gpu']) == (256, 4)
     assert (train['optim_g']['type'], train['optim_g']['lr'], train['optim_g']['betas']) == ('Adam', 2e-4, [0.9, 0.99])
@@ -282,7 +282,7 @@ def test_option_file_trains_and_validates_with_basicsr_pipeline(tmp_path):
     opt = json.loads(json.dumps(load_options(name)))
     rng = np.random.default_rng(0)
     for phase, size in (('train', (32, 32)), ('val', (44, 36))):
-        gt_dir, lq_dir = tmp_path / phase / 'HR', tmp_path / phase / 'LR_bicubic' / 'X4'
+        gt_dir, lq_dir = tmp_path / phase / 'HR_x4', tmp_path / phase / 'LR_x4'
         gt_dir.mkdir(parents=True)
         lq_dir.mkdir(parents=True)
         for i in range(2):
