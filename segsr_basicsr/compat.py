@@ -137,6 +137,33 @@ def dist_timeout():
     return datetime.timedelta(seconds=seconds)
 
 
+# ----------------------------------------------------------------------------- registries
+def _patch_registry():
+    from basicsr.utils.registry import Registry
+
+    def make_do_register(orig):
+
+        def _do_register(self, name, obj, suffix=None):
+            """Re-importing a module (importlib.reload, a fresh import in the same process) re-registers the same
+            definition: replace it. A different object under a taken name is still refused, naming both."""
+            key = f'{name}_{suffix}' if isinstance(suffix, str) else name
+            old = self._obj_map.get(key)
+            if old is not None and old is not obj:
+                same = (getattr(old, '__module__', None), getattr(old, '__qualname__', None)) == \
+                    (getattr(obj, '__module__', None), getattr(obj, '__qualname__', None))
+                if same:
+                    self._obj_map[key] = obj
+                    return
+                raise KeyError(f"An object named '{key}' is already registered in basicsr's '{self._name}' registry "
+                               f'by {getattr(old, "__module__", "?")}; {getattr(obj, "__module__", "?")} cannot '
+                               'register another one under the same name. Rename one of them.')
+            return orig(self, name, obj, suffix)
+
+        return _do_register
+
+    _patch(Registry, '_do_register', make_do_register)
+
+
 # ----------------------------------------------------------------------------- options
 _pending_overrides = None
 
@@ -158,9 +185,12 @@ def _patch_options():
 
             class OverridingLoader(safe.SafeOrderedLoader):
 
+                def __init__(self, stream):
+                    self.source = getattr(stream, 'name', 'the option file')
+                    super().__init__(stream)
+
                 def get_single_data(self):
-                    data = super().get_single_data()
-                    return safe.apply_overrides(data, overrides, source=getattr(self.stream, 'name', 'options'))
+                    return safe.apply_overrides(super().get_single_data(), overrides, source=self.source)
 
             return OverridingLoader, dumper
 
@@ -518,6 +548,7 @@ def apply():
     _install_functional_tensor()
     _ensure_distutils()
     import basicsr  # noqa: F401  (now importable)
+    _patch_registry()
     _patch_options()
     _patch_dist()
     _patch_base_model()

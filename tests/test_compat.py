@@ -1,0 +1,152 @@
+"""The BasicSR compatibility layer: what it fixes, and that it leaves working basicsr code paths alone."""
+import datetime
+import importlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import segsr_basicsr  # noqa: F401
+from segsr_basicsr import compat
+from train_opts import PYTHON, env
+
+
+def _run(code, **extra_env):
+    return subprocess.run([PYTHON, '-c', textwrap.dedent(code)], capture_output=True, text=True, env=env(**extra_env),
+                          timeout=120)
+
+
+def test_basicsr_imports_and_patches_are_idempotent():
+    import basicsr.train
+    from basicsr.models.base_model import BaseModel
+    patched = BaseModel.save_network
+    base = compat.original(patched)
+    assert base is not patched and base.__module__ == 'basicsr.models.base_model'
+    importlib.reload(compat)  # a second apply() must wrap basicsr's function again, never our wrapper
+    compat.apply()
+    assert compat.original(BaseModel.save_network) is base
+    assert compat.original(basicsr.train.load_resume_state).__module__ == 'basicsr.train'
+    assert basicsr.train.parse_options is importlib.import_module('basicsr.utils.options').parse_options
+
+
+def test_python312_without_distutils_uses_a_stand_in():
+    """Simulate Python 3.12 without setuptools: distutils and setuptools cannot be imported at all."""
+    proc = _run('''
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split('.')[0] in ('distutils', 'setuptools', '_distutils_hack'):
+                    raise ImportError(f'blocked {name}')
+        for m in [m for m in sys.modules if m.split('.')[0] in ('distutils', 'setuptools', '_distutils_hack')]:
+            del sys.modules[m]
+        sys.meta_path.insert(0, Block())
+        import segsr_basicsr
+        from basicsr.archs.arch_util import LooseVersion
+        assert LooseVersion('0.29.1') >= LooseVersion('0.9.0') and LooseVersion('1.10') > LooseVersion('1.9')
+        assert LooseVersion('2.14.1+cu130') > LooseVersion('2.2')
+        print('ok', LooseVersion.__module__)
+    ''')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'ok segsr_basicsr.compat' in proc.stdout  # our stand-in served the import
+
+
+def test_init_dist_pytorch_uses_gloo_on_cpu_with_long_timeout(monkeypatch):
+    import basicsr.utils.dist_util as dist_util
+    calls = []
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.delenv(compat.DIST_TIMEOUT_ENV, raising=False)
+    dist_util._init_dist_pytorch('nccl')  # what basicsr's init_dist('pytorch') passes
+    assert calls[-1] == dict(backend='gloo', timeout=datetime.timedelta(hours=3))
+    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, '90')
+    dist_util._init_dist_pytorch('nccl')
+    assert calls[-1]['timeout'] == datetime.timedelta(seconds=90)
+    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, 'soon')
+    with pytest.raises(ValueError, match='SEGSR_DIST_TIMEOUT'):
+        dist_util._init_dist_pytorch('nccl')
+
+
+def test_init_dist_pytorch_on_cuda_is_basicsrs_own_nccl_path(monkeypatch):
+    """With CUDA, basicsr's code runs unchanged (set_device + nccl); we only add the timeout."""
+    import basicsr.utils.dist_util as dist_util
+    calls, devices = [], []
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
+    monkeypatch.setattr(torch.cuda, 'set_device', devices.append)
+    monkeypatch.setenv('RANK', '5')
+    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, '7200')
+    dist_util._init_dist_pytorch('nccl')
+    assert devices == [1] and calls == [dict(backend='nccl', timeout=datetime.timedelta(hours=2))]
+
+
+def test_model_to_device_cpu_ddp_has_no_device_ids(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    from basicsr.models.base_model import BaseModel
+    net = torch.nn.Conv2d(1, 1, 1)
+    assert BaseModel(dict(num_gpu=0, is_train=True, dist=False)).model_to_device(net) is net  # basicsr's path
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        wrapped = BaseModel(dict(num_gpu=0, is_train=True, dist=True)).model_to_device(net)
+        assert isinstance(wrapped, DistributedDataParallel) and wrapped.device_ids is None
+        assert wrapped.find_unused_parameters is False
+        wrapped(torch.ones(1, 1, 2, 2)).sum().backward()  # a CPU DDP step works
+    finally:
+        dist.destroy_process_group()
+
+
+def test_split_argv_force_yml_and_local_rank():
+    argv, overrides = compat.split_argv(
+        ['prog', '-opt', 'x.yml', '--local-rank=1', '--force_yml', 'train:total_iter=9', 'name=b', '--debug'])
+    assert argv == ['prog', '-opt', 'x.yml', '--local_rank=1', '--debug']
+    assert overrides == ['train:total_iter=9', 'name=b']
+
+
+def test_option_loader_is_safe():
+    import yaml
+    from basicsr.utils.options import ordered_yaml
+    loader = ordered_yaml()[0]
+    assert list(yaml.load('b: 1\na: !!float 2e-4\n', Loader=loader).items()) == [('b', 1), ('a', 2e-4)]
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yaml.load('x: !!python/object/apply:os.system ["echo pwned"]\n', Loader=loader)
+
+
+def test_registry_reimport_replaces_same_definition_but_refuses_a_clash():
+    from basicsr.utils.registry import Registry
+    reg = Registry('probe')
+
+    def make():
+        class Thing:
+            pass
+        return Thing
+
+    first, again = make(), make()  # same module + qualname: a re-import
+    reg.register(first)
+    reg.register(again)
+    assert reg.get('Thing') is again
+
+    other = type('Thing', (), {'__module__': 'someone.else'})
+    with pytest.raises(KeyError, match='already registered'):
+        reg.register(other)
+
+
+def test_numpy2_metric_and_image_paths():
+    """The basicsr helpers our validation uses run under numpy 2 (no np.float / np.int aliases hit)."""
+    from basicsr.metrics import calculate_niqe, calculate_psnr, calculate_ssim
+    from basicsr.utils import img2tensor, tensor2img
+    from basicsr.utils.matlab_functions import imresize
+    assert np.__version__  # whichever numpy the venv has; this repo runs numpy 2.x
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:192, 0:192]
+    img = np.clip(np.stack([xx, yy, xx + yy], -1) * 0.6 + rng.normal(0, 10, (192, 192, 3)), 0, 255).astype(np.uint8)
+    noisy = np.clip(img + rng.normal(0, 5, img.shape), 0, 255).astype(np.uint8)
+    psnr = calculate_psnr(img, noisy, crop_border=4, test_y_channel=True)
+    assert 30 < psnr < 50
+    assert 0.5 < calculate_ssim(img, noisy, crop_border=4, test_y_channel=True) < 1
+    assert np.isfinite(calculate_niqe(img, crop_border=0))
+    assert imresize(img / 255., 0.25).shape == (48, 48, 3)
+    assert tensor2img(img2tensor(img / 255., bgr2rgb=True, float32=True), rgb2bgr=True).dtype == np.uint8
