@@ -7,8 +7,8 @@
 Each scene runs in a fresh process through the same code path as
 ``segsr_basicsr.infer`` (``super_resolve``: uint8 scene in, uint8 SR out, blended
 band by band). Printed per scene: peak RSS, the RSS before the scene was made
-(python + torch + net), the unavoidable scene buffers (uint8 LR + float LR
-tensor + uint8 SR output) and what is left: the working set of the tiling, which
+(python + torch + net), the unavoidable scene buffers (uint8 LR in, uint8 SR
+out) and what is left: the working set of the tiling, which
 should not grow with the scene.
 """
 import argparse
@@ -55,7 +55,7 @@ def child(args):
     dt = time.perf_counter() - t0
     assert sr.shape == (4 * n, 4 * n, 3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    buffers = (scene.nbytes + 4 * scene.size + sr.nbytes) / 2**20
+    buffers = (scene.nbytes + sr.nbytes) / 2**20
     print(json.dumps(dict(size=n, tile=args.tile, peak_mb=peak, base_mb=base, buffers_mb=buffers,
                           working_mb=peak - base - buffers, seconds=dt)))
 

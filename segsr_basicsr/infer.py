@@ -62,12 +62,7 @@ def build_net(opt_path, model_path, param_key=None, device='cpu'):
                          f'{len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, '
                          f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}. '
                          'Use the option file the model was trained with.')
-    merged = 0
-    for m in net.modules():
-        if m is not net and callable(getattr(m, 'merge_lora', None)):
-            m.merge_lora()
-            merged += 1
-    if merged == 0 and callable(getattr(net, 'merge_lora', None)):
+    if callable(getattr(net, 'merge_lora', None)):  # GuidedBackbone: fold CLIP LoRA into its weights
         net.merge_lora()
     return net.to(device).eval(), opt
 
@@ -212,15 +207,16 @@ def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None
                   scale=None):
     """uint8 BGR (H, W, 3) -> SR uint8 BGR (H*s, W*s, 3), and K maps (E, H, W) float32 when ``save_maps``.
 
-    The SR result is rounded like BasicSR's tensor2img and written into a uint8
-    array band by band, so only one tile row is ever held in float.
+    The scene stays uint8 (tiles are converted on the fly); the SR result is rounded
+    like BasicSR's tensor2img and written into a uint8 array block by block as the
+    tiles finish, so only about one tile (plus an overlap strip) is held in float.
     """
     from segsr_basicsr.models.segsr_model import autocast, forward_padded
     from segsr_basicsr.utils.tiling import tiled_forward
 
     h, w = img_bgr.shape[:2]
-    lq = torch.from_numpy(np.ascontiguousarray(img_bgr[..., ::-1].transpose(2, 0, 1))).unsqueeze(0)
-    lq = lq.float().div_(255)
+    # a uint8 BGR view of the scene; each tile becomes float RGB on the device only when it is processed
+    lq = torch.from_numpy(np.ascontiguousarray(img_bgr)).permute(2, 0, 1).unsqueeze(0)
     scale = scale or getattr(net, 'upscale', None) or _infer_scale(net, device)
     sr = None
     maps = []
@@ -241,7 +237,7 @@ def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None
         net.record_semantic_maps = True
     try:
         with torch.no_grad(), autocast(device, amp):
-            fn = lambda t: forward_padded(net, t, save_maps)  # noqa: E731
+            fn = lambda t: forward_padded(net, t.flip(1).float().div_(255), save_maps)  # noqa: E731
             size = tile or max(h, w)
             tiled_forward(fn, lq, size, min(overlap, size - 1) if tile else 0,
                           multiple=getattr(net, 'size_multiple', 1), batch=batch, device=device,
@@ -303,6 +299,7 @@ def main(argv=None):
         files = list_inputs(args.input)
         device = resolve_device(args.device)
         amp = parse_amp(args.amp, '--amp')
+        plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
         net, _ = build_net(args.opt, args.model, args.param_key, device)
         scale = getattr(net, 'upscale', None) or _infer_scale(net, device)
         num_maps = 0

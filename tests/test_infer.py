@@ -12,6 +12,7 @@ import segsr_basicsr  # noqa: F401,I001
 from basicsr.archs import build_network
 from basicsr.utils import tensor2img
 from segsr_basicsr.infer import main
+from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
 
@@ -159,3 +160,28 @@ def test_cli_module_entry_point(tmp_path, trained):
                         '--tile-overlap', '4', '--device', 'cpu'], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert cv2.imread(str(tmp_path / 'demo_infer' / 'scene_SeGSR_x4.png')).shape == (160, 132, 3)
+
+
+def test_segsr_hat_save_maps_and_merged_lora(tmp_path, capsys):
+    """The real network: LoRA merged for inference gives the trained output; one heat map per SR unit."""
+    net_opt = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
+    net = build_network(dict(net_opt))
+    with torch.no_grad():  # a 'trained' LoRA (B != 0), so merging changes the weights
+        for k, p in net.named_parameters():
+            if 'lora_B' in k:
+                p.normal_(0, 0.05)
+    opt = tmp_path / 'test_hat.yml'
+    opt.write_text(yaml.safe_dump({'name': 'hat', 'scale': 4, 'network_g': net_opt}))
+    ckpt = tmp_path / 'net_g.pth'
+    torch.save({'params': net.state_dict()}, ckpt)
+    src, img = image(tmp_path, size=(20, 27))
+    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
+    out = cv2.imread(str(tmp_path / 'o' / 'scene_SeGSR_x4.png'))
+    assert np.abs(out.astype(int) - reference(net.eval(), img)).max() <= 1  # merge keeps the function
+    for k in (1, 2):
+        heat = cv2.imread(str(tmp_path / 'o' / f'scene_SeGSR_x4_semantic_unit{k}.png'))
+        assert heat.shape == out.shape
+    # maps exist for a second run only with --overwrite
+    with pytest.raises(SystemExit):
+        run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
+    assert 'semantic_unit1.png' in capsys.readouterr().err

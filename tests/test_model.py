@@ -12,6 +12,7 @@ from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
 from segsr_basicsr.archs.edsr_arch import SeGSR_EDSR
 from segsr_basicsr.utils.checkpoint import load_checkpoint
+from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
 
@@ -195,3 +196,64 @@ def test_failed_tile_in_validation_propagates_and_restores_mode(tmp_path):
     with pytest.raises(RuntimeError, match=r'tile row 1/.*LR rows 0:8.*simulated failure'):
         model.validation(val_loader(tmp_path), 1, None, save_img=False)
     assert model.net_g.training
+
+
+# ----------------------------------------------------------------------------- with the real SeG-SR network
+def segsr_hat():
+    return dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
+
+
+def test_validation_save_img_writes_sr_and_semantic_heat_maps(tmp_path):
+    opt = make_opt(tmp_path, segsr_hat())
+    model = build_model(opt)
+    loader = val_loader(tmp_path, names=('field',), lr_size=(10, 13))
+    model.validation(loader, 7, None, save_img=True)
+    folder = tmp_path / 'exp' / 'visualization' / 'field'
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ['field_7.png', 'field_7_semantic_unit1.png', 'field_7_semantic_unit2.png']
+    sr = cv2.imread(str(folder / 'field_7.png'))
+    assert sr.shape == (40, 52, 3)
+    for k in (1, 2):
+        heat = cv2.imread(str(folder / f'field_7_semantic_unit{k}.png'))
+        assert heat.shape == sr.shape
+        assert np.abs(heat.astype(int) - sr).mean() > 5  # a colour map really is overlaid
+    net = model.net_g_ema
+    assert net.record_semantic_maps is False and net.semantic_maps is None  # maps only during those forwards
+    assert model.net_g.training
+
+
+def test_semantic_maps_are_not_recorded_without_save_img(tmp_path):
+    model = build_model(make_opt(tmp_path, segsr_hat()))
+    seen = []
+    orig = type(model.net_g_ema).forward
+
+    def spy(net, x):
+        seen.append(net.record_semantic_maps)
+        return orig(net, x)
+
+    model.net_g_ema.forward = spy.__get__(model.net_g_ema)
+    model.validation(val_loader(tmp_path, names=('a',)), 1, None, save_img=False)
+    assert seen == [False]
+    model.validation(val_loader(tmp_path, names=('a',)), 1, None, save_img=True)
+    assert seen == [False, True]
+
+
+def test_real_guidance_ema_skips_frozen_clip_and_lora_gets_lr_mult(tmp_path):
+    model = build_model(make_opt(tmp_path, segsr_hat(), guidance_lr_mult=0.25, amp='bf16'))
+    net, ema = model.net_g, model.net_g_ema
+    frozen = [k for k, p in net.named_parameters() if not p.requires_grad]
+    lora = [k for k, p in net.named_parameters() if p.requires_grad and k.startswith('guidance.encoder.')]
+    assert frozen and all(k.startswith('guidance.encoder.') for k in frozen) and lora
+    groups = {g['name']: g for g in model.optimizer_g.param_groups}
+    named = dict(net.named_parameters())
+    assert {id(p) for p in groups['guidance_clip']['params']} == {id(named[k]) for k in lora}
+    assert groups['guidance_clip']['lr'] == pytest.approx(0.25 * groups['sr']['lr'])
+    with torch.no_grad():  # an EMA that walked frozen params would pull these back towards net_g
+        for k in frozen:
+            dict(ema.named_parameters())[k].add_(1.0)
+    ema_frozen = {k: dict(ema.named_parameters())[k].clone() for k in frozen}
+    model.feed_data(batch(1, 16))
+    model.optimize_parameters(1)  # bf16 autocast on CPU, HAT + CLIP + LoRA
+    assert np.isfinite(model.get_current_log()['l_pix'])
+    for k in frozen:
+        assert torch.equal(dict(ema.named_parameters())[k], ema_frozen[k]), k

@@ -6,19 +6,18 @@ import numpy as np
 import torch
 
 
-def heatmap(sem_map: torch.Tensor, size, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """One map (E, h, w) or (h, w) -> BGR uint8 (H, W, 3) heat map at ``size`` = (H, W).
+def heatmap(sem_map, size, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """One map (E, h, w) or (h, w), tensor or array -> BGR uint8 (H, W, 3) heat map at ``size`` = (H, W).
 
     Channels are averaged; values are min-max scaled per map (the raw maps are
     tau * cosine similarities, whose absolute level says little), so red marks
     where this unit's semantic embedding matched best within the image.
     """
-    m = sem_map.detach().float().cpu()
-    if m.dim() == 3:
+    m = sem_map.detach().float().cpu().numpy() if torch.is_tensor(sem_map) else np.asarray(sem_map, np.float32)
+    if m.ndim == 3:
         m = m.mean(0)
-    if m.dim() != 2:
+    if m.ndim != 2:
         raise ValueError(f'semantic map must be (E, h, w) or (h, w), got shape {tuple(sem_map.shape)}')
-    m = m.numpy()
     lo, hi = float(m.min()), float(m.max())
     m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
     m = cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
@@ -34,6 +33,6 @@ def overlay(img: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarra
     return cv2.addWeighted(img[..., :3], 1 - alpha, heat, alpha, 0)
 
 
-def semantic_overlays(img: np.ndarray, maps: Sequence[torch.Tensor], alpha: float = 0.45) -> List[np.ndarray]:
+def semantic_overlays(img: np.ndarray, maps: Sequence, alpha: float = 0.45) -> List[np.ndarray]:
     """Image (H, W, C) + K maps (E, h, w) -> K BGR uint8 overlays of the image's size."""
     return [overlay(img, heatmap(m, img.shape[:2]), alpha) for m in maps]
