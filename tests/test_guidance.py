@@ -174,6 +174,10 @@ def test_merged_lora_equals_unmerged_after_training():
     assert merged_state.keys() == unmerged_state.keys()
     for k, v in unmerged_state.items():
         assert torch.allclose(merged_state[k].float(), v.float(), atol=1e-6), k
+    net.merge_lora()
+    net.load_state_dict(unmerged_state)  # loading into a merged net unmerges first: no B A applied twice
+    with torch.no_grad():
+        assert not lora.merged and (net(x) - out).abs().max() < 1e-5
 
 
 # --- training: gradients, what is trainable ------------------------------------------------------
