@@ -135,7 +135,7 @@ def test_rcan_units_are_residual_groups_and_swinir_units_are_rstbs():
     assert swinir.unit_channels == 12 and rcan.unit_channels == 16 and rcan.feature_layout == 'image'
 
 
-@pytest.mark.parametrize('num_units', [3, 0, 2.0, None])
+@pytest.mark.parametrize('num_units', [3, 0, 2.0, None, True])
 def test_edsr_num_units_must_divide_num_block(num_units):
     with pytest.raises(ValueError, match=rf'num_units={num_units!r}.*num_block=4'):
         build('EDSR', num_units=num_units)
@@ -190,6 +190,16 @@ def test_guided_any_lr_size_and_scale(name, scale):
     assert [tuple(s.shape) for s in net.semantic_maps] == [(2, 1, *grid)] * len(net.sr_units)
 
 
+@pytest.mark.parametrize('upsampler, scale', [('pixelshuffledirect', 3), ('nearest+conv', 4), ('', 1)])
+def test_guided_swinir_other_upsamplers(upsampler, scale):
+    net = build('SwinIR', 4 if upsampler == 'nearest+conv' else 3, guidance=TINY_GUIDANCE, upsampler=upsampler)
+    assert net.upscale == scale  # '' keeps the size: guidance and cropping must know
+    y = net(torch.rand(1, 3, 7, 10))
+    assert y.shape == (1, 3, 7 * scale, 10 * scale)
+    y.mean().backward()
+    assert all(p.grad is not None for n, p in net.named_parameters() if n.startswith('modulations.'))
+
+
 @pytest.mark.parametrize('name', TINY)
 def test_basicsr_weights_load_into_guided_network(name):
     """The option files load plain BasicSR checkpoints with strict_load_g: false: only guidance keys are new."""
@@ -241,6 +251,15 @@ def test_option_file_network_is_the_published_backbone(name, params):
     assert guided.guidance.options['lora_rank'] == 32 and guided.guidance.tune == 'lora'
     with torch.no_grad():
         assert net(torch.rand(1, 3, 9, 7)).shape == guided(torch.rand(1, 3, 9, 7)).shape == (1, 3, 36, 28)
+
+
+def test_swinir_ape_is_exact_on_img_size_and_names_the_problem_elsewhere():
+    ours, theirs = twin('SwinIR', 2, ape=True)
+    x = torch.rand(1, 3, 8, 8)  # img_size
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+        with pytest.raises(ValueError, match=r'ape=True.*img_size.*\(8, 12\)'):
+            ours(torch.rand(1, 3, 8, 12))
 
 
 def test_swinir_use_checkpoint_works_and_changes_nothing():

@@ -51,7 +51,7 @@ class SeGSR_EDSR(ConvTrunkAdapter, EDSR):
     def __init__(self, *args, num_units: int = 4, guidance=None, **kwargs):
         super().__init__(*args, **kwargs)
         num_block = len(self.body)
-        if not isinstance(num_units, int) or num_units < 1 or num_block % num_units:
+        if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units < 1 or num_block % num_units:
             raise ValueError(f'SeGSR_EDSR: num_units={num_units!r} must be a positive divisor of '
                              f'num_block={num_block}')
         self.num_units = num_units

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
-
 from torch.utils.checkpoint import checkpoint
 
 from segsr_basicsr.archs.guided import GuidedBackbone
@@ -57,6 +56,9 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
         first = self.conv_first(x)
         tokens = self.patch_embed(first)
         if self.ape:
+            if tokens.shape[1] != self.absolute_pos_embed.shape[1]:
+                raise ValueError(f'SeGSR_SwinIR with ape=True only takes LR inputs of img_size '
+                                 f'({self.patches_resolution}), got {tuple(x.shape[-2:])}; set ape: false')
             tokens = tokens + self.absolute_pos_embed
         return self.pos_drop(tokens), {'size': tuple(x.shape[-2:]), 'skip': first, 'input': x}
 
