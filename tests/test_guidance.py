@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import segsr_basicsr  # noqa: F401  (registers the archs, registers SeGSR-Tiny-ViT with open_clip)
+import segsr_basicsr  # noqa: F401  (registers the archs)
 from segsr_basicsr.archs.clip_tower import CLIP_CONFIG_DIR, is_torchscript_archive, resize_positional_embedding
 from segsr_basicsr.archs.guidance import GUIDANCE_DEFAULTS, SemanticGuidance
 from segsr_basicsr.archs.hat_arch import SeGSR_HAT
@@ -365,6 +365,7 @@ def test_defaults_are_the_papers():
     (dict(clip_model='ViT-Q-99'), "guidance.clip_model: 'ViT-Q-99' is not an open_clip model"),
     (dict(clip_model='RN50'), "'RN50' is not an open_clip ViT"),
     (dict(clip_model='/nowhere/cfg.json'), 'does not exist'),
+    (dict(clip_model='hf-hub:org/repo'), 'not supported; save the'),
     (dict(clip_pretrained='no_such_tag'), "neither an open_clip pretrained tag of 'SeGSR-Tiny-ViT'"),
 ])
 def test_bad_options_raise_clear_errors(bad, message):

@@ -47,14 +47,20 @@ def resolve_clip_model(clip_model) -> str:
     if not isinstance(clip_model, str) or not clip_model:
         raise ValueError(f'guidance.clip_model must be an open_clip model name ({_EXAMPLES}) or a path to an '
                          f'open_clip model-config .json, got {clip_model!r}')
+    if clip_model.startswith(('hf-hub:', 'local-dir:')):
+        raise ValueError(f'guidance.clip_model: {clip_model!r}: hf-hub:/local-dir: sources are not supported; save the '
+                         "repo's open_clip_config.json 'model_cfg' as its own .json, pass that path as clip_model "
+                         'and the weights file (open_clip_pytorch_model.bin / .safetensors) as clip_pretrained')
     if clip_model.endswith('.json'):
         path = Path(clip_model).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f'guidance.clip_model: model-config file {clip_model!r} does not exist')
         cfg = json.loads(path.read_text())
         if not all(k in cfg for k in ('embed_dim', 'vision_cfg', 'text_cfg')):
+            hint = "; it looks like an HF open_clip_config.json: save its 'model_cfg' part as the .json" \
+                if 'model_cfg' in cfg else ''
             raise ValueError(f'guidance.clip_model: {clip_model!r} is not an open_clip model config '
-                             '(needs the keys embed_dim, vision_cfg and text_cfg)')
+                             f'(needs the keys embed_dim, vision_cfg and text_cfg){hint}')
         name = path.stem
         known = open_clip.get_model_config(name)
         if known is None:
