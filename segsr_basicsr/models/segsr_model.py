@@ -202,10 +202,22 @@ class SeGSRModel(SRModel):
         return [p for p in self.net_g.parameters() if p.requires_grad]
 
     def _check_finite(self, l_total, loss_dict, current_iter):
-        """Raise before backward/step when the loss is NaN/inf (nothing has been modified yet)."""
-        if torch.isfinite(l_total.detach()).all():
+        """Raise before backward/step when the loss is NaN/inf (nothing has been modified yet).
+
+        Under DDP all ranks agree first (one scalar all-reduce), so they stop together
+        instead of the healthy ranks hanging in the gradient all-reduce.
+        """
+        finite = torch.isfinite(l_total.detach()).all().float()
+        local = bool(finite)
+        if self.opt.get('dist'):
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if bool(finite):
             return
         values = ', '.join(f'{k}={v.detach().float().mean().item():.6g}' for k, v in loss_dict.items())
+        if local:
+            values += f' here on rank {self.opt.get("rank", 0)}, non-finite on another rank'
         raise FloatingPointError(
             f'Non-finite loss at iteration {current_iter}: {values}. Training stopped before the optimizer '
             'step: the network was not updated and the last saved checkpoint in '
@@ -311,31 +323,6 @@ class SeGSRModel(SRModel):
             return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
         suffix = self.opt['val'].get('suffix') or self.opt['name']
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
-
-    # ----------------------------------------------------------------- checkpoints
-    def save_network(self, net, net_label, current_iter, param_key='params'):
-        """BasicSR's layout, written atomically (temp file + rename) when the helper exists."""
-        try:
-            from segsr_basicsr.utils.checkpoint import atomic_save  # noqa: F401
-        except ImportError:
-            return super().save_network(net, net_label, current_iter, param_key)
-        return self._save_network_atomic(net, net_label, current_iter, param_key)
-
-    def _save_network_atomic(self, net, net_label, current_iter, param_key):
-        from basicsr.utils.dist_util import get_dist_info
-
-        from segsr_basicsr.utils.checkpoint import atomic_save
-        if get_dist_info()[0] != 0:
-            return
-        current_iter = 'latest' if current_iter == -1 else current_iter
-        save_path = osp.join(self.opt['path']['models'], f'{net_label}_{current_iter}.pth')
-        nets = net if isinstance(net, list) else [net]
-        keys = param_key if isinstance(param_key, list) else [param_key]
-        save_dict = {}
-        for net_, key in zip(nets, keys):
-            state = self.get_bare_model(net_).state_dict()
-            save_dict[key] = OrderedDict((k[7:] if k.startswith('module.') else k, v.cpu()) for k, v in state.items())
-        atomic_save(save_dict, save_path)
 
 
 __all__ = ['SeGSRModel', 'forward_padded', 'is_guidance_clip_param', 'parse_amp', 'autocast']
