@@ -26,6 +26,9 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
     try:
         _check_args(sys.argv[1:], is_train)
         pipeline(os.getcwd())
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():  # one line per process of a torchrun job
+            print(f'{prog}: rank {dist.get_rank()}/{dist.get_world_size()} finished', flush=True)
     except (OptionError, CheckpointError) as e:
         print(f'{prog}: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2)
