@@ -182,12 +182,13 @@ def test_merged_lora_equals_unmerged_after_training():
 
 # --- training: gradients, what is trainable ------------------------------------------------------
 
-def test_every_trainable_parameter_gets_a_gradient():
+@pytest.mark.parametrize('scale, tune', [(3, 'lora'), (4, 'lora'), (2, 'full')])
+def test_every_trainable_parameter_gets_a_gradient(scale, tune):
     """No unused parameters (DDP without find_unused_parameters). LoRA's A gets its first gradient once
     B has left zero, i.e. from the second step on, as for any LoRA."""
-    net = train_steps(guided_hat(scale=3, embeddings_per_unit=2), steps=1).train()
+    net = train_steps(guided_hat(scale=scale, embeddings_per_unit=2, tune=tune), steps=1).train()
     x = torch.rand(2, 3, 9, 10)
-    (net(x) - torch.rand(2, 3, 27, 30)).abs().mean().backward()
+    (net(x) - torch.rand(2, 3, 9 * scale, 10 * scale)).abs().mean().backward()
     no_grad = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
     assert no_grad == []
 
