@@ -37,7 +37,7 @@ def build(out, seed, n_train, tile, lmdb):
     prep.write_png(out / 'scene' / 'demo_scene_LR.png', lr)
     if lmdb:
         for sub in ('HR', f'LR_x{SCALE}'):
-            prep.make_lmdb(out / 'train' / sub, out / 'train' / f'{sub}.lmdb', {})
+            prep.write_lmdb(out / 'train' / sub, out / 'train' / f'{sub}.lmdb', {})
 
 
 def show_layout(out):

@@ -254,21 +254,42 @@ def check_free(*paths):
 
 
 @contextmanager
-def staged_output(final, suffix=''):
-    """Yield a fresh hidden sibling directory; rename it to `final` on success, delete it on failure."""
-    final = Path(final)
-    check_free(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f'.{final.name}.partial-{os.getpid()}{suffix}'
-    if os.path.lexists(tmp):
-        shutil.rmtree(tmp)  # our own leftover from a killed run with the same pid
+def staged_outputs(*finals):
+    """Yield hidden sibling paths (not created) for `finals`; rename them all into place only if the
+    block succeeds, delete them if it fails. So a run leaves complete outputs or none."""
+    finals = [Path(f) for f in finals]
+    check_free(*finals)
+    tmps, made = [], []
+    for final in finals:
+        for d in reversed([final.parent, *final.parent.parents]):
+            if not d.exists():
+                d.mkdir()
+                made.append(d)
+        # keep the suffix: BasicSR's LmdbMaker insists on '.lmdb'
+        tmp = final.parent / f'.{final.name}.partial-{os.getpid()}{final.suffix}'
+        if os.path.lexists(tmp):
+            shutil.rmtree(tmp)  # our own leftover from a killed run that had the same pid
+        tmps.append(tmp)
     try:
-        yield tmp
+        yield tmps
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in tmps:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for d in reversed(made):  # parents this run created, if still empty
+            try:
+                d.rmdir()
+            except OSError:
+                pass
         raise
-    check_free(final)
-    os.rename(tmp, final)
+    check_free(*finals)
+    for tmp, final in zip(tmps, finals):
+        os.rename(tmp, final)
+
+
+@contextmanager
+def staged_output(final):
+    with staged_outputs(final) as tmps:
+        yield tmps[0]
 
 
 def _progress(items, desc):
@@ -370,15 +391,14 @@ def class_of(relpath):
 
 # ----------------------------------------------------------------------------- conversions
 def convert_images(src_root, relpaths, dst, image_kw, desc='convert'):
-    """Read each file with the shared rules and write it as ``<output_name>.png`` into `dst`."""
+    """Read each file with the shared rules and write it as ``<output_name>.png`` into new dir `dst`."""
     names = [output_name(r) for r in relpaths]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise PrepError(f'{src_root}: several files map to the same output name(s) {sorted(dup)[:5]}; rename them.')
-    with staged_output(dst) as tmp:
-        tmp.mkdir()
-        for rel, name in zip(_progress(relpaths, desc), names):
-            write_png(tmp / f'{name}.png', read_image(Path(src_root) / rel, **image_kw))
+    Path(dst).mkdir()
+    for rel, name in zip(_progress(relpaths, desc), names):
+        write_png(Path(dst) / f'{name}.png', read_image(Path(src_root) / rel, **image_kw))
 
 
 def make_bicubic(src, out, scales, image_kw):
@@ -390,7 +410,9 @@ def make_bicubic(src, out, scales, image_kw):
         check_key(os.path.splitext(f)[0], Path(src) / f)
     targets = [Path(out) / f'{kind}_x{s}' for s in scales for kind in ('HR', 'LR')]
     check_free(*targets)
-    with _staged_many(targets) as tmps:
+    with staged_outputs(*targets) as tmps:
+        for tmp in tmps:
+            tmp.mkdir()
         for f in _progress(files, f'bicubic x{",x".join(map(str, scales))}'):
             img = read_image(Path(src) / f, **image_kw)
             for i, s in enumerate(scales):
@@ -399,28 +421,6 @@ def make_bicubic(src, out, scales, image_kw):
                 write_png(tmps[2 * i] / f'{stem}.png', hr)
                 write_png(tmps[2 * i + 1] / f'{stem}.png', lr)
     return targets
-
-
-@contextmanager
-def _staged_many(finals):
-    """Stage several outputs; all of them appear only if the whole run succeeds."""
-    check_free(*finals)
-    tmps = []
-    try:
-        for final in finals:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.parent / f'.{final.name}.partial-{os.getpid()}'
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir()
-            tmps.append(tmp)
-        yield tmps
-    except BaseException:
-        for tmp in tmps:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    check_free(*finals)
-    for tmp, final in zip(tmps, finals):
-        os.rename(tmp, final)
 
 
 def subimage_positions(length, crop, step, thresh):
@@ -458,15 +458,8 @@ def extract_subimages(src, dst, crop, step, thresh, image_kw):
     return n
 
 
-def make_lmdb(src, lmdb_path, image_kw, compress_level=1):
-    """Pack a folder into a BasicSR LMDB (BasicSR's LmdbMaker: data.mdb + meta_info.txt).
-
-    Images go through :func:`decode_image` first, so the LMDB holds the same 8-bit BGR pixels
-    the folder dataset would read. Keys are the file stems, sorted.
-    """
-    lmdb_path = Path(lmdb_path)
-    if lmdb_path.suffix != '.lmdb':
-        raise PrepError(f'{lmdb_path}: an LMDB path must end with .lmdb (BasicSR checks the suffix).')
+def lmdb_keys(src):
+    """(files, keys) of a folder to pack: keys are the stems, checked for BasicSR's key rules."""
     files = list_images(src)
     if not files:
         raise PrepError(f'{src}: no images in it.')
@@ -476,19 +469,41 @@ def make_lmdb(src, lmdb_path, image_kw, compress_level=1):
     dup = {k for k in keys if keys.count(k) > 1}
     if dup:
         raise PrepError(f'{src}: several files share the LMDB key(s) {sorted(dup)[:5]} (same stem); rename them.')
-    with staged_output(lmdb_path, suffix='.lmdb') as tmp:
-        maker = LmdbMaker(str(tmp), compress_level=compress_level)
-        try:
-            for f, key in zip(_progress(files, f'lmdb {lmdb_path.name}'), keys):
-                img = read_image(Path(src) / f, **image_kw)
-                ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
-                maker.put(buf.tobytes(), key, img.shape)
-        finally:
-            maker.close()
-        # lock.mdb holds only reader-table state (readers open with lock=False); dropping it makes reruns
-        # byte-identical and BasicSR never needs it
-        (tmp / 'lock.mdb').unlink(missing_ok=True)
+    return files, keys
+
+
+def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
+    """Pack a folder into a new BasicSR LMDB at `lmdb_path` with BasicSR's LmdbMaker
+    (data.mdb + meta_info.txt). Prefer :func:`make_lmdb`, which stages and never overwrites.
+
+    Images go through :func:`decode_image` first, so the LMDB holds the same 8-bit BGR pixels
+    the folder dataset would read. Keys are the file stems, sorted.
+    """
+    files, keys = lmdb_keys(src)
+    maker = LmdbMaker(str(lmdb_path), compress_level=compress_level)
+    try:
+        for f, key in zip(_progress(files, desc or f'lmdb {Path(src).name}'), keys):
+            img = read_image(Path(src) / f, **image_kw)
+            ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+            maker.put(buf.tobytes(), key, img.shape)
+    finally:
+        maker.close()
+    # lock.mdb is LMDB's runtime reader table (differs run to run; BasicSR opens with lock=False and
+    # LMDB recreates it on demand): drop it so reruns are byte-identical
+    (Path(lmdb_path) / 'lock.mdb').unlink(missing_ok=True)
     return keys
+
+
+def make_lmdb(pairs, image_kw, compress_level=1):
+    """Pack each (folder, lmdb_path) of `pairs`; all LMDBs appear only if every one succeeds."""
+    pairs = [(Path(src), Path(dst)) for src, dst in pairs]
+    for src, dst in pairs:
+        if dst.suffix != '.lmdb':
+            raise PrepError(f'{dst}: an LMDB path must end with .lmdb (BasicSR checks the suffix).')
+        lmdb_keys(src)  # fail on bad names before writing anything
+    with staged_outputs(*[dst for _, dst in pairs]) as tmps:
+        return [write_lmdb(src, tmp, image_kw, compress_level, desc=f'lmdb {dst.name}')
+                for (src, dst), tmp in zip(pairs, tmps)]
 
 
 def write_json(path, obj):

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Make HR/LR pairs with BasicSR's MATLAB-compatible bicubic (basicsr.utils.matlab_functions.imresize).
+
+For each --scales s, writes under --out (default: next to each --input folder):
+  HR_x<s>/NAME.png   the HR mod-cropped to a multiple of s (so HR = LR * s exactly)
+  LR_x<s>/NAME.png   imresize(HR/255, 1/s), rounded half-to-even and clipped to 8 bit
+
+The rounding is the one SeGSRBicubicDataset uses on the fly, so these LR files equal the
+on-the-fly LR bit for bit. Existing outputs are never overwritten.
+"""
+import argparse
+from pathlib import Path
+
+from segsr_basicsr.data import prep
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--input', required=True, nargs='+', help='folder(s) of HR images, e.g. OUT/*/HR')
+    parser.add_argument('--out', help='output root, one --input only (default: the parent of each --input)')
+    parser.add_argument('--scales', type=int, nargs='+', default=[4], help='integer scales (default: 4)')
+    prep.add_image_args(parser)
+    args = parser.parse_args()
+    if min(args.scales) < 2 or len(set(args.scales)) != len(args.scales):
+        raise prep.PrepError(f'--scales must be distinct integers >= 2, got {args.scales}.')
+    if args.out and len(args.input) > 1:
+        raise prep.PrepError('--out takes one --input; with several, outputs go next to each input folder.')
+    outs = [Path(args.out)] if args.out else [Path(i).resolve().parent for i in args.input]
+    for out in outs:  # refuse before doing any work
+        prep.check_free(*[out / f'{kind}_x{s}' for s in args.scales for kind in ('HR', 'LR')])
+    for inp, out in zip(args.input, outs):
+        targets = prep.make_bicubic(inp, out, args.scales, prep.image_kwargs(args))
+        print('wrote ' + ', '.join(str(t) for t in targets))
+
+
+if __name__ == '__main__':
+    prep.run_cli(main)
