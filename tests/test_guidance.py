@@ -29,7 +29,9 @@ def write_clip_checkpoint(path, seed=1):
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
     state = model.state_dict()
-    if str(path).endswith('.safetensors'):
+    if str(path).endswith('.pth'):  # an open_clip training checkpoint: DDP 'module.' keys under 'state_dict'
+        torch.save({'epoch': 3, 'state_dict': {f'module.{k}': v for k, v in state.items()}}, path)
+    elif str(path).endswith('.safetensors'):
         from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     else:
@@ -62,12 +64,14 @@ def clip_file(tmp_path):
 
 # --- SFEM: CLIP weights, features, positional embedding ----------------------------------------
 
-@pytest.mark.parametrize('suffix', ['.pt', '.safetensors'])
+@pytest.mark.parametrize('suffix', ['.pt', '.pth', '.safetensors'])
 def test_clip_weights_from_file_equal_the_file_and_are_frozen(tmp_path, suffix):
     path = tmp_path / f'clip{suffix}'
     write_clip_checkpoint(path)
     if suffix == '.pt':
         ref = torch.load(path, weights_only=True)
+    elif suffix == '.pth':
+        ref = {k[len('module.'):]: v for k, v in torch.load(path, weights_only=True)['state_dict'].items()}
     else:
         from safetensors.torch import load_file
         ref = load_file(str(path))
