@@ -257,3 +257,49 @@ def test_real_guidance_ema_skips_frozen_clip_and_lora_gets_lr_mult(tmp_path):
     assert np.isfinite(model.get_current_log()['l_pix'])
     for k in frozen:
         assert torch.equal(dict(ema.named_parameters())[k], ema_frozen[k]), k
+
+
+def test_test_entry_point_reports_metrics_and_writes_images_and_maps(tmp_path, monkeypatch):
+    """`python -m segsr_basicsr.test -opt X.yml` (basicsr's test_pipeline) with SeGSRModel, tiled."""
+    import logging
+
+    import yaml
+
+    from basicsr.archs import build_network
+    from segsr_basicsr.test import main as test_main
+    net_opt = segsr_hat()
+    torch.save({'params_ema': build_network(dict(net_opt)).state_dict()}, tmp_path / 'net.pth')
+    val_loader(tmp_path, names=('farm', 'port'), lr_size=(18, 21))
+    opt = {
+        'name': 'tiny_test', 'model_type': 'SeGSRModel', 'scale': 4, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'test_1': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': str(tmp_path / 'gt'),
+                                'dataroot_lq': str(tmp_path / 'lq'), 'io_backend': {'type': 'disk'}}},
+        'network_g': net_opt,
+        'path': {'pretrain_network_g': str(tmp_path / 'net.pth'), 'param_key_g': 'params_ema',
+                 'strict_load_g': True},
+        'val': {'save_img': True, 'suffix': None, 'tile': {'size': 12, 'overlap': 4},
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True},
+                            'ssim': {'type': 'calculate_ssim', 'crop_border': 4, 'test_y_channel': True}}},
+    }
+    (tmp_path / 'test.yml').write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger('basicsr')  # basicsr's logger does not propagate: listen to it directly
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda r: records.append(r.getMessage())
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # another test may have initialised it without a log file (level unset)
+    try:
+        test_main(['-opt', str(tmp_path / 'test.yml')])
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    log = '\n'.join(records)
+    assert 'Validation tiny' in log and '# psnr:' in log and '# ssim:' in log
+    vis = tmp_path / 'results' / 'tiny_test' / 'visualization' / 'tiny'
+    for name in ('farm', 'port'):
+        sr = cv2.imread(str(vis / f'{name}_tiny_test.png'))
+        assert sr.shape == (72, 84, 3)
+        for k in (1, 2):
+            assert cv2.imread(str(vis / f'{name}_tiny_test_semantic_unit{k}.png')).shape == sr.shape
