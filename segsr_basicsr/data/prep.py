@@ -202,7 +202,8 @@ def bicubic_lr(hr, scale):
     if h % scale or w % scale:
         raise ValueError(f'HR size {w}x{h} is not a multiple of scale {scale}; mod-crop it first.')
     lr = imresize(hr.astype(np.float32) / 255., 1. / scale)
-    return np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8)
+    # imresize returns a transposed (non-contiguous) view; BasicSR's augment flips in place with cv2
+    return np.ascontiguousarray(np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8))
 
 
 def hr_lr_pair(hr, scale, name='image'):
