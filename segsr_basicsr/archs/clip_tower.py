@@ -159,7 +159,8 @@ def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
                 f"guidance: could not download the CLIP weights '{clip_pretrained}' of {name} ({err}). Offline? "
                 'Fetch the open_clip checkpoint on a machine with internet (open_clip.create_model'
                 f"('{name}', pretrained='{clip_pretrained}') caches it under ~/.cache/huggingface) and pass the "
-                'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin') from err
+                'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin '
+                '(HF_HUB_OFFLINE=1 makes open_clip use its cache without retrying the network)') from err
         if is_torchscript_archive(path):
             raise RuntimeError(f"guidance: clip_pretrained '{clip_pretrained}' resolved to the TorchScript archive "
                                f'{path} (it contains code); SeG-SR loads one only from an explicit local path: '
