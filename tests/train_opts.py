@@ -102,12 +102,12 @@ def run_train(cwd, opt_path, *args, timeout=300, check=True, extra_env=None, mod
     return proc
 
 
-_LOSS = re.compile(r'iter:\s*(\d+),.*?l_pix: ([0-9.e+-]+)')
+LOSS_LINE = re.compile(r'iter:\s*(\d+),.*?l_pix: ([0-9.e+-]+)')
 
 
 def losses(log_text):
     """{iter: l_pix} from basicsr's MessageLogger lines."""
-    return {int(m.group(1)): float(m.group(2)) for m in _LOSS.finditer(log_text)}
+    return {int(m.group(1)): float(m.group(2)) for m in LOSS_LINE.finditer(log_text)}
 
 
 def exp_logs(cwd, name):

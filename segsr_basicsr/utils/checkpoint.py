@@ -18,8 +18,9 @@ __all__ = ['CheckpointError', 'atomic_save', 'load_checkpoint', 'get_rng_states'
 
 TMP_SUFFIX = '.tmp'
 
-#: test-only hook: ``SEGSR_TEST_SAVE_HOOK=sleep:<seconds>`` makes every atomic_save sleep with
-#: the temporary file half written, so a test can SIGKILL the process mid-write.
+#: test-only hook, so tests can kill a run in the middle of writing a checkpoint:
+#: ``SEGSR_TEST_SAVE_HOOK=kill:<name>`` SIGKILLs the process while ``<name>`` (a file name such as ``net_g_4.pth``
+#: or ``4.state``) sits in its temporary file, not yet renamed; ``sleep:<name>:<seconds>`` sleeps there instead.
 _HOOK_ENV = 'SEGSR_TEST_SAVE_HOOK'
 
 
@@ -40,15 +41,33 @@ def _fsync_dir(folder):
         os.close(fd)
 
 
-def _test_hook(stage, f):
+def _test_hook(path, f):
     spec = os.environ.get(_HOOK_ENV)
-    if not spec or stage != 'mid-write':
+    if not spec:
         return
-    action, _, arg = spec.partition(':')
-    if action == 'sleep':
-        f.flush()
-        print(f'[{_HOOK_ENV}] sleeping inside atomic_save', flush=True)
-        time.sleep(float(arg or 60))
+    action, _, rest = spec.partition(':')
+    name, _, seconds = rest.partition(':')
+    if os.path.basename(path) != name:
+        return
+    f.flush()
+    os.fsync(f.fileno())
+    print(f'[{_HOOK_ENV}] {action} while writing {path}', flush=True)
+    if action == 'kill':
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == 'sleep':
+        time.sleep(float(seconds or 60))
+
+
+def _remove_stale_temps(folder, basename):
+    """Temporary files of ``basename`` left by a killed run (any pid) are garbage once the real file is in place."""
+    prefix = f'.{basename}.'
+    for entry in os.listdir(folder):
+        if entry.startswith(prefix) and entry.endswith(TMP_SUFFIX) and entry[len(prefix):-len(TMP_SUFFIX)].isdigit():
+            try:
+                os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
 
 
 def atomic_save(obj, path):
@@ -60,7 +79,7 @@ def atomic_save(obj, path):
     try:
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
-            _test_hook('mid-write', f)
+            _test_hook(path, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -71,6 +90,7 @@ def atomic_save(obj, path):
             pass
         raise
     _fsync_dir(folder)
+    _remove_stale_temps(folder, os.path.basename(path))
     return path
 
 

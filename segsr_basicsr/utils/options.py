@@ -5,12 +5,16 @@ applies ``--force_yml key=value`` through ``exec``. The compat layer routes both
 """
 import difflib
 import os
+import re
 from collections import OrderedDict
 
 import yaml
 
 __all__ = ['OptionError', 'SafeOrderedLoader', 'load_option_file', 'parse_override', 'apply_overrides',
            'validate_options']
+
+
+_KEY = re.compile(r'^[A-Za-z0-9_.\-]+$')
 
 
 class OptionError(ValueError):
@@ -88,6 +92,9 @@ def parse_override(entry):
     keys = [k.strip() for k in keys.strip().split(':')]
     if not all(keys):
         raise OptionError(f'--force_yml entry {entry!r} has an empty key: write section:key=value.')
+    bad = [k for k in keys if not _KEY.match(k)]
+    if bad:
+        raise OptionError(f'--force_yml entry {entry!r}: {bad[0]!r} is not an option key (letters, digits, _ . -).')
     return keys, parse_override_value(value.strip())
 
 
