@@ -116,3 +116,13 @@ def test_failed_tile_raises_with_position():
 def test_bad_tile_options_are_named(kw, msg):
     with pytest.raises(ValueError, match=msg):
         tiled_forward(lambda t: t, torch.rand(1, 3, 20, 20), **kw)
+
+
+def test_tile_option_forms():
+    from segsr_basicsr.utils.tiling import parse_tile_opt
+    assert parse_tile_opt(None) == (None, 0)
+    assert parse_tile_opt(128) == (128, 16)  # `--force_yml val:tile=128`
+    assert parse_tile_opt({'size': 64, 'overlap': 8}) == (64, 8)
+    assert parse_tile_opt({'size': None}) == (None, 0)
+    with pytest.raises(ValueError, match=r"tile option must look like \{size: 128, overlap: 16\}, got \{'sise'"):
+        parse_tile_opt({'sise': 64})
