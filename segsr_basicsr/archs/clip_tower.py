@@ -185,7 +185,10 @@ def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
 
 
 def resize_positional_embedding(pos: torch.Tensor, old_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
-    """(1 + gh0*gw0, C) -> (1 + gh*gw, C): class token kept, patch part resized on its 2-D grid (bicubic, as open_clip)."""
+    """(1 + gh0*gw0, C) -> (1 + gh*gw, C): class token kept, patch part resized on its 2-D grid.
+
+    Bicubic with antialiasing, as open_clip resizes it when loading a checkpoint at another image size.
+    """
     if tuple(old_grid) == tuple(grid):
         return pos
     cls_pos, patch_pos = pos[:1], pos[1:]

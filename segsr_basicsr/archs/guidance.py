@@ -79,9 +79,9 @@ class GatedFusion(nn.Module):
     def __init__(self, num_units: int, dim: int):
         super().__init__()
         bound = 1 / math.sqrt(dim)  # nn.Linear's default init, per unit
-        for name in ('x', 'y', 'o'):
-            self.register_parameter(f'weight_{name}', nn.Parameter(torch.empty(num_units, dim, dim).uniform_(-bound, bound)))
-            self.register_parameter(f'bias_{name}', nn.Parameter(torch.empty(num_units, dim).uniform_(-bound, bound)))
+        for name in ('x', 'y', 'o'):  # weight_* (K, D_out, D_in), bias_* (K, D_out)
+            setattr(self, f'weight_{name}', nn.Parameter(torch.empty(num_units, dim, dim).uniform_(-bound, bound)))
+            setattr(self, f'bias_{name}', nn.Parameter(torch.empty(num_units, dim).uniform_(-bound, bound)))
 
     def forward(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
         """local (B, K, E, D), global_ (B, D) -> (B, K, E, D)."""
