@@ -368,9 +368,11 @@ def _patch_base_model():
             try:
                 net.load_state_dict(load_net, strict=strict)
             except RuntimeError as e:
+                details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+                more = f' (+{len(details) - 2} more)' if len(details) > 2 else ''
                 raise CheckpointError(f'The weights in {load_path} do not fit network {net.__class__.__name__}: '
-                                      f'{str(e).splitlines()[0]} {str(e).splitlines()[1:2]} Check that network_g '
-                                      'matches the checkpoint, or set path:strict_load_g: false.') from e
+                                      f'{"; ".join(details[:2])}{more}. Check that network_g matches the checkpoint, '
+                                      'or set path:strict_load_g: false to load only the matching part.') from None
 
         return load_network
 
@@ -476,7 +478,7 @@ def _patch_train():
                     _print(f'--auto_resume: no training state under {state_dir} yet, starting from scratch.')
             elif explicit:
                 if not os.path.isfile(explicit):
-                    raise CheckpointError(f'path:resume_state = {explicit} does not exist. Point it to a '
+                    raise CheckpointError(f'path:resume_state = {explicit} does not exist. Point it to an '
                                           'experiments/<name>/training_states/<iter>.state file, or remove it and '
                                           'use --auto_resume.')
                 state = load_checkpoint(explicit, map_location=device)
@@ -484,8 +486,9 @@ def _patch_train():
                 return None
             for key in ('iter', 'epoch', 'optimizers', 'schedulers'):
                 if key not in state:
-                    raise CheckpointError(f'{opt["path"]["resume_state"]} is not a basicsr training state '
-                                          f'(no {key!r}).')
+                    raise CheckpointError(f'{opt["path"]["resume_state"]} is not a basicsr training state (no '
+                                          f'{key!r}). path:resume_state takes experiments/<name>/training_states/'
+                                          '<iter>.state; network weights go to path:pretrain_network_g.')
             check_resume(opt, state['iter'])
             missing = _missing_networks(opt, state['iter'])
             if missing:

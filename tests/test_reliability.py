@@ -1,6 +1,5 @@
 """Crash-safe training, exact resume, refusing code in option files / checkpoints, identical DDP replicas."""
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -120,8 +119,9 @@ def test_auto_resume_skips_a_training_state_carrying_code(tmp_path):
     run_train(tmp_path, opt_path)
     exp = tmp_path / 'experiments' / 'planted'
     shutil.copy(exp / 'models' / 'net_g_4.pth', exp / 'models' / 'net_g_100.pth')
-    with open(exp / 'training_states' / '100.state', 'wb') as f:  # newest by name, plain pickle with a payload
-        pickle.dump({'iter': 100, 'epoch': 50, 'optimizers': [], 'schedulers': [], 'x': _Payload(marker)}, f)
+    # newest by name, with a code payload
+    torch.save({'iter': 100, 'epoch': 50, 'optimizers': [], 'schedulers': [], 'x': _Payload(marker)},
+               exp / 'training_states' / '100.state')
     proc = run_train(tmp_path, opt_path, '--auto_resume', '--force_yml', 'train:total_iter=6')
     assert not marker.exists()
     assert '100.state' in proc.stdout and 'Refusing to load' in proc.stdout
@@ -192,7 +192,7 @@ main()
 def test_ddp_two_cpu_ranks_keep_identical_segsr_hat_guided_weights(tmp_path):
     write_pairs(tmp_path / 'data', n=4, gt_size=32)
     net = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
-    opt = train_opt(tmp_path / 'data', name='ddp_guided', total_iter=3, save_freq=3, batch=1, network=net,
+    opt = train_opt(tmp_path / 'data', name='ddp_guided', total_iter=3, save_freq=1, batch=1, network=net,
                     model_type='SeGSRModel', gt_size=32)
     assert 'find_unused_parameters' not in opt
     opt_path = write_opt(tmp_path / 'g.yml', opt)
@@ -206,6 +206,8 @@ def test_ddp_two_cpu_ranks_keep_identical_segsr_hat_guided_weights(tmp_path):
         w0 = torch.load(tmp_path / 'dump' / f'rank0_iter{it}.pt', weights_only=True)
         w1 = torch.load(tmp_path / 'dump' / f'rank1_iter{it}.pt', weights_only=True)
         assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0), it
+    w_first = torch.load(tmp_path / 'dump' / 'rank0_iter1.pt', weights_only=True)
+    assert not all(torch.equal(w_first[k], w0[k]) for k in w0)  # the replicas did train, in lockstep
     saved = torch.load(tmp_path / 'experiments' / 'ddp_guided' / 'models' / 'net_g_3.pth', weights_only=True)['params']
     assert all(torch.equal(saved[k], w0[k]) for k in saved)
     lora = [k for k in saved if 'lora' in k.lower()]

@@ -106,15 +106,17 @@ def load_checkpoint(path, map_location='cpu'):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
-        msg = str(e)
-        if 'Weights only load failed' in msg or 'Unsupported global' in msg or 'weights_only' in msg:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        blocked = [line for line in lines if 'GLOBAL' in line]
+        if blocked:
             raise CheckpointError(
-                f'Refusing to load {path}: it contains pickled Python objects, not only tensors '
-                f'(torch.load weights_only=True rejected it: {msg.splitlines()[0]}). Only load checkpoints '
-                'from sources you trust; re-save a trusted file as a plain state_dict of tensors.') from e
-        raise CheckpointError(f'Cannot read checkpoint {path}: {type(e).__name__}: {msg.splitlines()[0] if msg else ""}. '
-                              'The file is probably truncated or not a PyTorch checkpoint; '
-                              'use an earlier checkpoint or re-download/re-create it.') from e
+                f'Refusing to load {path}: it contains pickled Python objects, not only tensors ({blocked[0]}). '
+                'Nothing in it was executed. Only use checkpoints from sources you trust; re-save a trusted file '
+                'as a plain state_dict of tensors.') from None
+        detail = next((line for line in lines if line.startswith('Unsupported')), lines[0] if lines else '')
+        raise CheckpointError(f'Cannot read checkpoint {path}: {type(e).__name__}: {detail}. The file is truncated, '
+                              'not a PyTorch checkpoint, or uses pickle features that safe loading refuses; use an '
+                              'earlier checkpoint or re-create it with torch.save(state_dict).') from None
 
 
 def get_rng_states():

@@ -44,15 +44,25 @@ def load_yaml(path):
         try:
             data = yaml.load(f, Loader=SafeOrderedLoader)
         except yaml.constructor.ConstructorError as e:
-            raise OptionError(f'Refusing option file {path}: {e.problem} {e.problem_mark}. Option files may only '
-                              'contain plain YAML values; Python object tags (!!python/...) are never '
-                              'executed. Remove the tag.') from e
+            raise OptionError(f'Refusing option file {path}: {_one_line(e.problem)} ({_mark(e)}). Option files may '
+                              'only contain plain YAML values; Python object tags (!!python/...) are never '
+                              'executed. Remove the tag.') from None
         except yaml.YAMLError as e:
-            raise OptionError(f'Option file {path} is not valid YAML: {e}') from e
+            raise OptionError(f'Option file {path} is not valid YAML ({_mark(e)}): '
+                              f'{_one_line(getattr(e, "problem", None) or e)}') from None
     if not isinstance(data, dict):
         raise OptionError(f'Option file {path} must be a YAML mapping (key: value lines), '
                           f'got {type(data).__name__}.')
     return data
+
+
+def _one_line(text):
+    return ' '.join(str(text).split())
+
+
+def _mark(err):
+    mark = getattr(err, 'problem_mark', None)
+    return f'line {mark.line + 1}, column {mark.column + 1}' if mark is not None else 'unknown position'
 
 
 def parse_override_value(text):
@@ -76,7 +86,8 @@ def parse_override_value(text):
         try:
             value = yaml.load(text, Loader=SafeOrderedLoader)
         except yaml.YAMLError as e:
-            raise OptionError(f'--force_yml list value {text!r} is not a valid YAML list: {e}') from None
+            raise OptionError(f'--force_yml list value {text!r} is not a valid YAML list: '
+                              f'{_one_line(getattr(e, "problem", None) or e)}') from None
         if not isinstance(value, list):
             raise OptionError(f'--force_yml value {text!r} should be a list like [1, 2].')
         return value
@@ -134,14 +145,17 @@ def _suggest(key, mapping):
     return f' (did you mean {close[0]!r}?)' if close else ''
 
 
+_TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
+
+
 def _require(opt, key, types, where, path, hint=''):
     if key not in opt:
         raise OptionError(f'{path}: missing key {where + key!r}{_suggest(key, opt)}.{hint}')
     value = opt[key]
     types = types if isinstance(types, tuple) else (types, )
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        names = '/'.join(t.__name__ for t in types)
-        raise OptionError(f'{path}: {where + key!r} must be a {names}, got {value!r}.')
+        names = ' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+        raise OptionError(f'{path}: {where + key!r} must be {names}, got {value!r}.')
     return value
 
 
