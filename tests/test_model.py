@@ -303,3 +303,17 @@ def test_test_entry_point_reports_metrics_and_writes_images_and_maps(tmp_path, m
         assert sr.shape == (72, 84, 3)
         for k in (1, 2):
             assert cv2.imread(str(vis / f'{name}_tiny_test_semantic_unit{k}.png')).shape == sr.shape
+
+
+def test_heatmap_marks_the_strong_region_red_at_image_size():
+    from segsr_basicsr.utils.visualize import heatmap, semantic_overlays
+    sem = torch.zeros(1, 8, 10)
+    sem[0, :, 5:] = 30.0  # right half matches the unit's embedding
+    heat = heatmap(sem, (32, 40))
+    assert heat.shape == (32, 40, 3) and heat.dtype == np.uint8
+    right, left = heat[:, 30:].reshape(-1, 3).mean(0), heat[:, :10].reshape(-1, 3).mean(0)  # BGR
+    assert right[2] > 100 and right[0] < 30  # JET: red where the map is high
+    assert left[0] > 100 and left[2] < 30  # blue where it is low
+    img16 = np.full((32, 40, 3), 65535, np.uint16)
+    (ov, ) = semantic_overlays(img16, [sem])
+    assert ov.shape == (32, 40, 3) and ov.dtype == np.uint8

@@ -9,17 +9,18 @@ import torch
 def heatmap(sem_map, size, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """One map (E, h, w) or (h, w), tensor or array -> BGR uint8 (H, W, 3) heat map at ``size`` = (H, W).
 
-    Channels are averaged; values are min-max scaled per map (the raw maps are
-    tau * cosine similarities, whose absolute level says little), so red marks
-    where this unit's semantic embedding matched best within the image.
+    Channels are averaged; values are scaled per map between its 1st and 99th
+    percentiles (the raw maps are tau * cosine similarities, whose absolute level
+    says little), so red marks where this unit's semantic embedding matched best
+    within the image.
     """
     m = sem_map.detach().float().cpu().numpy() if torch.is_tensor(sem_map) else np.asarray(sem_map, np.float32)
     if m.ndim == 3:
         m = m.mean(0)
     if m.ndim != 2:
         raise ValueError(f'semantic map must be (E, h, w) or (h, w), got shape {tuple(sem_map.shape)}')
-    lo, hi = float(m.min()), float(m.max())
-    m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    lo, hi = (float(v) for v in np.percentile(m, (1, 99)))  # robust to a few extreme pixels
+    m = np.clip((m - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(m)
     m = cv2.resize(m, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return cv2.applyColorMap(np.clip(m * 255 + 0.5, 0, 255).astype(np.uint8), colormap)
 
