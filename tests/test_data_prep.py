@@ -254,6 +254,20 @@ def test_extract_subimages(tmp_path):
     r = call('extract_subimages.py', '--input', src, '--out', tmp_path / 'sub2', '--crop-size', 128, check=False)
     assert r.returncode == 2 and 'scene_a.png' in r.stderr and 'smaller than --crop-size 128' in r.stderr
     assert not (tmp_path / 'sub2').exists()
+    # a flat folder (no class folders) splits as one class
+    call('split_dataset.py', '--src', tmp_path / 'sub', '--out', tmp_path / 'flat', '--ratios', 8, 1, 1)
+    lists = {s: read_list(tmp_path / 'flat' / 'splits' / f'{s}.txt') for s in ('train', 'val', 'test')}
+    assert {s: len(v) for s, v in lists.items()} == {'train': 10, 'val': 1, 'test': 1}
+    assert sorted(os.listdir(tmp_path / 'flat' / 'val' / 'HR')) == [lists['val'][0]]
+    # two files that would give the same output name are refused, not silently overwritten
+    cv2.imwrite(str(src / 'scene_a.tif'), scene)
+    r = call('make_bicubic.py', '--input', src, '--out', tmp_path / 'bic', check=False)
+    assert r.returncode == 2 and "same output name ['scene_a']" in r.stderr
+    # a name that cannot be a BasicSR LMDB key (BasicSR cuts keys at the first '.') is refused up front
+    (src / 'scene_a.tif').rename(src / 'scene.v2.tif')
+    r = call('make_bicubic.py', '--input', src, '--out', tmp_path / 'bic', check=False)
+    assert r.returncode == 2 and "scene.v2.tif: name 'scene.v2' must use only" in r.stderr
+    assert not (tmp_path / 'bic').exists()
 
 
 # ----------------------------------------------------------------------------- demo data
@@ -314,7 +328,8 @@ def test_bad_inputs_error_messages(tmp_path):
     with pytest.raises(prep.ImageError, match=r'deep\.png: is 16-bit.*--max-value'):
         prep.read_image(_write(d / 'deep.png', deep))
     assert np.array_equal(prep.read_image(d / 'deep.png', max_value=65535), rgb)
-    twelve = _write(d / 'twelve.tif', (rgb[:, :, ::-1].astype(np.uint32) * 4095 // 255).astype(np.uint16), photometric='rgb')
+    rgb12 = (rgb[:, :, ::-1].astype(np.uint32) * 4095 // 255).astype(np.uint16)
+    twelve = _write(d / 'twelve.tif', rgb12, photometric='rgb')
     assert np.abs(prep.read_image(twelve, max_value=4095).astype(int) - rgb).max() <= 1
 
     # multi-band TIFF (> 4 bands, and a 4-band TIFF whose 4th band is not alpha): rejected, with how to pick bands

@@ -103,7 +103,7 @@ def decode_image(content, name, bands=None, max_value=None, gray='convert'):
                              'SR needs fully opaque RGB. Flatten it onto a background or remove the file.')
         arr = arr[:, :, :-1]
         nbands -= 1
-    if nbands > 3 or (nbands == 4 and not alpha_band):
+    if nbands > 3:
         raise ImageError(f'{name}: has {nbands} bands; SeG-SR needs 3-band RGB. Pick the red, green and blue '
                          'bands with --bands R G B (1-based, e.g. --bands 4 3 2 for Sentinel-2 B4,B3,B2; '
                          'dataset option `bands: [4, 3, 2]`), or write an RGB copy first '
@@ -246,12 +246,33 @@ def safe_stem(stem):
     return re.sub(r'[^A-Za-z0-9_\-]+', '_', stem)
 
 
+def folder_keys(src, sanitize=False):
+    """(files, output stems) of the images in `src`; stems must be unique (a.tif + a.png would collide).
+
+    ``sanitize`` maps odd characters to '_' (new names); otherwise a name that cannot be a BasicSR
+    LMDB key is an error, so HR/LR/LMDB names keep matching the user's files.
+    """
+    files = list_images(src)
+    if not files:
+        raise PrepError(f'{src}: no images ({", ".join(IMG_EXTS)}) in it.')
+    keys = [os.path.splitext(f)[0] for f in files]
+    if sanitize:
+        keys = [safe_stem(k) for k in keys]
+    else:
+        for f, k in zip(files, keys):
+            check_key(k, Path(src) / f)
+    dup = sorted({k for k in keys if keys.count(k) > 1})
+    if dup:
+        raise PrepError(f'{src}: several files would get the same output name {dup[:5]} (same stem); rename them.')
+    return files, keys
+
+
 def check_free(*paths):
     """Refuse before any work if an output exists: we never overwrite or merge into user data."""
     taken = [str(p) for p in paths if os.path.lexists(p)]
     if taken:
         raise PrepError('refusing to overwrite existing output: ' + ', '.join(taken) +
-                        '. Delete it or choose another --out.')
+                        '. Delete it or choose another output path.')
 
 
 @contextmanager
@@ -404,21 +425,16 @@ def convert_images(src_root, relpaths, dst, image_kw, desc='convert'):
 
 def make_bicubic(src, out, scales, image_kw):
     """For each scale s: ``out/HR_xs`` (HR mod-cropped to s) and ``out/LR_xs`` (bicubic LR), PNG."""
-    files = list_images(src)
-    if not files:
-        raise PrepError(f'{src}: no images in it.')
-    for f in files:
-        check_key(os.path.splitext(f)[0], Path(src) / f)
+    files, stems = folder_keys(src)
     targets = [Path(out) / f'{kind}_x{s}' for s in scales for kind in ('HR', 'LR')]
     check_free(*targets)
     with staged_outputs(*targets) as tmps:
         for tmp in tmps:
             tmp.mkdir()
-        for f in _progress(files, f'bicubic x{",x".join(map(str, scales))}'):
+        for f, stem in zip(_progress(files, f'bicubic x{",x".join(map(str, scales))}'), stems):
             img = read_image(Path(src) / f, **image_kw)
             for i, s in enumerate(scales):
                 hr, lr = hr_lr_pair(img, s, Path(src) / f)
-                stem = os.path.splitext(f)[0]
                 write_png(tmps[2 * i] / f'{stem}.png', hr)
                 write_png(tmps[2 * i + 1] / f'{stem}.png', lr)
     return targets
@@ -437,19 +453,16 @@ def extract_subimages(src, dst, crop, step, thresh, image_kw):
     """Cut every image of `src` into crop x crop tiles named ``<stem>_s001.png`` ..."""
     if step <= 0 or crop <= 0:
         raise PrepError('--crop-size and --step must be positive.')
-    files = list_images(src)
-    if not files:
-        raise PrepError(f'{src}: no images in it.')
+    files, stems = folder_keys(src, sanitize=True)
     with staged_output(dst) as tmp:
         tmp.mkdir()
         n = 0
-        for f in _progress(files, 'sub-images'):
+        for f, stem in zip(_progress(files, 'sub-images'), stems):
             img = read_image(Path(src) / f, **image_kw)
             h, w = img.shape[:2]
             if h < crop or w < crop:
                 raise ImageError(f'{Path(src) / f}: {w}x{h} is smaller than --crop-size {crop}; '
                                  'lower --crop-size or move the file out.')
-            stem = safe_stem(os.path.splitext(f)[0])
             idx = 0
             for y in subimage_positions(h, crop, step, thresh):
                 for x in subimage_positions(w, crop, step, thresh):
@@ -459,20 +472,6 @@ def extract_subimages(src, dst, crop, step, thresh, image_kw):
     return n
 
 
-def lmdb_keys(src):
-    """(files, keys) of a folder to pack: keys are the stems, checked for BasicSR's key rules."""
-    files = list_images(src)
-    if not files:
-        raise PrepError(f'{src}: no images in it.')
-    keys = [os.path.splitext(f)[0] for f in files]
-    for f, k in zip(files, keys):
-        check_key(k, Path(src) / f)
-    dup = {k for k in keys if keys.count(k) > 1}
-    if dup:
-        raise PrepError(f'{src}: several files share the LMDB key(s) {sorted(dup)[:5]} (same stem); rename them.')
-    return files, keys
-
-
 def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
     """Pack a folder into a new BasicSR LMDB at `lmdb_path` with BasicSR's LmdbMaker
     (data.mdb + meta_info.txt). Prefer :func:`make_lmdb`, which stages and never overwrites.
@@ -480,7 +479,7 @@ def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
     Images go through :func:`decode_image` first, so the LMDB holds the same 8-bit BGR pixels
     the folder dataset would read. Keys are the file stems, sorted.
     """
-    files, keys = lmdb_keys(src)
+    files, keys = folder_keys(src)
     maker = LmdbMaker(str(lmdb_path), compress_level=compress_level)
     try:
         for f, key in zip(_progress(files, desc or f'lmdb {Path(src).name}'), keys):
@@ -501,7 +500,7 @@ def make_lmdb(pairs, image_kw, compress_level=1):
     for src, dst in pairs:
         if dst.suffix != '.lmdb':
             raise PrepError(f'{dst}: an LMDB path must end with .lmdb (BasicSR checks the suffix).')
-        lmdb_keys(src)  # fail on bad names before writing anything
+        folder_keys(src)  # fail on bad names before writing anything
     with staged_outputs(*[dst for _, dst in pairs]) as tmps:
         return [write_lmdb(src, tmp, image_kw, compress_level, desc=f'lmdb {dst.name}')
                 for (src, dst), tmp in zip(pairs, tmps)]
