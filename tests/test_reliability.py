@@ -112,7 +112,7 @@ def test_pickled_code_in_a_checkpoint_is_refused(tmp_path):
     assert not marker.exists() and not (tmp_path / 'experiments' / 'evil_pretrain' / 'models' / 'net_g_latest.pth').exists()
 
 
-def test_auto_resume_skips_a_training_state_carrying_code(tmp_path):
+def test_auto_resume_skips_truncated_states_and_states_carrying_code(tmp_path):
     marker = tmp_path / 'PWNED'
     write_pairs(tmp_path / 'data', n=4)
     opt_path = write_opt(tmp_path / 'o.yml', train_opt(tmp_path / 'data', name='planted', total_iter=4, save_freq=2))
@@ -122,9 +122,14 @@ def test_auto_resume_skips_a_training_state_carrying_code(tmp_path):
     # newest by name, with a code payload
     torch.save({'iter': 100, 'epoch': 50, 'optimizers': [], 'schedulers': [], 'x': _Payload(marker)},
                exp / 'training_states' / '100.state')
+    # a truncated state, as a non-atomic writer (plain basicsr) leaves it when killed
+    shutil.copy(exp / 'models' / 'net_g_4.pth', exp / 'models' / 'net_g_50.pth')
+    data = (exp / 'training_states' / '4.state').read_bytes()
+    (exp / 'training_states' / '50.state').write_bytes(data[:len(data) // 2])
     proc = run_train(tmp_path, opt_path, '--auto_resume', '--force_yml', 'train:total_iter=6')
     assert not marker.exists()
     assert '100.state' in proc.stdout and 'Refusing to load' in proc.stdout
+    assert '50.state' in proc.stdout and 'Cannot read checkpoint' in proc.stdout
     assert 'Resuming training from epoch: 1, iter: 4.' in exp_logs(tmp_path, 'planted')
     assert (exp / 'training_states' / '6.state').is_file()
 
