@@ -129,6 +129,15 @@ def test_amp_bf16_step_runs_on_cpu(tmp_path):
     assert all(p.dtype == torch.float32 for p in model.net_g.parameters())  # master weights stay fp32
 
 
+def test_amp_fp16_uses_a_grad_scaler_and_clips_unscaled_grads(tmp_path):
+    model = build_model(make_opt(tmp_path, amp='fp16', grad_clip=1e-3))
+    assert model.scaler is not None and model.scaler.is_enabled()
+    model.feed_data(batch())
+    model.optimize_parameters(1)
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.net_g.parameters()]))
+    assert norm.item() <= 1e-3 * 1.001  # clipped after unscale_, not in the scaled domain
+
+
 def test_bad_amp_and_grad_clip_options_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"train.amp.*'fp8'"):
         build_model(make_opt(tmp_path, amp='fp8'))
