@@ -142,6 +142,11 @@ def test_input_rules_apply_in_the_dataset(tmp_path):
         SeGSRBicubicDataset(opt(root))[2]
 
 
-def test_empty_folder_is_an_error(tmp_path):
+def test_option_mistakes_are_errors(tmp_path, hr_dir):
     with pytest.raises(ValueError, match='no HR images'):
         SeGSRBicubicDataset(opt(tmp_path))
+    with pytest.raises(ValueError, match='gt_size 50 is not a multiple of scale 4'):
+        SeGSRBicubicDataset(opt(hr_dir, phase='train', gt_size=50))
+    (tmp_path / 'HR.lmdb').mkdir()
+    with pytest.raises(ValueError, match=r'HR\.lmdb: is an LMDB; set io_backend: \{type: lmdb\}'):
+        SeGSRBicubicDataset(opt(tmp_path / 'HR.lmdb'))

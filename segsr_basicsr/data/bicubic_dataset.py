@@ -39,6 +39,11 @@ class SeGSRBicubicDataset(data.Dataset):
         self.io_backend_opt = dict(opt['io_backend'])
         self.gt_folder = str(opt['dataroot_gt'])
         self.mean, self.std = opt.get('mean'), opt.get('std')
+        if opt.get('phase') == 'train' and opt['gt_size'] % opt['scale']:
+            raise ValueError(f"{type(self).__name__}: gt_size {opt['gt_size']} is not a multiple of scale "
+                             f"{opt['scale']}; the LR patch would not match the HR patch.")
+        if self.io_backend_opt['type'] != 'lmdb' and self.gt_folder.endswith('.lmdb'):
+            raise ValueError(f'{self.gt_folder}: is an LMDB; set io_backend: {{type: lmdb}}.')
         self.image_kw = dict(bands=opt.get('bands'), max_value=opt.get('max_value'), gray=opt.get('gray', 'convert'))
         if self.io_backend_opt['type'] == 'lmdb':
             self.io_backend_opt['db_paths'] = [self.gt_folder]
