@@ -183,8 +183,10 @@ class SeGSR_HAT(GuidedBackbone):
         if h % self.window_size or w % self.window_size:
             raise ValueError(f'SeGSR_HAT.forward_head needs H, W multiples of window_size={self.window_size}, '
                              f'got {h}x{w}; call the network itself (forward pads) instead')
-        shallow = self.conv_first((x - self.mean) * self.img_range)
-        feat = self.patch_embed.norm(shallow.flatten(2).transpose(1, 2))
+        # channels-last maps: (B, C, H, W) <-> tokens (B, H*W, C) are free views, and CPU convs run faster
+        x = ((x - self.mean) * self.img_range).contiguous(memory_format=torch.channels_last)
+        shallow = self.conv_first(x)
+        feat = self.patch_embed.norm(shallow.permute(0, 2, 3, 1).reshape(x.shape[0], h * w, -1))
         if self.absolute_pos_embed is not None:
             if feat.shape[1] != self.num_patches:
                 raise ValueError(f'SeGSR_HAT with ape=True only takes inputs of img_size ({self.num_patches} '
@@ -201,7 +203,7 @@ class SeGSR_HAT(GuidedBackbone):
 
     def forward_tail(self, feat: torch.Tensor, ctx: dict) -> torch.Tensor:
         h, w = ctx['size']
-        feat = self.norm(feat).transpose(1, 2).reshape(feat.shape[0], -1, h, w)
+        feat = self.norm(feat).view(feat.shape[0], h, w, -1).permute(0, 3, 1, 2)
         x = self.conv_after_body(feat) + ctx['shallow']
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         return x / self.img_range + self.mean

@@ -54,34 +54,82 @@ def shift_window_mask(h: int, w: int, window_size: int, shift_size: int, dtype: 
     return mask.unsqueeze(1)
 
 
-def window_heads(x: torch.Tensor, parts: int, window_size: int, num_heads: int) -> torch.Tensor:
-    """(B, H, W, parts*C) -> (parts, B*nW, heads, ws*ws, C/heads), one copy."""
+def padded_head_dim(head_dim: int) -> int:
+    """Head dim the attention matmuls run at: rounded up to a multiple of 16 when that costs <= 10 % more work.
+
+    CPU GEMMs whose output has ~30 columns run far below those with 32 (HAT: 180 / 6 heads = 30);
+    zero columns in q, k, v change no score and give zero output columns, which are dropped.
+    """
+    rounded = -(-head_dim // 16) * 16
+    return rounded if rounded <= 1.1 * head_dim else head_dim
+
+
+def window_heads(x: torch.Tensor, parts: int, window_size: int, num_heads: int, head_dim: int) -> torch.Tensor:
+    """(B, H, W, parts*C) -> (parts, B*nW, heads, ws*ws, head_dim), zero-padded to ``head_dim``; one copy."""
     b, h, w, pc = x.shape
     ws, d = window_size, pc // parts // num_heads
     x = x.view(b, h // ws, ws, w // ws, ws, parts, num_heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7)
-    return x.reshape(parts, -1, num_heads, ws * ws, d)
+    if head_dim > d:
+        x = F.pad(x, (0, head_dim - d))
+    return x.reshape(parts, -1, num_heads, ws * ws, head_dim)
 
 
-def merge_window_heads(x: torch.Tensor, b: int, h: int, w: int, window_size: int) -> torch.Tensor:
-    """(B*nW, heads, ws*ws, d) -> (B, H, W, heads*d), one copy."""
-    _, nh, _, d = x.shape
-    ws = window_size
-    x = x.view(b, h // ws, w // ws, nh, ws, ws, d).permute(0, 1, 4, 2, 5, 3, 6)
-    return x.reshape(b, h, w, nh * d)
+def merge_window_heads(x: torch.Tensor, b: int, h: int, w: int, window_size: int, head_dim: int) -> torch.Tensor:
+    """(B*nW, heads, ws*ws, >= head_dim) -> (B, H, W, heads*head_dim), padding dropped; one copy."""
+    nh, ws = x.shape[1], window_size
+    x = x[..., :head_dim].view(b, h // ws, w // ws, nh, ws, ws, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+    return x.reshape(b, h, w, nh * head_dim)
 
 
 def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Relative-position bias (heads, N, M) from a (T, heads) table and an (N, M) index."""
-    return table.t()[:, index]
+    """Relative-position bias (1, heads, N, M) from a (T, heads) table and an (N, M) index."""
+    return table.t()[:, index].unsqueeze(0)
+
+
+class BiasedWindowAttention(torch.autograd.Function):
+    """softmax(scale * q k^T + mask) v with a hand-written backward that also returns d(mask).
+
+    SDPA's fused CPU kernels do not differentiate ``attn_mask``, so with a
+    trainable bias SDPA falls back to its slow generic path. This keeps what
+    autograd of official HAT keeps (the probabilities) and nothing more.
+    q (B*nW, heads, N, d), k/v (B*nW, heads, M, d), mask (1 or nW, heads, N, M).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale):
+        q = q * scale
+        scores = q @ k.transpose(-2, -1)
+        scores.view(-1, *mask.shape).add_(mask)
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        out = probs @ v
+        ctx.save_for_backward(q, k, v, probs, out)
+        ctx.scale = scale
+        ctx.mask_shape = mask.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, probs, out = ctx.saved_tensors
+        grad_v = probs.transpose(-2, -1) @ grad_out
+        grad_scores = grad_out @ v.transpose(-2, -1)  # d probs, turned into d scores in place
+        grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+        grad_mask = grad_scores.view(-1, *ctx.mask_shape).sum(0)
+        grad_q = (grad_scores @ k).mul_(ctx.scale)
+        grad_k = grad_scores.transpose(-2, -1) @ q
+        return grad_q, grad_k, grad_v, grad_mask, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: float,
               batch: int) -> torch.Tensor:
-    """Fused attention of (B*nW, heads, N, d) windows; ``mask`` is (heads, N, M) or (nW, heads, N, M)."""
-    if mask.dim() == 4 and batch > 1:  # per-window mask: give SDPA a batch dim it can broadcast over
-        q, k, v = (t.view(batch, -1, *t.shape[1:]) for t in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
-        return out.flatten(0, 1)
+    """Attention of (B*nW, heads, N, d) windows; ``mask`` is (1, heads, N, M) or per window (nW, heads, N, M)."""
+    if dropout == 0 and mask.requires_grad and torch.is_grad_enabled():
+        return BiasedWindowAttention.apply(q, k, v, mask, scale)
+    # fused SDPA; its CPU kernel needs a 4-D mask that broadcasts over dim 0 (3-D/5-D -> slow path)
+    if mask.shape[0] > 1 and batch > 1:  # per-window mask: one call per image
+        q, k, v = (t.unflatten(0, (batch, -1)) for t in (q, k, v))
+        return torch.cat([F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=mask, dropout_p=dropout,
+                                                         scale=scale) for i in range(batch)])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale)
 
 
@@ -123,6 +171,8 @@ class HAB(nn.Module):
         self.window_size = window_size
         self.shift_size = shift_size
         self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.padded_head_dim = padded_head_dim(self.head_dim)
         self.conv_scale = conv_scale
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
@@ -144,13 +194,13 @@ class HAB(nn.Module):
         qkv = self.attn.qkv(normed)
         if s > 0:
             qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
-        q, k, v = window_heads(qkv, 3, ws, self.num_heads)
-        mask = gather_bias(self.attn.relative_position_bias_table, rpi)  # heads, N, N
+        q, k, v = window_heads(qkv, 3, ws, self.num_heads, self.padded_head_dim)
+        mask = gather_bias(self.attn.relative_position_bias_table, rpi)  # 1, heads, N, N
         if s > 0:
             mask = mask + shift_mask  # nW, heads, N, N
         dropout = self.attn.attn_drop if self.training else 0.
         out = attention(q, k, v, mask, self.attn.scale, dropout, b)
-        out = self.attn.proj_drop(self.attn.proj(merge_window_heads(out, b, h, w, ws)))
+        out = self.attn.proj_drop(self.attn.proj(merge_window_heads(out, b, h, w, ws, self.head_dim)))
         if s > 0:
             out = torch.roll(out, shifts=(s, s), dims=(1, 2))
 
@@ -165,7 +215,9 @@ class OCAB(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.num_heads = num_heads
-        self.scale = qk_scale or (dim // num_heads)**-0.5
+        self.head_dim = dim // num_heads
+        self.padded_head_dim = padded_head_dim(self.head_dim)
+        self.scale = qk_scale or self.head_dim**-0.5
         self.overlap_win_size = int(window_size * overlap_ratio) + window_size
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -181,15 +233,18 @@ class OCAB(nn.Module):
         b, n, c = x.shape
         ws, ows, nh = self.window_size, self.overlap_win_size, self.num_heads
         qkv = self.qkv(self.norm1(x).view(b, h, w, c))
-        q = window_heads(qkv[..., :c], 1, ws, nh)[0]  # B*nW, heads, N, d
+        d, dp = self.head_dim, self.padded_head_dim
+        q = window_heads(qkv[..., :c], 1, ws, nh, dp)[0]  # B*nW, heads, N, dp
         pad = (ows - ws) // 2
         kv = F.pad(qkv[..., c:], (0, 0, pad, pad, pad, pad))  # B, H+2p, W+2p, 2C (zeros, as nn.Unfold)
         kv = kv.unfold(1, ows, ws).unfold(2, ows, ws)  # B, nWh, nWw, 2C, ows, ows (a view)
-        kv = kv.unflatten(3, (2, nh, c // nh)).permute(3, 0, 1, 2, 4, 6, 7, 5)
-        k, v = kv.reshape(2, -1, nh, ows * ows, c // nh)  # B*nW, heads, M, d each
-        mask = gather_bias(self.relative_position_bias_table, rpi)  # heads, N, M
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
-        x = x + self.proj(merge_window_heads(out, b, h, w, ws)).view(b, n, c)
+        kv = kv.unflatten(3, (2, nh, d)).permute(3, 0, 1, 2, 4, 6, 7, 5)  # 2, B, nWh, nWw, heads, ows, ows, d
+        if dp > d:
+            kv = F.pad(kv, (0, dp - d))
+        k, v = kv.reshape(2, -1, nh, ows * ows, dp)  # B*nW, heads, M, dp each
+        mask = gather_bias(self.relative_position_bias_table, rpi)  # 1, heads, N, M
+        out = attention(q, k, v, mask, self.scale, 0., b)
+        x = x + self.proj(merge_window_heads(out, b, h, w, ws, d)).view(b, n, c)
         return x + self.mlp(self.norm2(x))
 
 
@@ -221,5 +276,5 @@ class RHAG(nn.Module):
     def forward(self, x: torch.Tensor, ctx: dict) -> torch.Tensor:
         h, w = ctx['size']
         b, n, c = x.shape
-        y = self.residual_group(x, ctx).transpose(1, 2).reshape(b, c, h, w)
-        return self.conv(y).flatten(2).transpose(1, 2) + x
+        y = self.residual_group(x, ctx).view(b, h, w, c).permute(0, 3, 1, 2)  # channels-last view, no copy
+        return self.conv(y).permute(0, 2, 3, 1).reshape(b, n, c) + x
