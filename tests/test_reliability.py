@@ -217,3 +217,21 @@ def test_ddp_two_cpu_ranks_keep_identical_segsr_hat_guided_weights(tmp_path):
     assert all(torch.equal(saved[k], w0[k]) for k in saved)
     lora = [k for k in saved if 'lora' in k.lower()]
     assert lora, 'guidance LoRA weights are part of the trained replicas'
+
+
+def test_ddp_resume_mid_epoch_continues_every_ranks_sequence(tmp_path):
+    """2 CPU ranks: stop at iteration 3 (mid-epoch), resume to 6 == an uninterrupted 6-iteration run, bit for bit."""
+    write_pairs(tmp_path / 'data', n=4)
+    kw = dict(save_freq=3, batch=1)
+    ref = write_opt(tmp_path / 'ref.yml', train_opt(tmp_path / 'data', name='ref', total_iter=6, **kw))
+    cut = write_opt(tmp_path / 'cut.yml', train_opt(tmp_path / 'data', name='cut', total_iter=3, **kw))
+    for args in ([ref], [cut], [cut, '--auto_resume', '--force_yml', 'train:total_iter=6']):
+        proc = torchrun(tmp_path, '-m', 'segsr_basicsr.train', '-opt', *args, '--launcher', 'pytorch')
+        assert proc.returncode == 0, proc.stderr[-2000:] + '\n'.join(v[-3000:] for v in rank_outputs(tmp_path).values())
+    log = exp_logs(tmp_path, 'cut')
+    assert 'Resuming training from epoch: 1, iter: 3.' in log
+    assert 'skipping the 1 batches of epoch 1' in log
+    assert losses(log) == losses(exp_logs(tmp_path, 'ref'))  # rank-averaged losses: both ranks matched
+    assert sorted(losses(log)) == list(range(1, 7))
+    assert _same(_weights(tmp_path / 'experiments' / 'cut' / 'models' / 'net_g_latest.pth'),
+                 _weights(tmp_path / 'experiments' / 'ref' / 'models' / 'net_g_latest.pth'))
