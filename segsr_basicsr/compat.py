@@ -8,12 +8,20 @@ Before basicsr is imported:
   * ``torchvision.transforms.functional_tensor`` stand-in (removed in torchvision 0.17);
   * ``distutils`` (gone in Python 3.12): setuptools' copy, else a LooseVersion-only stand-in.
 After:
+  * registries: re-importing a module re-registers the same class; a real name clash names both owners;
   * option files: YAML safe loader, ``--force_yml`` without exec, ``--local-rank`` accepted;
   * ``--launcher pytorch``: gloo on CPU, nccl on CUDA, long process-group timeout
     (``SEGSR_DIST_TIMEOUT`` seconds, default 3 h, so a long rank-0 validation does not time out);
   * DDP on CPU (no ``device_ids``); a barrier after rank-0 validation;
   * crash-safe checkpoints: atomic writes, RNG states in training states, ``weights_only`` loading;
-  * ``--auto_resume`` on CPU, picks the newest complete state, continues mid-epoch where it stopped.
+  * ``--auto_resume`` on CPU, picks the newest complete state, continues mid-epoch where it stopped;
+    data loaders draw their seeds from their own generators (validation no longer shifts the torch RNG).
+
+Patched basicsr objects (each keeps the original as ``__segsr_original__``, see :func:`original`):
+``Registry._do_register``, ``utils.options.ordered_yaml`` / ``parse_options`` (also the names imported by
+``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch``, ``BaseModel.model_to_device`` /
+``save_network`` / ``save_training_state`` / ``resume_training`` / ``load_network`` / ``validation``,
+``basicsr.train.load_resume_state`` / ``create_train_val_dataloader`` / ``EnlargedSampler``.
 """
 import datetime
 import os
