@@ -12,7 +12,7 @@ Writes, under --out:
                                 (skip with --lists-only)
 
 A flat folder of scenes (no class sub-folders) works too: it is one class.
-Next step: datasets_prep/make_bicubic.py --input OUT/train/HR --out OUT/train --scales 4
+Next step: datasets_prep/make_bicubic.py --input OUT/{train,val,test}/HR --scales 4
 """
 import argparse
 from collections import Counter

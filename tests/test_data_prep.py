@@ -313,7 +313,7 @@ def test_bad_inputs_error_messages(tmp_path):
     gray = _write(d / 'gray.png', rgb[:, :, 0])
     out = prep.read_image(gray)
     assert out.shape == (20, 24, 3) and all(np.array_equal(out[:, :, c], rgb[:, :, 0]) for c in range(3))
-    with pytest.raises(prep.ImageError, match=r'gray\.png: is grayscale.*gray: convert'):
+    with pytest.raises(prep.ImageError, match=r'gray\.png: is grayscale.*--gray error.*Use convert'):
         prep.read_image(gray, gray='error')
 
     # RGBA: alpha dropped when fully opaque, error when not

@@ -121,8 +121,8 @@ def decode_image(content, name, bands=None, max_value=None, gray='convert'):
 
     if nbands == 1:
         if gray == 'error':
-            raise ImageError(f'{name}: is grayscale (1 band); this dataset is set to reject it (gray: error). '
-                             "Use gray: convert to replicate it to 3 channels, or remove the file.")
+            raise ImageError(f'{name}: is grayscale (1 band) and grayscale is set to be rejected (--gray error / '
+                             'gray: error). Use convert to replicate it to 3 channels, or remove the file.')
         if not _gray_noted:
             logger.warning(f'{name}: grayscale image replicated to 3 channels '
                            '(further grayscale inputs are converted without a note).')
