@@ -410,7 +410,7 @@ def _save_with_retry(obj, path, retries=3):
     for attempt in range(retries):
         try:
             return atomic_save(obj, path)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
             if attempt == retries - 1:
                 raise OSError(f'Cannot save {path}: {e}. Free disk space or fix permissions of '
                               f'{os.path.dirname(path)}; earlier checkpoints are intact.') from e

@@ -48,6 +48,24 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == ['net_g_2.pth']  # no temp file left behind
 
 
+def test_a_save_that_keeps_failing_stops_training_naming_the_file(tmp_path, monkeypatch):
+    import time
+
+    import segsr_basicsr.utils.checkpoint as checkpoint
+    from segsr_basicsr import compat
+    calls = []
+
+    def full_disk(obj, path):
+        calls.append(path)
+        raise RuntimeError('PytorchStreamWriter failed writing file data/0: file write failed')
+
+    monkeypatch.setattr(checkpoint, 'atomic_save', full_disk)
+    monkeypatch.setattr(time, 'sleep', lambda s: None)
+    with pytest.raises(OSError, match=r'Cannot save .*net_g_4\.pth: PytorchStreamWriter.*earlier checkpoints are intact'):
+        compat._save_with_retry({}, str(tmp_path / 'net_g_4.pth'))
+    assert len(calls) == 3  # basicsr retried 3 times too, then silently went on without the checkpoint
+
+
 def test_sigkill_while_saving_then_auto_resume_matches_uninterrupted_run(tmp_path):
     write_pairs(tmp_path / 'data', n=4)
     kw = dict(total_iter=8, save_freq=2, val_freq=4)  # tiny SeGSR_HAT has drop_path: uses the torch RNG
