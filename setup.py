@@ -20,7 +20,7 @@ setup(
         'torch>=2.1',
         'torchvision>=0.16',
         'open_clip_torch>=2.24',
-        'opencv-python>=4.10,<5',  # OpenCV 5 rejects basicsr's in-place cv2.flip on cropped views
+        'opencv-python',
         'lmdb',
         'numpy',
         'pyyaml',
