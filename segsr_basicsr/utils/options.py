@@ -160,7 +160,12 @@ def _require(opt, key, types, where, path, hint=''):
 
 
 def _positive_int(opt, key, where, path, minimum=1):
-    value = _require(opt, key, int, where, path)
+    """An integer count; BasicSR files often write counts as ``!!float 5e3``, which basicsr accepts too."""
+    if key in opt and (isinstance(opt[key], bool) or not isinstance(opt[key], (int, float))):
+        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {opt[key]!r}.')
+    value = _require(opt, key, (int, float), where, path)
+    if isinstance(value, float) and not value.is_integer():
+        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {value!r}.')
     if value < minimum:
         raise OptionError(f'{path}: {where + key!r} must be >= {minimum}, got {value}.')
     return value
