@@ -150,3 +150,22 @@ def test_numpy2_metric_and_image_paths():
     assert np.isfinite(calculate_niqe(img, crop_border=0))
     assert imresize(img / 255., 0.25).shape == (48, 48, 3)
     assert tensor2img(img2tensor(img / 255., bgr2rgb=True, float32=True), rgb2bgr=True).dtype == np.uint8
+
+
+def test_validation_is_followed_by_a_barrier_in_distributed_runs(tmp_path, monkeypatch):
+    """Rank 0 validates alone (basicsr); every rank then meets at a barrier instead of inside the next step."""
+    import torch.distributed as dist
+    from basicsr.models.base_model import BaseModel
+    seen = []
+    monkeypatch.setattr(BaseModel, 'dist_validation', lambda self, *a: seen.append('validate'), raising=False)
+    monkeypatch.setattr(BaseModel, 'nondist_validation', lambda self, *a: seen.append('validate'), raising=False)
+    monkeypatch.setattr(dist, 'barrier', lambda *a, **k: seen.append('barrier'))
+    BaseModel(dict(num_gpu=0, is_train=False, dist=False)).validation(None, 1, None)
+    assert seen == ['validate']  # single process: basicsr's behaviour, no collective
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
+    try:
+        seen.clear()
+        BaseModel(dict(num_gpu=0, is_train=False, dist=True)).validation(None, 1, None)
+        assert seen == ['validate', 'barrier']
+    finally:
+        dist.destroy_process_group()
