@@ -11,7 +11,6 @@ a checkpoint made with another source fails.  With ``clip_pretrained: null`` (or
 ``tune: full``) the CLIP weights are ordinary state.
 """
 import math
-from contextlib import contextmanager
 from typing import List
 
 import torch
@@ -201,14 +200,6 @@ class SemanticGuidance(nn.Module):
     def unmerge_lora(self) -> None:
         for layer in lora_layers(self):
             layer.unmerge()
-
-    @contextmanager
-    def merged_lora(self):
-        self.merge_lora()
-        try:
-            yield self
-        finally:
-            self.unmerge_lora()
 
 
 def _drop_frozen_clip(module: SemanticGuidance, state_dict, prefix, local_metadata) -> None:
