@@ -27,7 +27,7 @@ def test_two_process_cpu_training(tmp_path):
     opt = train_opt(tmp_path / 'data', name='ddp', total_iter=4, save_freq=2, val_freq=2, batch=1, workers=1)
     # num_worker_per_gpu 1: spawned DataLoader workers unpickle our registered dataset (so import the package,
     # whose compat layer must make basicsr importable there too)
-    opt['datasets']['train'].update(type='SeGSRBicubicDataset')
+    opt['datasets']['train'].update(type='SeGSRBicubicDataset', persistent_workers=True)  # spawn once per rank
     del opt['datasets']['train']['dataroot_lq']
     opt_path = write_opt(tmp_path / 'ddp.yml', opt)
     proc = torchrun(tmp_path, '-m', 'segsr_basicsr.train', '-opt', opt_path, '--launcher', 'pytorch')
