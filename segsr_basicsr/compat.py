@@ -10,7 +10,7 @@ Before basicsr is imported:
 After:
   * registries: re-importing a module re-registers the same class; a real name clash names both owners;
   * option files: YAML safe loader, ``--force_yml`` without exec, ``--local-rank`` accepted;
-  * ``--launcher pytorch``: gloo on CPU, nccl on CUDA, long process-group timeout
+  * ``--launcher pytorch`` / ``slurm``: gloo on CPU, nccl on CUDA, long process-group timeout
     (``SEGSR_DIST_TIMEOUT`` seconds, default 3 h, so a long rank-0 validation does not time out);
   * DDP on CPU (no ``device_ids``); a barrier after rank-0 validation;
   * crash-safe checkpoints: atomic writes, RNG states in training states, ``weights_only`` loading;
@@ -19,7 +19,7 @@ After:
 
 Patched basicsr objects (each keeps the original as ``__segsr_original__``, see :func:`original`):
 ``Registry._do_register``, ``utils.options.ordered_yaml`` / ``parse_options`` (also the names imported by
-``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch``, ``BaseModel.model_to_device`` /
+``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch`` / ``_init_dist_slurm``, ``BaseModel.model_to_device`` /
 ``save_network`` / ``save_training_state`` / ``resume_training`` / ``load_network`` / ``validation``,
 ``basicsr.train.load_resume_state`` / ``create_train_val_dataloader`` / ``EnlargedSampler``.
 """
@@ -266,7 +266,32 @@ def _patch_dist():
 
         return _init_dist_pytorch
 
+    def make_slurm(orig):
+
+        def _init_dist_slurm(backend, port=None):
+            """basicsr's SLURM setup with the long timeout (it passed none); gloo and no set_device without CUDA."""
+            import subprocess
+
+            import torch
+            import torch.distributed as dist
+            proc_id, ntasks = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
+            num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if num_gpus:
+                torch.cuda.set_device(proc_id % num_gpus)
+            else:
+                backend = 'gloo'
+            addr = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
+            if port is not None:
+                os.environ['MASTER_PORT'] = str(port)
+            os.environ.setdefault('MASTER_PORT', '29500')
+            local = proc_id % num_gpus if num_gpus else int(os.environ.get('SLURM_LOCALID', 0))
+            os.environ.update(MASTER_ADDR=addr, WORLD_SIZE=str(ntasks), LOCAL_RANK=str(local), RANK=str(proc_id))
+            dist.init_process_group(backend=backend, timeout=dist_timeout())
+
+        return _init_dist_slurm
+
     _patch(dist_util, '_init_dist_pytorch', make_init)
+    _patch(dist_util, '_init_dist_slurm', make_slurm)
 
 
 # ----------------------------------------------------------------------------- models

@@ -169,3 +169,26 @@ def test_validation_is_followed_by_a_barrier_in_distributed_runs(tmp_path, monke
         assert seen == ['validate', 'barrier']
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('cuda', [False, True])
+def test_init_dist_slurm_cpu_and_cuda_with_long_timeout(monkeypatch, cuda):
+    import subprocess as sp
+
+    import basicsr.utils.dist_util as dist_util
+    calls, devices = [], []
+    monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4 if cuda else 0)
+    monkeypatch.setattr(torch.cuda, 'set_device', devices.append)
+    monkeypatch.setattr(sp, 'getoutput', lambda cmd: 'node07' if 'scontrol show hostname node[07-08]' in cmd else '?')
+    for key, value in dict(SLURM_PROCID='6', SLURM_NTASKS='8', SLURM_NODELIST='node[07-08]', SLURM_LOCALID='2').items():
+        monkeypatch.setenv(key, value)
+    for key in ('MASTER_PORT', 'MASTER_ADDR', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK', compat.DIST_TIMEOUT_ENV):
+        monkeypatch.delenv(key, raising=False)
+    dist_util._init_dist_slurm('nccl', port=29611)  # what init_dist('slurm', **opt['dist_params']) calls
+    assert calls == [dict(backend='nccl' if cuda else 'gloo', timeout=datetime.timedelta(hours=3))]
+    assert devices == ([2] if cuda else [])
+    import os
+    assert (os.environ['MASTER_ADDR'], os.environ['MASTER_PORT'], os.environ['WORLD_SIZE'], os.environ['RANK'],
+            os.environ['LOCAL_RANK']) == ('node07', '29611', '8', '6', '2')
