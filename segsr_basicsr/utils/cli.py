@@ -21,7 +21,8 @@ def _check_args(argv, is_train):
 
 def run(pipeline, is_train, argv=None, prog='segsr'):
     """Validate, then ``pipeline(cwd)`` so experiments/, tb_logger/ and results/ land in the current directory."""
-    if argv is not None:
+    saved = sys.argv
+    if argv is not None:  # basicsr's parser reads sys.argv
         sys.argv = [sys.argv[0]] + list(argv)
     try:
         _check_args(sys.argv[1:], is_train)
@@ -33,6 +34,7 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
         print(f'{prog}: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2)
     finally:
+        sys.argv = saved
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
