@@ -1,0 +1,497 @@
+"""SeG-SR cost vs plain HAT: time, peak memory, FLOPs and FLOP/s, in one run.
+
+    .venv/bin/python benchmarks/bench_segsr.py                        # paper config, LR 64, x4, batch 1, CPU
+    .venv/bin/python benchmarks/bench_segsr.py --config tiny --repeats 5
+    .venv/bin/python benchmarks/bench_segsr.py --batch 4 --cases train --nets segsr --use-checkpoint
+    .venv/bin/python benchmarks/bench_segsr.py --scaling --nets segsr spandrel   # LR 32/64/128 + tiled scene
+    .venv/bin/python benchmarks/bench_segsr.py --profile                        # where SeG-SR's time goes
+    .venv/bin/python benchmarks/bench_segsr.py --device cuda
+
+Nets (same backbone weights): ``segsr`` = our SeGSR_HAT with guidance, ``hat`` =
+our SeGSR_HAT with ``guidance: null``, ``spandrel`` = spandrel's HAT (the
+official HAT forward), and with ``--use-checkpoint`` ``segsr_ckpt`` (activation
+checkpointing per SR unit). ``--config`` is ``paper`` (network_g of
+options/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
+file; CLIP weights are always random (``clip_pretrained: null``): same cost.
+
+Cases: ``forward`` = inference as ``segsr_basicsr.infer`` runs it (eval,
+no_grad, LoRA merged by ``merge_lora()`` as ``infer.build_net`` does, through
+``forward_padded``); ``train`` = one step: forward, L1, backward, Adam step.
+
+Timing: runs are interleaved (net A, B, C, matmul, A, B, C, matmul, ...) so
+background load hits all alike; medians after warm-up; wall and process CPU
+time (the steadier one on a shared machine). Ratios are against spandrel's
+HAT. The matmul (same device and dtype) gives the FLOP/s the hardware reaches
+in the same conditions; "util" = achieved FLOP/s of the net / matmul FLOP/s.
+FLOPs come from torch.utils.flop_counter (CPU flash-SDPA formulas added, it
+does not count them itself). Peak memory: each (net, case) runs in a fresh
+child process: peak RSS (and its growth over the RSS before the first run)
+on CPU, torch.cuda.max_memory_allocated on CUDA.
+"""
+import argparse
+import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_OPTIONS = REPO / 'options' / 'train_SeGSR_HAT_x4.yml'
+#: the test-size net (tests/tiny_configs.py): seconds on CPU
+TINY = dict(type='SeGSR_HAT', upscale=4, in_chans=3, img_size=16, window_size=4, compress_ratio=2, squeeze_factor=4,
+            conv_scale=0.01, overlap_ratio=0.5, img_range=1., depths=[1, 1], embed_dim=16, num_heads=[2, 2],
+            mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv',
+            guidance=dict(clip_model='SeGSR-Tiny-ViT', clip_pretrained=None, lora_rank=4, lora_alpha=4))
+NETS = ('segsr', 'hat', 'spandrel')
+CASES = ('forward', 'train')
+
+
+# ----------------------------------------------------------------------------- building
+def network_options(config: str) -> dict:
+    """network_g for ``config`` (paper | tiny | option-file path), CLIP weights random."""
+    if config == 'tiny':
+        opt = copy.deepcopy(TINY)
+    else:
+        import yaml
+        path = PAPER_OPTIONS if config == 'paper' else Path(config)
+        opt = copy.deepcopy(yaml.safe_load(path.read_text())['network_g'])
+    if opt.get('type') != 'SeGSR_HAT':
+        sys.exit(f'--config {config}: network_g.type is {opt.get("type")!r}; this benchmark compares SeGSR_HAT '
+                 "with spandrel's HAT")
+    if opt.get('guidance'):
+        opt['guidance'] = dict(opt['guidance'], clip_pretrained=None)  # random weights: same cost, no download
+    return opt
+
+
+def backbone_options(opt: dict) -> dict:
+    return {k: v for k, v in opt.items() if k not in ('type', 'guidance', 'use_checkpoint')}
+
+
+def build(name: str, opt: dict, device: torch.device, channels_last: bool = False):
+    """One benchmarked net, on ``device``."""
+    import segsr_basicsr  # noqa: F401  (registers SeGSR_HAT; compat layer before basicsr)
+    from basicsr.archs import build_network
+    if name == 'spandrel':
+        from spandrel.architectures.HAT import HAT as SpandrelHAT  # benchmark/test-only dependency
+        net = SpandrelHAT(**backbone_options(opt))
+    elif name == 'hat':
+        net = build_network(dict(opt, guidance=None, use_checkpoint=False))
+    elif name in ('segsr', 'segsr_ckpt', 'segsr_compiled'):
+        if not opt.get('guidance'):
+            sys.exit('the config has no guidance block: nothing to compare')
+        net = build_network(dict(opt, use_checkpoint=name == 'segsr_ckpt'))
+    else:
+        raise ValueError(name)
+    net = net.to(device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    if name == 'segsr_compiled':
+        net.forward = torch.compile(net.forward, dynamic=False)
+    return net
+
+
+def make_runner(net, case: str, x: torch.Tensor, target: torch.Tensor):
+    """A no-argument callable running one ``case`` of ``net``; for ``forward``, LoRA merged (as infer does)."""
+    from segsr_basicsr.models.segsr_model import forward_padded
+    if case == 'forward':
+        def run():
+            net.eval()
+            if callable(getattr(net, 'merge_lora', None)):
+                net.merge_lora()  # what segsr_basicsr.infer.build_net does; a no-op once merged
+            with torch.no_grad():
+                return forward_padded(net, x)
+        return run
+    params = [p for p in net.parameters() if p.requires_grad]
+    optim = torch.optim.Adam(params, lr=2e-4, betas=(0.9, 0.99))  # the paper's optimiser
+
+    def run():
+        net.train()
+        if callable(getattr(net, 'unmerge_lora', None)):
+            net.unmerge_lora()  # LoRA is trained unmerged; a no-op when not merged
+        optim.zero_grad(set_to_none=True)
+        loss = F.l1_loss(net(x), target)
+        loss.backward()
+        optim.step()
+        return loss
+    return run
+
+
+def inputs(batch: int, size: int, scale: int, device: torch.device, channels_last: bool = False):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=g).to(device)
+    target = torch.rand(batch, 3, size * scale, size * scale, generator=g).to(device)
+    if channels_last:
+        x, target = x.contiguous(memory_format=torch.channels_last), target.contiguous(memory_format=torch.channels_last)
+    return x, target
+
+
+# ----------------------------------------------------------------------------- measuring
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    """(wall s, process CPU s) of one call."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def matmul_runner(device, dtype, n):
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return lambda: torch.mm(a, b), 2 * n ** 3
+
+
+def interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
+    """name -> (median wall s, median CPU s); fns run A, B, C, A, B, C, ... after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+            for name, ts in times.items()}
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_flop_count
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def count_flops(fn) -> int:
+    """FLOPs of one call, torch.utils.flop_counter + the CPU flash-SDPA kernels it does not know."""
+    from torch.utils.flop_counter import FlopCounterMode
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, '_scaled_dot_product_flash_attention_for_cpu'):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = _sdpa_cpu_backward_flops
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def rss_mb(field: str = 'VmRSS') -> float:
+    """This process's RSS (VmRSS) or its peak (VmHWM), MB, from /proc.
+
+    VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork + exec, so a child would
+    report its parent's RSS when that is larger.
+    """
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    return float('nan')
+
+
+def child_memory(args) -> None:
+    """In a fresh process: peak memory of one (net, case), two calls (Adam state exists in the second step)."""
+    device = torch.device(args.device)
+    opt = network_options(args.config)
+    torch.manual_seed(0)
+    net = build(args.child_net, opt, device, args.channels_last)
+    x, target = inputs(args.batch, args.child_size, opt['upscale'], device, args.channels_last)
+    run = make_runner(net, args.child_case, x, target)
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    else:
+        base = rss_mb()
+    for _ in range(2):
+        run()
+    sync(device)
+    if device.type == 'cuda':
+        peak = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        peak = rss_mb('VmHWM')
+    print(json.dumps(dict(base_mb=base, peak_mb=peak)))
+
+
+def child_scene(args) -> None:
+    """In a fresh process: one scene through segsr_basicsr.infer.super_resolve (tiled), time and peak memory."""
+    import numpy as np
+
+    from segsr_basicsr.infer import count_tiles, super_resolve
+    device = torch.device(args.device)
+    opt = network_options(args.config)
+    torch.manual_seed(0)
+    net = build(args.child_net, opt, device).eval()
+    if callable(getattr(net, 'merge_lora', None)):
+        net.merge_lora()
+    n, s = args.child_size, opt['upscale']
+    rng = np.random.default_rng(0)  # blocky noise: content does not change the cost
+    scene = np.repeat(np.repeat(rng.integers(0, 256, (n // 8, n // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    base = rss_mb()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    t0, c0 = time.perf_counter(), time.process_time()
+    sr, _ = super_resolve(net, scene, device, tile=args.tile, overlap=args.tile_overlap)
+    sync(device)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    assert sr.shape == (n * s, n * s, 3)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' \
+        else rss_mb('VmHWM')
+    tiles = count_tiles(n, n, args.tile, args.tile_overlap, getattr(net, 'size_multiple', 1))
+    print(json.dumps(dict(base_mb=base, peak_mb=peak, wall=wall, cpu=cpu, tiles=tiles)))
+
+
+def in_child(args, mode: str, net: str, case: str, size: int) -> dict:
+    cmd = [sys.executable, __file__, '--child', mode, '--child-net', net, '--child-case', case, '--child-size',
+           str(size), '--config', args.config, '--batch', str(args.batch), '--device', args.device, '--tile',
+           str(args.tile), '--tile-overlap', str(args.tile_overlap)]
+    if args.threads:
+        cmd += ['--threads', str(args.threads)]
+    if args.channels_last:
+        cmd.append('--channels-last')
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        return dict(error=out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f'exit {out.returncode}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- the run
+def fmt_mem(m: dict, device) -> str:
+    if 'error' in m:
+        return f'failed: {m["error"][:40]}'
+    if device.type == 'cuda':
+        return f'{m["peak_mb"]:8.0f} MB'
+    return f'{m["peak_mb"]:8.0f} MB (+{m["peak_mb"] - m["base_mb"]:6.0f})'
+
+
+def measure(args, nets: dict, cases, size: int, device, title: str) -> dict:
+    """Time, FLOPs and memory of every net x case at LR ``size``; prints a table; returns the numbers."""
+    opt_scale = next(iter(nets.values()))[1]
+    x, target = inputs(args.batch, size, opt_scale, device, args.channels_last)
+    mm, mm_flops = matmul_runner(device, x.dtype, args.matmul_size)
+    results = {}
+    print(f'\n== {title}: LR {size}x{size}, batch {args.batch}')
+    mem_col = 'peak alloc' if device.type == 'cuda' else 'peak RSS (+growth)'
+    print(f'{"case":8s} {"net":12s} {"wall ms":>10s} {"cpu ms":>10s} {"wall/spd":>8s} {"cpu/spd":>8s} '
+          f'{"GFLOP":>8s} {"GFLOP/s":>8s} {"util":>6s}  {mem_col}')
+    for case in cases:
+        runners = {name: make_runner(net, case, x, target) for name, (net, _) in nets.items()}
+        times = interleaved({**runners, 'matmul': mm}, device, args.warmup, args.repeats)
+        mm_rate = mm_flops / times.pop('matmul')[0]
+        for name, run in runners.items():
+            flops = count_flops(run) if not args.no_flops else float('nan')
+            mem = in_child(args, 'memory', name, case, size) if not args.no_memory else {'error': 'skipped'}
+            results[(case, name)] = dict(wall=times[name][0], cpu=times[name][1], flops=flops, mem=mem,
+                                         matmul_flops_per_s=mm_rate)
+        ref = times.get('spandrel')
+        for name in runners:
+            r = results[(case, name)]
+            rw = f'{r["wall"] / ref[0]:8.2f}' if ref else f'{"-":>8s}'
+            rc = f'{r["cpu"] / ref[1]:8.2f}' if ref else f'{"-":>8s}'
+            rate = r['flops'] / r['wall']
+            print(f'{case:8s} {name:12s} {r["wall"] * 1e3:10.1f} {r["cpu"] * 1e3:10.1f} {rw} {rc} '
+                  f'{r["flops"] / 1e9:8.1f} {rate / 1e9:8.1f} {rate / mm_rate:6.1%}  {fmt_mem(r["mem"], device)}',
+                  flush=True)
+        print(f'{case:8s} {"matmul":12s} {args.matmul_size}^3 {x.dtype}: {mm_rate / 1e9:.1f} GFLOP/s (same rounds)')
+    return results
+
+
+def check_outputs(nets: dict, x: torch.Tensor, target: torch.Tensor) -> None:
+    """Our HAT == spandrel's HAT; merged == unmerged LoRA; checkpointed == plain (loss and gradients)."""
+    from segsr_basicsr.models.segsr_model import forward_padded
+    with torch.no_grad():
+        if 'hat' in nets and 'spandrel' in nets:
+            nets['hat'][0].eval(), nets['spandrel'][0].eval()
+            print(f'max |hat - spandrel|            = {(nets["hat"][0](x) - nets["spandrel"][0](x)).abs().max():.2e}')
+        if 'segsr' in nets:
+            net = nets['segsr'][0].eval()
+            net.unmerge_lora()
+            plain = net(x)
+            net.merge_lora()
+            merged = forward_padded(net, x)
+            net.unmerge_lora()
+            print(f'max |segsr merged - unmerged|   = {(merged - plain).abs().max():.2e}')
+    if 'segsr' in nets and 'segsr_ckpt' in nets:
+        grads = []
+        for name in ('segsr', 'segsr_ckpt'):
+            net = nets[name][0].train()
+            net.zero_grad(set_to_none=True)
+            torch.manual_seed(1)  # same dropout / drop-path draws in both
+            loss = F.l1_loss(net(x), target)
+            loss.backward()
+            grads.append((loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+            net.zero_grad(set_to_none=True)
+        (l0, g0), (l1, g1) = grads
+        gdiff = max((g0[n] - g1[n]).abs().max().item() for n in g0)
+        print(f'checkpointed vs plain: |loss diff| = {(l0 - l1).abs().item():.2e}, max |grad diff| = {gdiff:.2e} '
+              f'({len(g1)}/{len(g0)} grads)')
+
+
+def profile_breakdown(net, x, target, device, case: str) -> None:
+    """torch.profiler time per part of SeG-SR (HAT units, CLIP tower, SLM, modulation, head/tail), fwd and bwd.
+
+    Forward ops are labelled by the module they run in; backward ops are matched to them by autograd
+    sequence number.
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+    g = net.guidance
+    parts = {'CLIP tower': [g.encoder], 'SLM (embeddings, maps, upsampler)': [g.meta_net, g.film, g.film_out,
+                                                                              g.attention, g.fusion, g.upsampler],
+             'modulation (LMM)': list(net.modulations), 'HAT units (RHAGs)': list(net.layers)}
+    handles = []
+    for label, mods in parts.items():
+        for m in mods:
+            scope = {}
+
+            def pre(mod, inp, label=label, scope=scope):
+                scope['rf'] = record_function(f'part::{label}')
+                scope['rf'].__enter__()
+
+            def post(mod, inp, out, scope=scope):
+                scope.pop('rf').__exit__(None, None, None)
+            handles += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    run = make_runner(net, case, x, target)
+    run()  # warm-up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with profile(activities=activities) as prof:
+        with record_function('part::step'):
+            run()
+    for h in handles:
+        h.remove()
+    events = [e for e in prof.events() if e.device_type.name == 'CPU']
+    ranges = sorted((e.time_range.start, e.time_range.end, e.name[len('part::'):]) for e in events
+                    if e.name.startswith('part::') and e.name != 'part::step')
+    step = next(e for e in events if e.name == 'part::step')
+
+    def label_at(t):
+        for s, e, name in ranges:
+            if s <= t <= e:
+                return name
+        return 'other (head, tail, glue)'
+
+    fwd_label = {}  # sequence number -> part, from the forward ops
+    for e in events:
+        if e.sequence_nr >= 0 and not e.name.startswith(('autograd::', 'part::')) and e.sequence_nr not in fwd_label:
+            fwd_label[e.sequence_nr] = label_at(e.time_range.start)
+    fwd = {}
+    bwd = {}
+    for s, e, name in ranges:
+        fwd[name] = fwd.get(name, 0) + (e - s)
+    for e in events:
+        if e.name.startswith('autograd::engine::evaluate_function'):
+            name = fwd_label.get(e.sequence_nr, 'other (head, tail, glue)')
+            bwd[name] = bwd.get(name, 0) + e.time_range.elapsed_us()
+    total = step.time_range.elapsed_us()
+    fwd['other (head, tail, glue)'] = 0
+    print(f'\n== profile, {case}: total {total / 1e3:.0f} ms (one step, wall, under the profiler)')
+    print(f'{"part":36s} {"forward ms":>11s} {"backward ms":>12s} {"share":>7s}')
+    accounted = 0
+    for name in list(parts) + ['other (head, tail, glue)']:
+        f_, b_ = fwd.get(name, 0), bwd.get(name, 0)
+        accounted += f_ + b_
+        if name == 'other (head, tail, glue)':
+            continue
+        print(f'{name:36s} {f_ / 1e3:11.1f} {b_ / 1e3:12.1f} {(f_ + b_) / total:7.1%}')
+    print(f'{"rest (head, tail, loss, Adam, glue)":36s} {"":11s} {"":12s} {(total - accounted) / total:7.1%}')
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--config', default='paper', help='paper | tiny | path to an option file (network_g)')
+    p.add_argument('--lr-size', type=int, default=64)
+    p.add_argument('--batch', type=int, default=1)
+    p.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--nets', nargs='+', choices=NETS, default=list(NETS))
+    p.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES))
+    p.add_argument('--use-checkpoint', action='store_true', help='also segsr with activation checkpointing')
+    p.add_argument('--compile', action='store_true', help='also segsr under torch.compile (needs a C++ compiler)')
+    p.add_argument('--channels-last', action='store_true', help='nets and inputs in channels_last')
+    p.add_argument('--scaling', action='store_true', help='LR sizes --scaling-sizes, then a tiled --scene')
+    p.add_argument('--scaling-sizes', type=int, nargs='+', default=[32, 64, 128])
+    p.add_argument('--scene', type=int, default=1024, help='LR scene size for --scaling (0: skip)')
+    p.add_argument('--tile', type=int, default=256, help='tile size (LR) of the scene')
+    p.add_argument('--tile-overlap', type=int, default=32)
+    p.add_argument('--matmul-size', type=int, default=1024)
+    p.add_argument('--no-memory', action='store_true', help='skip the child processes (memory)')
+    p.add_argument('--no-flops', action='store_true')
+    p.add_argument('--profile', action='store_true', help='torch.profiler breakdown of segsr (forward and train)')
+    p.add_argument('--child', choices=['memory', 'scene'], help=argparse.SUPPRESS)
+    p.add_argument('--child-net', help=argparse.SUPPRESS)
+    p.add_argument('--child-case', help=argparse.SUPPRESS)
+    p.add_argument('--child-size', type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        return (child_memory if args.child == 'memory' else child_scene)(args)
+
+    device = torch.device(args.device)
+    opt = network_options(args.config)
+    names = list(args.nets)
+    if args.use_checkpoint:
+        names.append('segsr_ckpt')
+    if args.compile:
+        names.append('segsr_compiled')
+    torch.manual_seed(0)
+    nets = {}
+    for name in names:
+        nets[name] = (build(name, opt, device, args.channels_last), opt['upscale'])
+    # one set of weights for all (the backbone of spandrel's HAT, the guidance of segsr)
+    ref = nets.get('spandrel', nets.get('hat', nets.get('segsr')))[0].state_dict()
+    for name, (net, _) in nets.items():
+        net.load_state_dict({k: v for k, v in ref.items() if k in net.state_dict()}, strict=False)
+    if 'segsr' in nets:
+        g = nets['segsr'][0].state_dict()
+        for name in ('segsr_ckpt', 'segsr_compiled'):
+            if name in nets:
+                nets[name][0].load_state_dict(g)
+    load = os.getloadavg()
+    params = {n: sum(p.numel() for p in net.parameters()) / 1e6 for n, (net, _) in nets.items()}
+    print(f'config {args.config} x{opt["upscale"]}, {device}, {torch.get_num_threads()} threads, torch '
+          f'{torch.__version__}, {os.cpu_count()} CPUs, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}')
+    print('params (M): ' + ', '.join(f'{n} {v:.2f}' for n, v in params.items()))
+    x, target = inputs(args.batch, args.lr_size, opt['upscale'], device, args.channels_last)
+    check_outputs(nets, x, target)
+
+    if args.profile:
+        for case in args.cases:
+            profile_breakdown(nets['segsr'][0], x, target, device, case)
+        return
+
+    sizes = args.scaling_sizes if args.scaling else [args.lr_size]
+    for size in sizes:
+        measure(args, nets, args.cases, size, device, f'{args.config} config')
+    if args.scaling and args.scene:
+        name = 'segsr' if 'segsr' in nets else names[0]
+        r = in_child(args, 'scene', name, 'forward', args.scene)
+        if 'error' in r:
+            print(f'\nscene {args.scene}: failed: {r["error"]}')
+        else:
+            mpix = (args.scene * opt['upscale']) ** 2 / 1e6
+            print(f'\n== tiled scene through segsr_basicsr.infer.super_resolve: {name}, LR {args.scene}x{args.scene} '
+                  f'-> {args.scene * opt["upscale"]}^2, tile {args.tile} overlap {args.tile_overlap}, {r["tiles"]} '
+                  f'tiles')
+            print(f'wall {r["wall"]:.1f} s, cpu {r["cpu"]:.1f} s, {r["wall"] / mpix:.1f} s per output Mpixel; '
+                  f'{fmt_mem(r, device)}')
+    load = os.getloadavg()
+    print(f'\nload at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}')
+
+
+if __name__ == '__main__':
+    main()
