@@ -33,6 +33,7 @@ def _bad_checkpoints(tmp):
     torch.save({'params': wrong}, tmp / 'other_arch.pth')
     _evil_pickle(tmp / 'evil.pth', tmp / 'PWNED')
     (tmp / 'text.pth').write_text('not a checkpoint\n')
+    torch.save({'iter': 7, 'epoch': 0, 'optimizers': [], 'schedulers': []}, tmp / '7.state')
 
 
 def _tiny_state():
@@ -104,6 +105,8 @@ ROWS = [
      ['other_arch.pth', 'do not fit network MSRResNet', 'size mismatch', 'strict_load_g']),
     ('missing resume state', 'train', {'path:resume_state': 'experiments/bad/training_states/40.state'}, [],
      ['path:resume_state', '40.state', 'does not exist', '--auto_resume']),
+    ('resume state without its network file', 'train', {'path:resume_state': 'CKPT/7.state'}, [],
+     ['Cannot resume from', '7.state', 'net_g_7.pth is missing']),
     ('network file given as resume state', 'train', {'path:resume_state': 'CKPT/good.pth'}, [],
      ['good.pth', 'is not a basicsr training state', "'iter'"]),
     ('test options without val', 'test', {'val': _DEL}, [], ['Testing needs a "val:" section']),

@@ -103,6 +103,36 @@ def test_sigkill_while_saving_then_auto_resume_matches_uninterrupted_run(tmp_pat
     assert not [p for p in exp.rglob('*.tmp')]  # temp files of the killed runs were cleaned up
 
 
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path):
+    """Saving after every step, killed from outside at random times (often inside torch.save), then resumed."""
+    import random
+    import time
+
+    from train_opts import PYTHON, env
+    write_pairs(tmp_path / 'data', n=4)
+    opt_path = write_opt(tmp_path / 'o.yml', train_opt(tmp_path / 'data', name='random_kill', total_iter=14,
+                                                       save_freq=1))
+    exp = tmp_path / 'experiments' / 'random_kill'
+    rng = random.Random(1234)
+    for attempt in range(3):
+        args = [PYTHON, '-m', 'segsr_basicsr.train', '-opt', opt_path] + (['--auto_resume'] if attempt else [])
+        proc = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        before = len(list((exp / 'training_states').glob('*.state'))) if exp.exists() else 0
+        while time.time() < deadline and proc.poll() is None:  # wait for this run's first save
+            if exp.exists() and len(list((exp / 'training_states').glob('*.state'))) > before:
+                break
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _all_checkpoints_load(exp)  # whatever moment the kill hit, every visible checkpoint is complete
+    run_train(tmp_path, opt_path, '--auto_resume')
+    names = _all_checkpoints_load(exp)
+    assert '14.state' in names and 'net_g_latest.pth' in names
+    assert not list(exp.rglob('*.tmp'))
+
+
 class _Payload:
     """Unpickling this runs a shell command: what a malicious checkpoint / option file would do."""
 
