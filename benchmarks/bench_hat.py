@@ -4,8 +4,10 @@
 
 Runs of the two nets are interleaved (ours, theirs, ours, ...) so background
 load hits both alike; medians after warm-up. Ratio = spandrel time / our time
-(> 1: ours is faster). Both wall-clock and process CPU time are reported:
-on a busy machine the CPU-time ratio is the steadier one.
+(> 1: ours is faster), from the medians and as the median of the ratios of
+back-to-back runs (steadier when other jobs share the machine). Wall-clock and
+process CPU time are both reported; with several threads CPU time also counts
+OpenMP spin-waiting, so prefer wall time there.
 """
 import argparse
 import statistics
@@ -39,8 +41,9 @@ def compare(label, fns, device, warmup, repeats):
             times[name].append(timed(fn, device))
     for kind, i in (('wall', 0), ('cpu', 1)):
         med = {name: statistics.median(t[i] for t in ts) for name, ts in times.items()}
+        paired = statistics.median(s[i] / o[i] for s, o in zip(times['spandrel'], times['ours']))
         print(f'{label:10s} {kind:4s} ours {med["ours"] * 1e3:9.1f} ms   spandrel {med["spandrel"] * 1e3:9.1f} ms   '
-              f'spandrel/ours {med["spandrel"] / med["ours"]:5.2f}x')
+              f'spandrel/ours {med["spandrel"] / med["ours"]:5.2f}x (median of paired runs {paired:5.2f}x)')
 
 
 def main():

@@ -2,11 +2,17 @@
 
 Module and parameter names mirror official ``hat/archs/hat_arch.py`` so an
 official checkpoint loads with ``strict=True``; the computation is rewritten
-for speed: qkv/proj are applied per token (before the window partition and
-after the merge), attention runs in ``F.scaled_dot_product_attention`` with
-the relative-position bias (+ shift mask) as its float ``attn_mask``, and the
-overlapping key/value windows of OCAB are cut with ``Tensor.unfold`` views
-(one copy) instead of ``nn.Unfold`` + rearrange.
+for speed on CPU (same results to float rounding):
+
+* qkv/proj act per token, so they run on the whole grid, before the window
+  partition / after the merge; window partition + head split is one copy;
+* inference attention is ``F.scaled_dot_product_attention`` (fused kernel)
+  with relative-position bias (+ shift mask) as a 4-D float ``attn_mask``;
+  in training, a hand-written autograd function also returns the bias grad
+  (SDPA's fused kernels cannot, and its generic path is slow);
+* head dim 30 (HAT, HAT-L) runs zero-padded to 32: much faster CPU GEMMs;
+* OCAB cuts its overlapping key/value windows with ``Tensor.unfold`` views;
+* convs see channels-last views of the (B, H*W, C) tokens: no copies.
 
 Token features are (B, H*W, C) throughout, as in official HAT.
 """
@@ -122,8 +128,11 @@ class BiasedWindowAttention(torch.autograd.Function):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: float,
               batch: int) -> torch.Tensor:
-    """Attention of (B*nW, heads, N, d) windows; ``mask`` is (1, heads, N, M) or per window (nW, heads, N, M)."""
-    if dropout == 0 and mask.requires_grad and torch.is_grad_enabled():
+    """Attention of (B*nW, heads, N, d) windows; ``mask`` is (1, heads, N, M) or per window (nW, heads, N, M).
+
+    On CUDA, SDPA's memory-efficient kernel differentiates the mask itself, so it is used throughout.
+    """
+    if dropout == 0 and mask.requires_grad and torch.is_grad_enabled() and q.device.type == 'cpu':
         return BiasedWindowAttention.apply(q, k, v, mask, scale)
     # fused SDPA; its CPU kernel needs a 4-D mask that broadcasts over dim 0 (3-D/5-D -> slow path)
     if mask.shape[0] > 1 and batch > 1:  # per-window mask: one call per image
