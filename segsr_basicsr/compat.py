@@ -19,7 +19,8 @@ After:
 
 Patched basicsr objects (each keeps the original as ``__segsr_original__``, see :func:`original`):
 ``Registry._do_register``, ``utils.options.ordered_yaml`` / ``parse_options`` (also the names imported by
-``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch`` / ``_init_dist_slurm``, ``BaseModel.model_to_device`` /
+``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch`` / ``_init_dist_slurm``,
+``BaseModel.model_to_device`` /
 ``save_network`` / ``save_training_state`` / ``resume_training`` / ``load_network`` / ``validation``,
 ``basicsr.train.load_resume_state`` / ``create_train_val_dataloader`` / ``EnlargedSampler``.
 """

@@ -2,7 +2,6 @@
 import datetime
 import importlib
 import subprocess
-import sys
 import textwrap
 
 import numpy as np

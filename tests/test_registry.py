@@ -51,8 +51,9 @@ before = ours()
 assert ('arch', 'SeGSR_HAT') in before and ('model', 'SeGSRModel') in before, sorted(before)
 
 # 1) importlib.reload of every registering module
-for mod in [m for m in list(sys.modules) if m.startswith('segsr_basicsr.') and m.endswith(('_arch', '_model', '_dataset'))]:
-    importlib.reload(sys.modules[mod])
+for mod in list(sys.modules):
+    if mod.startswith('segsr_basicsr.') and mod.endswith(('_arch', '_model', '_dataset')):
+        importlib.reload(sys.modules[mod])
 # 2) a fresh import of the whole package while the registries already hold everything
 for mod in [m for m in list(sys.modules) if m == 'segsr_basicsr' or m.startswith('segsr_basicsr.')]:
     del sys.modules[mod]

@@ -1,4 +1,4 @@
-"""Shared front of ``segsr_basicsr.train`` / ``segsr_basicsr.test``: check the option file, then hand over to basicsr."""
+"""Shared front of ``segsr_basicsr.train`` / ``.test``: check the option file, then hand over to basicsr."""
 import argparse
 import os
 import sys
