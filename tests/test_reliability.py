@@ -285,3 +285,17 @@ def test_ddp_resume_mid_epoch_continues_every_ranks_sequence(tmp_path):
     assert sorted(losses(log)) == list(range(1, 7))
     assert _same(_weights(tmp_path / 'experiments' / 'cut' / 'models' / 'net_g_latest.pth'),
                  _weights(tmp_path / 'experiments' / 'ref' / 'models' / 'net_g_latest.pth'))
+
+
+def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from segsr_basicsr.utils.checkpoint import get_rng_states, set_rng_states
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    atomic_save({'rng_states': [get_rng_states()]}, tmp_path / '1.state')
+    first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    set_rng_states(load_checkpoint(tmp_path / '1.state')['rng_states'][0])  # weights_only can read it back
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    assert first[:3] == again[:3] and torch.equal(first[3], again[3])

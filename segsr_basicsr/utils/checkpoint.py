@@ -139,11 +139,14 @@ def get_rng_states():
 
 
 def set_rng_states(states):
-    """Restore what :func:`get_rng_states` returned (CUDA only when the device count matches)."""
+    """Restore what :func:`get_rng_states` returned (CUDA only when the device count matches).
+
+    Tensors may come back on a GPU (resume maps the state there): they are moved to the CPU first.
+    """
     version, internal, gauss = states['python']
     random.setstate((version, tuple(internal), gauss))
     n = states['numpy']
-    np.random.set_state((n['name'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+    np.random.set_state((n['name'], n['keys'].cpu().numpy().astype(np.uint32), n['pos'], n['has_gauss'],
                          n['cached_gaussian']))
     torch.set_rng_state(states['torch'].cpu())
     cuda = states.get('cuda')
