@@ -516,6 +516,13 @@ def _patch_train():
                                           'experiments/<name>/training_states/<iter>.state file, or remove it and '
                                           'use --auto_resume.')
                 state = load_checkpoint(explicit, map_location=device)
+            if _dist_ready():  # every process must continue from the same state, or DDP hangs later
+                import torch.distributed as dist
+                chosen = [None] * dist.get_world_size()
+                dist.all_gather_object(chosen, None if state is None else state.get('iter'))
+                if len(set(chosen)) > 1:
+                    raise CheckpointError(f'The processes would resume from different iterations {chosen} (rank order, '
+                                          'None = from scratch). Is experiments/ on a shared file system, in sync?')
             if state is None:
                 return None
             for key in ('iter', 'epoch', 'optimizers', 'schedulers'):
