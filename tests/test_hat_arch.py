@@ -200,3 +200,18 @@ def test_load_hat_checkpoint_mismatch_names_file_and_keys(tmp_path):
     assert str(path) in text and 'layers.2.conv.weight' in text and 'upsample.2.weight' in text
     with pytest.raises(KeyError, match='no .params_g.'):
         load_hat_checkpoint(SeGSR_HAT(**TINY_HAT), path, param_key='params_g')
+
+
+@pytest.mark.parametrize('shifted', [False, True])
+def test_biased_window_attention_gradients(shifted):
+    """The hand-written backward (used in CPU training) against numerical gradients; 2 images x 3 windows."""
+    from segsr_basicsr.archs.hat_blocks import BiasedWindowAttention
+    q = torch.randn(6, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(6, 2, 7, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    bias = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)
+    shift_mask = -100. * (torch.rand(3, 1, 5, 7) > 0.6).double() if shifted else None
+    assert torch.autograd.gradcheck(lambda *t: BiasedWindowAttention.apply(*t, shift_mask, 0.3), (q, k, v, bias))
+    out = BiasedWindowAttention.apply(q, k, v, bias, shift_mask, 0.3)
+    mask = bias if shift_mask is None else (bias + shift_mask).repeat(2, 1, 1, 1)
+    ref = torch.softmax(0.3 * q @ k.transpose(-2, -1) + mask, -1) @ v
+    assert torch.allclose(out, ref)

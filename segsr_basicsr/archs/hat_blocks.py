@@ -93,25 +93,28 @@ def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 class BiasedWindowAttention(torch.autograd.Function):
-    """softmax(scale * q k^T + mask) v with a hand-written backward that also returns d(mask).
+    """softmax(scale * q k^T + bias [+ shift_mask]) v, with a hand-written backward that also returns d(bias).
 
     SDPA's fused CPU kernels do not differentiate ``attn_mask``, so with a
     trainable bias SDPA falls back to its slow generic path. This keeps what
-    autograd of official HAT keeps (the probabilities) and nothing more.
-    q (B*nW, heads, N, d), k/v (B*nW, heads, M, d), mask (1 or nW, heads, N, M).
+    autograd of official HAT keeps (the probabilities) and adds bias and shift
+    mask in place, never building their (nW, heads, N, M) sum or its gradient.
+    q (B*nW, heads, N, d), k/v (B*nW, heads, M, d), bias (1, heads, N, M),
+    shift_mask None or (nW, 1, N, M).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale):
+    def forward(ctx, q, k, v, bias, shift_mask, scale):
         q = q * scale
         scores = q @ k.transpose(-2, -1)
-        scores.view(-1, *mask.shape).add_(mask)
+        scores += bias
+        if shift_mask is not None:
+            scores.view(-1, *shift_mask.shape[:1], *scores.shape[1:]).add_(shift_mask)
         probs = torch.softmax(scores, dim=-1)
         del scores
         out = probs @ v
         ctx.save_for_backward(q, k, v, probs, out)
         ctx.scale = scale
-        ctx.mask_shape = mask.shape
         return out
 
     @staticmethod
@@ -120,21 +123,22 @@ class BiasedWindowAttention(torch.autograd.Function):
         grad_v = probs.transpose(-2, -1) @ grad_out
         grad_scores = grad_out @ v.transpose(-2, -1)  # d probs, turned into d scores in place
         grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
-        grad_mask = grad_scores.view(-1, *ctx.mask_shape).sum(0)
+        grad_bias = grad_scores.sum(0, keepdim=True)
         grad_q = (grad_scores @ k).mul_(ctx.scale)
         grad_k = grad_scores.transpose(-2, -1) @ q
-        return grad_q, grad_k, grad_v, grad_mask, None
+        return grad_q, grad_k, grad_v, grad_bias, None, None
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float, dropout: float,
-              batch: int) -> torch.Tensor:
-    """Attention of (B*nW, heads, N, d) windows; ``mask`` is (1, heads, N, M) or per window (nW, heads, N, M).
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+              shift_mask: Optional[torch.Tensor], scale: float, dropout: float, batch: int) -> torch.Tensor:
+    """Attention of (B*nW, heads, N, d) windows with bias (1, heads, N, M) and optional shift_mask (nW, 1, N, M).
 
     On CUDA, SDPA's memory-efficient kernel differentiates the mask itself, so it is used throughout.
     """
-    if dropout == 0 and mask.requires_grad and torch.is_grad_enabled() and q.device.type == 'cpu':
-        return BiasedWindowAttention.apply(q, k, v, mask, scale)
+    if dropout == 0 and bias.requires_grad and torch.is_grad_enabled() and q.device.type == 'cpu':
+        return BiasedWindowAttention.apply(q, k, v, bias, shift_mask, scale)
     # fused SDPA; its CPU kernel needs a 4-D mask that broadcasts over dim 0 (3-D/5-D -> slow path)
+    mask = bias if shift_mask is None else bias + shift_mask
     if mask.shape[0] > 1 and batch > 1:  # per-window mask: one call per image
         q, k, v = (t.unflatten(0, (batch, -1)) for t in (q, k, v))
         return torch.cat([F.scaled_dot_product_attention(q[i], k[i], v[i], attn_mask=mask, dropout_p=dropout,
@@ -199,16 +203,14 @@ class HAB(nn.Module):
         normed = self.norm1(x).view(b, h, w, c)
         conv_x = self.conv_block(normed.permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
 
-        # qkv and proj act per token, so they commute with the cyclic shift and the window partition
-        qkv = self.attn.qkv(normed)
+        # qkv and proj act per token, so they commute with the window partition; rolling their C-wide
+        # input/output is cheaper than rolling the 3C-wide qkv
         if s > 0:
-            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
-        q, k, v = window_heads(qkv, 3, ws, self.num_heads, self.padded_head_dim)
-        mask = gather_bias(self.attn.relative_position_bias_table, rpi)  # 1, heads, N, N
-        if s > 0:
-            mask = mask + shift_mask  # nW, heads, N, N
+            normed = torch.roll(normed, shifts=(-s, -s), dims=(1, 2))
+        q, k, v = window_heads(self.attn.qkv(normed), 3, ws, self.num_heads, self.padded_head_dim)
+        bias = gather_bias(self.attn.relative_position_bias_table, rpi)  # 1, heads, N, N
         dropout = self.attn.attn_drop if self.training else 0.
-        out = attention(q, k, v, mask, self.attn.scale, dropout, b)
+        out = attention(q, k, v, bias, shift_mask if s > 0 else None, self.attn.scale, dropout, b)
         out = self.attn.proj_drop(self.attn.proj(merge_window_heads(out, b, h, w, ws, self.head_dim)))
         if s > 0:
             out = torch.roll(out, shifts=(s, s), dims=(1, 2))
@@ -251,8 +253,8 @@ class OCAB(nn.Module):
         if dp > d:
             kv = F.pad(kv, (0, dp - d))
         k, v = kv.reshape(2, -1, nh, ows * ows, dp)  # B*nW, heads, M, dp each
-        mask = gather_bias(self.relative_position_bias_table, rpi)  # 1, heads, N, M
-        out = attention(q, k, v, mask, self.scale, 0., b)
+        bias = gather_bias(self.relative_position_bias_table, rpi)  # 1, heads, N, M
+        out = attention(q, k, v, bias, None, self.scale, 0., b)
         x = x + self.proj(merge_window_heads(out, b, h, w, ws, d)).view(b, n, c)
         return x + self.mlp(self.norm2(x))
 
