@@ -47,8 +47,12 @@ def test_output_equals_spandrel_hat(name, scale):
         assert (out - ref).abs().max() < 1e-5, (name, scale, h, w)
 
 
-def test_gradients_equal_spandrel_hat():
-    ours, theirs = pair(TINY_HAT, drop_path_rate=0.)
+@pytest.mark.parametrize('overrides', [{}, dict(embed_dim=60, compress_ratio=3, squeeze_factor=6)],
+                         ids=['tiny', 'head-dim-30-padded'])
+def test_gradients_equal_spandrel_hat(overrides, monkeypatch):
+    from segsr_basicsr.archs import hat_blocks
+    monkeypatch.setattr(hat_blocks, 'ATTENTION_CHUNK_BYTES', 1)  # one window per step: exercise the chunking
+    ours, theirs = pair(TINY_HAT, drop_path_rate=0., **overrides)
     ours.train(), theirs.train()
     x, y = torch.rand(2, 3, 18, 13), torch.rand(2, 3, 72, 52)
     for net in (ours, theirs):
@@ -202,10 +206,13 @@ def test_load_hat_checkpoint_mismatch_names_file_and_keys(tmp_path):
         load_hat_checkpoint(SeGSR_HAT(**TINY_HAT), path, param_key='params_g')
 
 
+@pytest.mark.parametrize('chunk_bytes', [1, 1 << 20])
 @pytest.mark.parametrize('shifted', [False, True])
-def test_biased_window_attention_gradients(shifted):
+def test_biased_window_attention_gradients(shifted, chunk_bytes, monkeypatch):
     """The hand-written backward (used in CPU training) against numerical gradients; 2 images x 3 windows."""
+    from segsr_basicsr.archs import hat_blocks
     from segsr_basicsr.archs.hat_blocks import BiasedWindowAttention
+    monkeypatch.setattr(hat_blocks, 'ATTENTION_CHUNK_BYTES', chunk_bytes)
     q = torch.randn(6, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     k, v = (torch.randn(6, 2, 7, 4, dtype=torch.float64, requires_grad=True) for _ in range(2))
     bias = torch.randn(1, 2, 5, 7, dtype=torch.float64, requires_grad=True)

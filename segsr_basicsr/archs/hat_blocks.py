@@ -92,41 +92,65 @@ def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table.t()[:, index].unsqueeze(0)
 
 
+#: bytes of (heads, N, M) attention scores handled per step in CPU training: small enough to stay in cache
+ATTENTION_CHUNK_BYTES = 2 << 20
+
+
 class BiasedWindowAttention(torch.autograd.Function):
     """softmax(scale * q k^T + bias [+ shift_mask]) v, with a hand-written backward that also returns d(bias).
 
     SDPA's fused CPU kernels do not differentiate ``attn_mask``, so with a
     trainable bias SDPA falls back to its slow generic path. This keeps what
-    autograd of official HAT keeps (the probabilities) and adds bias and shift
-    mask in place, never building their (nW, heads, N, M) sum or its gradient.
+    autograd of official HAT keeps (the probabilities), adds bias and shift
+    mask in place (never building their (nW, heads, N, M) sum or its
+    gradient), and works through a few windows at a time so the N x M
+    temporaries stay in cache.
     q (B*nW, heads, N, d), k/v (B*nW, heads, M, d), bias (1, heads, N, M),
     shift_mask None or (nW, 1, N, M).
     """
 
     @staticmethod
+    def chunks(num_windows: int, shift_mask: Optional[torch.Tensor], bytes_per_window: int):
+        """Slices of the B*nW windows; with a shift mask each stays inside one image (size divides nW)."""
+        size = max(1, ATTENTION_CHUNK_BYTES // bytes_per_window)
+        if shift_mask is not None:
+            per_image = shift_mask.shape[0]
+            size = max(d for d in range(1, min(size, per_image) + 1) if per_image % d == 0)
+        return [slice(i, min(i + size, num_windows)) for i in range(0, num_windows, size)]
+
+    @staticmethod
     def forward(ctx, q, k, v, bias, shift_mask, scale):
         q = q * scale
-        scores = q @ k.transpose(-2, -1)
-        scores += bias
-        if shift_mask is not None:
-            scores.view(-1, *shift_mask.shape[:1], *scores.shape[1:]).add_(shift_mask)
-        probs = torch.softmax(scores, dim=-1)
-        del scores
-        out = probs @ v
+        probs = q.new_empty(q.shape[:-1] + k.shape[-2:-1])  # B*nW, heads, N, M
+        out = q.new_empty(q.shape[:-1] + v.shape[-1:])
+        chunks = BiasedWindowAttention.chunks(q.shape[0], shift_mask, probs[0].numel() * probs.element_size())
+        for rows in chunks:
+            scores = torch.matmul(q[rows], k[rows].transpose(-2, -1), out=probs[rows])
+            scores += bias
+            if shift_mask is not None:
+                first = rows.start % shift_mask.shape[0]
+                scores += shift_mask[first:first + scores.shape[0]]
+            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+            torch.matmul(scores, v[rows], out=out[rows])
         ctx.save_for_backward(q, k, v, probs, out)
-        ctx.scale = scale
+        ctx.scale, ctx.chunks = scale, chunks
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, probs, out = ctx.saved_tensors
-        grad_v = probs.transpose(-2, -1) @ grad_out
-        grad_scores = grad_out @ v.transpose(-2, -1)  # d probs, turned into d scores in place
-        grad_scores.sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
-        grad_bias = grad_scores.sum(0, keepdim=True)
-        grad_q = (grad_scores @ k).mul_(ctx.scale)
-        grad_k = grad_scores.transpose(-2, -1) @ q
-        return grad_q, grad_k, grad_v, grad_bias, None, None
+        grad_out = grad_out.contiguous()
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_bias = torch.zeros((1, ) + probs.shape[1:], dtype=probs.dtype, device=probs.device)
+        row_dot = (grad_out * out).sum(-1, keepdim=True)  # softmax backward: sum_j p_j dp_j = (dO . O)
+        for rows in ctx.chunks:
+            torch.matmul(probs[rows].transpose(-2, -1), grad_out[rows], out=grad_v[rows])
+            grad_scores = grad_out[rows] @ v[rows].transpose(-2, -1)  # d probs, made d scores in place
+            grad_scores.sub_(row_dot[rows]).mul_(probs[rows])
+            grad_bias += grad_scores.sum(0, keepdim=True)
+            torch.matmul(grad_scores, k[rows], out=grad_q[rows])
+            torch.matmul(grad_scores.transpose(-2, -1), q[rows], out=grad_k[rows])
+        return grad_q.mul_(ctx.scale), grad_k, grad_v, grad_bias, None, None
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
