@@ -93,7 +93,7 @@ def gather_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 #: bytes of (heads, N, M) attention scores handled per step in CPU training: small enough to stay in cache
-ATTENTION_CHUNK_BYTES = 2 << 20
+ATTENTION_CHUNK_BYTES = 4 << 20
 
 
 class BiasedWindowAttention(torch.autograd.Function):
