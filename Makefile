@@ -34,13 +34,14 @@ demo: install
 	$(PY) datasets_prep/make_demo_dataset.py --out $(DEMO_DATA)
 	$(PY) -m segsr_basicsr.train -opt options/demo/train_SeGSR_HAT_demo_x4.yml
 	$(PY) -m segsr_basicsr.test -opt options/demo/test_SeGSR_HAT_demo_x4.yml
+	$(PY) datasets_prep/bicubic_baseline.py --hr $(DEMO_DATA)/val/HR --lr $(DEMO_DATA)/val/LR_x4 --scale 4
 	$(PY) -m segsr_basicsr.infer -opt options/demo/test_SeGSR_HAT_demo_x4.yml \
 		--model experiments/SeGSR_HAT_demo_x4/models/net_g_latest.pth \
 		--input $(DEMO_DATA)/scene/demo_scene_LR.png --output results/demo_infer --tile 64 --tile-overlap 16
 	@echo
 	@echo "Demo done. Look at:"
 	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"
-	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/"
+	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/ (compare with the bicubic line above)"
 	@echo "  large-scene inference:             results/demo_infer/"
 
 bench: install
