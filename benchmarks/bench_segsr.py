@@ -49,6 +49,7 @@ TINY = dict(type='SeGSR_HAT', upscale=4, in_chans=3, img_size=16, window_size=4,
             mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv',
             guidance=dict(clip_model='SeGSR-Tiny-ViT', clip_pretrained=None, lora_rank=4, lora_alpha=4))
 NETS = ('segsr', 'hat', 'spandrel')
+OTHER = 'other (head, tail, glue)'
 CASES = ('forward', 'train')
 
 
@@ -88,6 +89,12 @@ def build(name: str, opt: dict, device: torch.device, channels_last: bool = Fals
         net = build_network(dict(opt, use_checkpoint=name == 'segsr_ckpt'))
     else:
         raise ValueError(name)
+    if name.startswith('segsr'):  # LoRA B as after training (it starts at 0): merged != unmerged, same cost
+        gen = torch.Generator().manual_seed(1)
+        for m in net.modules():
+            if hasattr(m, 'lora_B'):
+                with torch.no_grad():
+                    m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=gen) * 0.01)
     net = net.to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -340,7 +347,7 @@ def check_outputs(nets: dict, x: torch.Tensor, target: torch.Tensor) -> None:
               f'({len(g1)}/{len(g0)} grads)')
 
 
-def profile_breakdown(net, x, target, device, case: str) -> None:
+def profile_breakdown(net, x, target, device, case: str, steps: int) -> None:
     """torch.profiler time per part of SeG-SR (HAT units, CLIP tower, SLM, modulation, head/tail), fwd and bwd.
 
     Forward ops are labelled by the module they run in; backward ops are matched to them by autograd
@@ -368,7 +375,8 @@ def profile_breakdown(net, x, target, device, case: str) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == 'cuda' else [])
     with profile(activities=activities) as prof:
         with record_function('part::step'):
-            run()
+            for _ in range(steps):
+                run()
     for h in handles:
         h.remove()
     events = [e for e in prof.events() if e.device_type.name == 'CPU']
@@ -380,7 +388,7 @@ def profile_breakdown(net, x, target, device, case: str) -> None:
         for s, e, name in ranges:
             if s <= t <= e:
                 return name
-        return 'other (head, tail, glue)'
+        return OTHER
 
     fwd_label = {}  # sequence number -> part, from the forward ops
     for e in events:
@@ -390,22 +398,22 @@ def profile_breakdown(net, x, target, device, case: str) -> None:
     bwd = {}
     for s, e, name in ranges:
         fwd[name] = fwd.get(name, 0) + (e - s)
+    fwd[OTHER] = sum(e.time_range.elapsed_us() for e in events  # top-level forward ops outside the parts
+                     if e.cpu_parent is step and not e.name.startswith(('part::', 'autograd', 'Optimizer'))
+                     and label_at(e.time_range.start) == OTHER)
     for e in events:
         if e.name.startswith('autograd::engine::evaluate_function'):
-            name = fwd_label.get(e.sequence_nr, 'other (head, tail, glue)')
+            name = fwd_label.get(e.sequence_nr, OTHER)
             bwd[name] = bwd.get(name, 0) + e.time_range.elapsed_us()
     total = step.time_range.elapsed_us()
-    fwd['other (head, tail, glue)'] = 0
-    print(f'\n== profile, {case}: total {total / 1e3:.0f} ms (one step, wall, under the profiler)')
+    print(f'\n== profile, {case}: {total / 1e3 / steps:.0f} ms per step (wall, under the profiler, {steps} steps)')
     print(f'{"part":36s} {"forward ms":>11s} {"backward ms":>12s} {"share":>7s}')
     accounted = 0
-    for name in list(parts) + ['other (head, tail, glue)']:
+    for name in list(parts) + [OTHER]:
         f_, b_ = fwd.get(name, 0), bwd.get(name, 0)
         accounted += f_ + b_
-        if name == 'other (head, tail, glue)':
-            continue
-        print(f'{name:36s} {f_ / 1e3:11.1f} {b_ / 1e3:12.1f} {(f_ + b_) / total:7.1%}')
-    print(f'{"rest (head, tail, loss, Adam, glue)":36s} {"":11s} {"":12s} {(total - accounted) / total:7.1%}')
+        print(f'{name:36s} {f_ / 1e3 / steps:11.1f} {b_ / 1e3 / steps:12.1f} {(f_ + b_) / total:7.1%}')
+    print(f'{"rest (loss, optimiser, autograd)":36s} {"":11s} {"":12s} {(total - accounted) / total:7.1%}')
 
 
 def main():
@@ -471,7 +479,7 @@ def main():
 
     if args.profile:
         for case in args.cases:
-            profile_breakdown(nets['segsr'][0], x, target, device, case)
+            profile_breakdown(nets['segsr'][0], x, target, device, case, args.repeats)
         return
 
     sizes = args.scaling_sizes if args.scaling else [args.lr_size]
