@@ -114,7 +114,7 @@ def test_shift_mask_cache_follows_dtype_and_is_bounded():
     assert net.shift_mask(8, 8, torch.device('cpu'), torch.float64).dtype == torch.float64
     for i in range(hat_arch.MASK_CACHE_SIZE + 3):
         net.shift_mask(4 * (i + 2), 4, torch.device('cpu'), torch.float32)
-    assert len(net._shift_masks) == hat_arch.MASK_CACHE_SIZE
+    assert 0 < len(net._shift_masks) <= hat_arch.MASK_CACHE_SIZE
     net.double()  # moving the net drops masks built for the old dtype/device
     assert len(net._shift_masks) == 0
 

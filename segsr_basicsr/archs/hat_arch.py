@@ -11,7 +11,6 @@ the window size, output cropped); the shifted-window mask is cached per
 (H, W, device, dtype); attention is fused (``F.scaled_dot_product_attention``);
 ``use_checkpoint`` recomputes each RHAG in backward to save training memory.
 """
-from collections import OrderedDict
 from os import PathLike
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -76,7 +75,7 @@ def _check_options(upscale, in_chans, img_size, patch_size, window_size, compres
 
 @ARCH_REGISTRY.register()
 class SeGSR_HAT(GuidedBackbone):
-    """HAT with SeG-SR guidance after each RHAG (none when ``guidance=None``).
+    """HAT with SeG-SR guidance after each RHAG (none when ``guidance=None``): (B, C, H, W) -> (B, C, sH, sW).
 
     Option keys are those of HAT's option files; ``img_size`` only matters for
     ``ape`` and, as in official HAT, shifted windows are off when
@@ -109,7 +108,7 @@ class SeGSR_HAT(GuidedBackbone):
         # official HAT turns the shift off when the training patch is a single window
         patches = [s // p for s, p in zip(to_2tuple(img_size), to_2tuple(patch_size))]
         self.shift_size = 0 if min(patches) <= window_size else window_size // 2
-        self._shift_masks: 'OrderedDict[tuple, torch.Tensor]' = OrderedDict()
+        self._shift_masks: Dict[tuple, torch.Tensor] = {}
 
         # 1. shallow feature extraction
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
@@ -160,12 +159,9 @@ class SeGSR_HAT(GuidedBackbone):
         key = (h, w, device, dtype)
         mask = self._shift_masks.get(key)
         if mask is None:
-            mask = shift_window_mask(h, w, self.window_size, self.shift_size, dtype, device)
-            self._shift_masks[key] = mask
-            while len(self._shift_masks) > MASK_CACHE_SIZE:
-                self._shift_masks.popitem(last=False)
-        else:
-            self._shift_masks.move_to_end(key)
+            if len(self._shift_masks) >= MASK_CACHE_SIZE:  # many sizes (e.g. full-image validation): start over
+                self._shift_masks.clear()
+            mask = self._shift_masks[key] = shift_window_mask(h, w, self.window_size, self.shift_size, dtype, device)
         return mask
 
     def _apply(self, fn, *args, **kwargs):
