@@ -15,6 +15,7 @@ spandrel_hat = pytest.importorskip('spandrel.architectures.HAT')
 REFERENCE = SHARED / 'reference'
 CONFIGS = {
     'tiny': TINY_HAT,
+    'tiny-shifted': dict(TINY_HAT, depths=[2, 2]),  # TINY_HAT's single-block groups never shift
     'tiny-noshift': dict(TINY_HAT, img_size=4),  # official HAT drops the shift when img_size <= window_size
     'HAT-S': dict(HAT_COMMON, **HAT_SIZES['HAT-S']),
     'HAT': dict(HAT_COMMON, **HAT_SIZES['HAT']),
@@ -47,8 +48,9 @@ def test_output_equals_spandrel_hat(name, scale):
         assert (out - ref).abs().max() < 1e-5, (name, scale, h, w)
 
 
-@pytest.mark.parametrize('overrides', [{}, dict(embed_dim=60, compress_ratio=3, squeeze_factor=6)],
-                         ids=['tiny', 'head-dim-30-padded'])
+@pytest.mark.parametrize('overrides', [dict(depths=[2, 2]), dict(depths=[2, 2], embed_dim=60, compress_ratio=3,
+                                                                  squeeze_factor=6)],
+                         ids=['tiny-shifted', 'head-dim-30-padded'])
 def test_gradients_equal_spandrel_hat(overrides, monkeypatch):
     from segsr_basicsr.archs import hat_blocks
     monkeypatch.setattr(hat_blocks, 'ATTENTION_CHUNK_BYTES', 1)  # one window per step: exercise the chunking
