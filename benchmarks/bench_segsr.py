@@ -284,8 +284,8 @@ def fmt_mem(m: dict, device) -> str:
     return f'{m["peak_mb"]:8.0f} MB (+{m["peak_mb"] - m["base_mb"]:6.0f})'
 
 
-def measure(args, nets: dict, cases, size: int, device, title: str) -> dict:
-    """Time, FLOPs and memory of every net x case at LR ``size``; prints a table; returns the numbers."""
+def measure(args, nets: dict, cases, size: int, device, title: str, memory: dict) -> dict:
+    """Time and FLOPs of every net x case at LR ``size``, with ``memory`` from the children; prints a table."""
     opt_scale = next(iter(nets.values()))[1]
     x, target = inputs(args.batch, size, opt_scale, device, args.channels_last)
     mm, mm_flops = matmul_runner(device, x.dtype, args.matmul_size)
@@ -300,7 +300,7 @@ def measure(args, nets: dict, cases, size: int, device, title: str) -> dict:
         mm_rate = mm_flops / times.pop('matmul')[0]
         for name, run in runners.items():
             flops = count_flops(run) if not args.no_flops else float('nan')
-            mem = in_child(args, 'memory', name, case, size) if not args.no_memory else {'error': 'skipped'}
+            mem = memory.get((size, case, name), {'error': 'skipped'})
             results[(case, name)] = dict(wall=times[name][0], cpu=times[name][1], flops=flops, mem=mem,
                                          matmul_flops_per_s=mm_rate)
         ref = times.get('spandrel')
@@ -456,6 +456,13 @@ def main():
         names.append('segsr_ckpt')
     if args.compile:
         names.append('segsr_compiled')
+    sizes = args.scaling_sizes if args.scaling else [args.lr_size]
+    # memory first, while this process is small: the children's peaks are then the only big ones
+    memory = {} if args.no_memory or args.profile else {
+        (size, case, name): in_child(args, 'memory', name, case, size)
+        for size in sizes for case in args.cases for name in names}
+    scene = in_child(args, 'scene', 'segsr' if 'segsr' in names else names[0], 'forward', args.scene) \
+        if args.scaling and args.scene and not args.profile else None
     torch.manual_seed(0)
     nets = {}
     for name in names:
@@ -482,12 +489,10 @@ def main():
             profile_breakdown(nets['segsr'][0], x, target, device, case, args.repeats)
         return
 
-    sizes = args.scaling_sizes if args.scaling else [args.lr_size]
     for size in sizes:
-        measure(args, nets, args.cases, size, device, f'{args.config} config')
-    if args.scaling and args.scene:
-        name = 'segsr' if 'segsr' in nets else names[0]
-        r = in_child(args, 'scene', name, 'forward', args.scene)
+        measure(args, nets, args.cases, size, device, f'{args.config} config', memory)
+    if scene is not None:
+        name, r = 'segsr' if 'segsr' in names else names[0], scene
         if 'error' in r:
             print(f'\nscene {args.scene}: failed: {r["error"]}')
         else:
