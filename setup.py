@@ -28,7 +28,7 @@ setup(
         'setuptools',  # basicsr imports distutils, gone from Python 3.12
     ],
     extras_require={
-        'test': ['pytest>=7', 'spandrel>=0.4'],
+        'test': ['pytest>=7', 'spandrel>=0.4', 'rasterio>=1.3'],  # rasterio: the GeoTIFF round-trip test
         'geo': ['rasterio>=1.3'],
     },
     entry_points={

@@ -1,6 +1,8 @@
 """SeGSR_HAT without guidance is official HAT: same keys, same output (spandrel as the oracle), any input size."""
 import ast
 import copy
+import gzip
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,11 +10,12 @@ import torch
 import segsr_basicsr  # noqa: F401  (registers the archs)
 from segsr_basicsr.archs import hat_arch
 from segsr_basicsr.archs.hat_arch import HAT_COMMON, HAT_SIZES, SeGSR_HAT, load_hat_checkpoint
-from tests.tiny_configs import SHARED, TINY_HAT
+from tests.tiny_configs import TINY_HAT
 
 spandrel_hat = pytest.importorskip('spandrel.architectures.HAT')
 
-REFERENCE = SHARED / 'reference'
+#: official HAT key listings: gzipped copies ship with the tests (so CI checks them); ../shared has the originals
+REFERENCE = Path(__file__).parent / 'reference'
 CONFIGS = {
     'tiny': TINY_HAT,
     'tiny-shifted': dict(TINY_HAT, depths=[2, 2]),  # TINY_HAT's single-block groups never shift
@@ -66,7 +69,7 @@ def test_gradients_equal_spandrel_hat(overrides, monkeypatch):
 
 def read_listing(path):
     """Reference listing: '# ...' header (param count, constructor dict), then 'key<TAB>(shape)' lines."""
-    lines = path.read_text().splitlines()
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
     n_params = int(lines[0].split(' keys, ')[1].split()[0])
     constructor = ast.literal_eval(lines[1].split('constructor:', 1)[1].strip())
     shapes = {}
@@ -80,9 +83,7 @@ def read_listing(path):
 @pytest.mark.parametrize('scale', [2, 3, 4])
 @pytest.mark.parametrize('size', ['HAT-S', 'HAT', 'HAT-L'])
 def test_state_dict_matches_official_listing(size, scale):
-    path = REFERENCE / f'official_hat_keys_{size}_x{scale}.txt'
-    if not path.exists():
-        pytest.skip(f'{path} not available')
+    path = REFERENCE / f'official_hat_keys_{size}_x{scale}.txt.gz'
     constructor, shapes, n_params = read_listing(path)
     assert constructor == dict(HAT_COMMON, **HAT_SIZES[size], upscale=scale)
     with torch.device('meta'):  # shapes only: no memory, no init cost
