@@ -277,6 +277,8 @@ def in_child(args, mode: str, net: str, case: str, size: int) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 def fmt_mem(m: dict, device) -> str:
+    if m.get('error') == 'skipped':
+        return '-'
     if 'error' in m:
         return f'failed: {m["error"][:40]}'
     if device.type == 'cuda':
