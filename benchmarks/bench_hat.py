@@ -11,34 +11,17 @@ OpenMP spin-waiting, so prefer wall time there.
 """
 import argparse
 import statistics
-import time
 
 import torch
 
 import segsr_basicsr  # noqa: F401
+from timing import interleaved_times  # benchmarks/timing.py
 from segsr_basicsr.archs.hat_arch import HAT_COMMON, HAT_SIZES, SeGSR_HAT
-
-
-def timed(fn, device):
-    """(wall seconds, CPU seconds of this process); CPU time is less disturbed by other jobs on a shared machine."""
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def compare(label, fns, device, warmup, repeats):
     """Interleaved medians (seconds) of each fn in ``fns`` (dict name -> callable)."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+    times = interleaved_times(fns, device, warmup, repeats)
     for kind, i in (('wall', 0), ('cpu', 1)):
         med = {name: statistics.median(t[i] for t in ts) for name, ts in times.items()}
         paired = statistics.median(s[i] / o[i] for s, o in zip(times['spandrel'], times['ours']))

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timing import interleaved_times, sync  # benchmarks/timing.py
+
 REPO = Path(__file__).resolve().parents[1]
 PAPER_OPTIONS = REPO / 'options' / 'train_SeGSR_HAT_x4.yml'
 #: the test-size net (tests/tiny_configs.py): seconds on CPU
@@ -139,20 +141,6 @@ def inputs(batch: int, size: int, scale: int, device: torch.device, channels_las
 
 
 # ----------------------------------------------------------------------------- measuring
-def sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device):
-    """(wall s, process CPU s) of one call."""
-    sync(device)
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    sync(device)
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def matmul_runner(device, dtype, n):
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -160,14 +148,8 @@ def matmul_runner(device, dtype, n):
 
 
 def interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
-    """name -> (median wall s, median CPU s); fns run A, B, C, A, B, C, ... after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(timed(fn, device))
+    """name -> (median wall s, median CPU s) of interleaved runs."""
+    times = interleaved_times(fns, device, warmup, repeats)
     return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
             for name, ts in times.items()}
 
