@@ -422,7 +422,7 @@ class SeGSRUpscaler:
         def write(tmp):
             target = Path(f'{tmp}.gtiff.tmp') if cog else Path(tmp)
             writer = R.BlockWriter(target, profile, meta, block=512 if cog else R.BLOCK, mask=scene.internal_mask,
-                                   compress='zstd' if cog else 'deflate')
+                                   compress='zstd' if cog else 'deflate', name=str(dst))
             maps_writers = {}
             worker = _Writer()
             try:
@@ -437,7 +437,7 @@ class SeGSRUpscaler:
                             prof, _ = scene.output_profile(1, no_geo)
                             prof.update(count=block.shape[1], dtype='float32', nodata=None)
                             prof.pop('rpcs', None)
-                            maps_writers[i] = R.BlockWriter(maps_tmp[i - 1], prof, {})
+                            maps_writers[i] = R.BlockWriter(maps_tmp[i - 1], prof, {}, name=str(maps_dst[i - 1]))
                         worker.submit(maps_writers[i].add, r0, c0, block[0].numpy().copy())
 
                 self._run(scene, tile, overlap, batch, sink, record, progress if callable(progress) else bar)

@@ -1,93 +1,60 @@
-"""Super-resolve images without ground truth: a file, a folder, or a large scene.
+"""Super-resolve images without ground truth: files, folders, or georeferenced scenes of any size.
 
-    python -m segsr_basicsr.infer -opt options/test_SeGSR_HAT_x4.yml --model net_g_latest.pth \\
-        --input scene.tif --output results/scene --tile 256 --tile-overlap 32
+    segsr-infer --model net_g_latest.pth --input scene.tif --output results/ --tile 256 --tile-batch 4
 
-The network is built from ``network_g`` of the option file and loaded from
-``--model`` (``params_ema`` when present). Large inputs are processed in
-overlapping tiles (:mod:`segsr_basicsr.utils.tiling`) so memory depends on the
-tile size. PNG/JPEG/BMP/WebP inputs give PNG outputs; TIFF gives TIFF, and a
-GeoTIFF keeps its CRS with the pixel size divided by the scale (needs the
-``geo`` extra, rasterio). Inputs are never overwritten, outputs only with
-``--overwrite``; every file is written to a temporary name and renamed.
+Checkpoints written by training name their network; older ones need the option file
+(``-opt options/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
+VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimised,
+with overviews) that keeps the georeferencing, band layout, dtype, nodata and alpha;
+memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and
+give PNG. Inputs are never overwritten, outputs only with ``--overwrite``; every file is
+written under a temporary name and renamed when complete. This is a thin layer over
+:mod:`segsr_basicsr.api` (``segsr_basicsr.load_model``).
 """
 import argparse
-import copy
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
-import cv2
 import numpy as np
-import torch
 
-from segsr_basicsr.utils.checkpoint import CheckpointError, load_checkpoint
+from segsr_basicsr.api import Progress, SceneWarning, SeGSRUpscaler, load_model, resolve_device  # noqa: F401
+from segsr_basicsr.errors import InferError, SeGSRError
+from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, read_image, write_image
+from segsr_basicsr.io.raster import RASTER_EXTS
 
-TIFF_EXTS = ('.tif', '.tiff')
-GEO_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
-
-
-class InferError(ValueError):
-    """A user-facing problem with the command line, the inputs or the outputs."""
-
-
-# ----------------------------------------------------------------------------- network
-def build_net(opt_path, model_path, param_key=None, device='cpu'):
-    """Option file + checkpoint -> network in eval mode on ``device`` (LoRA merged when offered)."""
-    from basicsr.archs import build_network
-
-    from segsr_basicsr.utils.options import load_yaml
-    opt = load_yaml(opt_path)
-    if 'network_g' not in opt:
-        raise InferError(f'{opt_path}: has no network_g section; use the option file the model was trained with.')
-    net = build_network(copy.deepcopy(opt['network_g']))
-    ckpt = load_checkpoint(model_path)
-    if not isinstance(ckpt, dict):
-        raise InferError(f'{model_path}: is not a state_dict checkpoint.')
-    keys = [k for k in ckpt if isinstance(ckpt[k], dict)]
-    if param_key is None:
-        param_key = next((k for k in ('params_ema', 'params') if k in ckpt), None)
-    if param_key is None and all(torch.is_tensor(v) for v in ckpt.values()):
-        state = ckpt  # a bare state_dict
-    elif param_key not in ckpt:
-        raise InferError(f'{model_path}: has no {param_key!r} entry (it has: {", ".join(keys) or "none"}); '
-                         'pick one with --param-key.')
-    else:
-        state = ckpt[param_key]
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InferError(f'{model_path} [{param_key}] does not match network_g of {opt_path}: '
-                         f'{len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, '
-                         f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}. '
-                         'Use the option file the model was trained with.')
-    if callable(getattr(net, 'merge_lora', None)):  # GuidedBackbone: fold CLIP LoRA into its weights
-        net.merge_lora()
-    return net.to(device).eval(), opt
+INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
+#: default tile (LR pixels) for streamed rasters; images default to one whole-image pass
+RASTER_TILE = 256
 
 
-def resolve_device(name):
-    if name == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if name.startswith('cuda') and not torch.cuda.is_available():
-        raise InferError(f'--device {name}: CUDA is not available here; use --device cpu (or auto).')
-    return torch.device(name)
+def _has_rasterio():
+    try:
+        import rasterio  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def streams(path):
+    """True for inputs read window by window through GDAL."""
+    return path.suffix.lower() in RASTER_EXTS and _has_rasterio()
 
 
 # ----------------------------------------------------------------------------- files
 def list_inputs(inputs):
-    from segsr_basicsr.data.prep import IMG_EXTS, list_images
     files = []
     for p in map(Path, inputs):
         if p.is_dir():
-            found = [p / n for n in list_images(p)]
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTS)
             if not found:
-                raise InferError(f'{p}: folder holds no images ({", ".join(IMG_EXTS)}).')
+                raise InferError(f'{p}: folder holds no images ({", ".join(INPUT_EXTS)}).')
             files += found
         elif p.is_file():
-            if not p.name.lower().endswith(IMG_EXTS):
-                raise InferError(f'{p}: not an image file ({", ".join(IMG_EXTS)}).')
+            if p.suffix.lower() not in INPUT_EXTS:
+                raise InferError(f'{p}: not an image or raster file ({", ".join(INPUT_EXTS)}).')
             files.append(p)
         else:
             raise InferError(f'--input {p}: no such file or folder.')
@@ -106,9 +73,11 @@ def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
     inputs = {f.resolve() for f in files}
     plan, seen = [], set()
     for f in files:
-        ext = '.tif' if f.suffix.lower() in TIFF_EXTS else '.png'
+        raster = streams(f)
+        ext = '.tif' if raster or f.suffix.lower() in TIFF_EXTS else '.png'
         out = out_dir / f'{f.stem}_SeGSR_x{scale}{ext}'
-        maps = [out_dir / f'{f.stem}_SeGSR_x{scale}_semantic_unit{k + 1}.png' for k in range(num_maps)] \
+        map_ext = '.tif' if raster else '.png'
+        maps = [out_dir / f'{f.stem}_SeGSR_x{scale}_semantic_unit{k + 1}{map_ext}' for k in range(num_maps)] \
             if save_maps else []
         for o in [out] + maps:
             if o.resolve() in inputs:
@@ -127,158 +96,64 @@ def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
     return plan
 
 
-def _tmp_name(path):
-    path = Path(path)
-    return path.parent / f'.{path.stem}.{os.getpid()}.partial{path.suffix}'
-
-
-def write_atomic(path, writer):
-    """``writer(tmp_path)`` then rename: a killed run never leaves a half-written output."""
-    tmp = _tmp_name(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
-def is_geotiff(path):
-    if Path(path).suffix.lower() not in TIFF_EXTS:
-        return False
+def check_plain_tiff(path, no_geo):
+    """Without rasterio a TIFF is read whole; a GeoTIFF then needs --no-geo (its georeferencing would be lost)."""
     import tifffile
     try:
         with tifffile.TiffFile(path) as tif:
-            return any(t in tif.pages[0].tags for t in GEO_TAGS)
+            geo = any(t in tif.pages[0].tags for t in (33550, 33922, 34264, 34735))
     except Exception:  # noqa: BLE001 - not readable as TIFF: the image reader reports it
-        return False
-
-
-def geo_profile(path, scale, no_geo):
-    """GeoTIFF input -> (crs, transform of the SR grid) via rasterio; None for plain images."""
-    if not is_geotiff(path):
-        return None
-    try:
-        import rasterio
-        from rasterio.transform import Affine
-    except ImportError:
-        if no_geo:
-            return None
+        return
+    if geo and not no_geo:
         raise InferError(f'{path}: is a GeoTIFF, and keeping its georeferencing needs rasterio '
                          "(pip install 'segsr_basicsr[geo]'). Or pass --no-geo to write a plain TIFF.")
-    if no_geo:
-        return None
-    with rasterio.open(path) as src:
-        crs, transform = src.crs, src.transform
-    # same origin and extent, pixel size / scale (affine >= 2.4 spells composition '@')
-    shrink = Affine.scale(1 / scale)
-    return {'crs': crs, 'transform': transform @ shrink if hasattr(Affine, '__matmul__') else transform * shrink}
 
 
-def write_image(path, img_bgr, geo=None):
-    """uint8 (H, W, 3) BGR -> PNG, TIFF, or GeoTIFF (bands R, G, B) when ``geo`` is given."""
-    path = Path(path)
-
-    def png(tmp):
-        ok, buf = cv2.imencode('.png', img_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        if not ok:
-            raise InferError(f'{path}: PNG encoding failed.')
-        buf.tofile(str(tmp))
-
-    def tiff(tmp):
-        rgb = np.ascontiguousarray(img_bgr[..., ::-1])
-        if geo is None:
-            import tifffile
-            tifffile.imwrite(tmp, rgb, photometric='rgb', compression='zlib')
-            return
-        import rasterio
-        h, w = rgb.shape[:2]
-        with rasterio.open(tmp, 'w', driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs=geo['crs'],
-                           transform=geo['transform'], photometric='RGB', compress='deflate') as dst:
-            dst.write(np.moveaxis(rgb, -1, 0))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, tiff if path.suffix.lower() in TIFF_EXTS else png)
-
-
-# ----------------------------------------------------------------------------- one image
+# ----------------------------------------------------------------------------- kept for callers of 0.1
 def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None, save_maps=False, progress=None,
                   scale=None):
-    """uint8 BGR (H, W, 3) -> SR uint8 BGR (H*s, W*s, 3), and K maps (E, H, W) float32 when ``save_maps``.
-
-    The scene stays uint8 (tiles are converted on the fly); the SR result is rounded
-    like BasicSR's tensor2img and written into a uint8 array block by block as the
-    tiles finish, so only about one tile (plus an overlap strip) is held in float.
-    """
-    from segsr_basicsr.models.segsr_model import autocast, forward_padded
-    from segsr_basicsr.utils.tiling import tiled_forward
-
-    h, w = img_bgr.shape[:2]
-    # a uint8 BGR view of the scene; each tile becomes float RGB on the device only when it is processed
-    lq = torch.from_numpy(np.ascontiguousarray(img_bgr)).permute(2, 0, 1).unsqueeze(0)
-    scale = scale or getattr(net, 'upscale', None) or _infer_scale(net, device)
-    sr = None
-    maps = []
-
-    def sink(i, r0, r1, c0, c1, block):
-        nonlocal sr
-        if i == 0:
-            if sr is None:
-                sr = np.empty((h * scale, w * scale, 3), np.uint8)
-            rgb = block[0].clamp_(0, 1).mul_(255).round_().byte().permute(1, 2, 0).numpy()
-            sr[r0:r1, c0:c1] = rgb[..., ::-1]
-        else:
-            if len(maps) < i:
-                maps.append(np.empty((block.shape[1], h, w), np.float32))
-            maps[i - 1][:, r0:r1, c0:c1] = block[0].numpy()
-
-    if save_maps:
-        net.record_semantic_maps = True
-    try:
-        with torch.no_grad(), autocast(device, amp):
-            fn = lambda t: forward_padded(net, t.flip(1).float().div_(255), save_maps)  # noqa: E731
-            size = tile or max(h, w)
-            tiled_forward(fn, lq, size, min(overlap, size - 1) if tile else 0,
-                          multiple=getattr(net, 'size_multiple', 1), batch=batch, device=device,
-                          out_device=torch.device('cpu'), sink=sink, progress=progress)
-    finally:
-        if save_maps:
-            net.record_semantic_maps = False
-            net.semantic_maps = None
-    return sr, maps
+    """uint8 BGR (H, W, 3) -> SR uint8 BGR (H*s, W*s, 3) [views], and K maps (E, H, W) when ``save_maps``."""
+    model = SeGSRUpscaler(net, device, amp, scale)
+    res = model.upscale(img_bgr[..., ::-1], tile=tile, overlap=overlap, batch=batch, return_maps=save_maps,
+                        progress=progress)
+    sr, maps = res if save_maps else (res, [])
+    return sr[..., ::-1], maps
 
 
 def count_tiles(h, w, tile, overlap, multiple):
-    from segsr_basicsr.utils.tiling import tile_starts
-    if not tile:
-        return 1
-    import math
-    t = math.ceil(tile / multiple) * multiple
-    return len(tile_starts(h, min(t, h), overlap, multiple)) * len(tile_starts(w, min(t, w), overlap, multiple))
+    from segsr_basicsr.api import tile_windows
+    return len(tile_windows(h, w, tile, min(overlap, tile - 1), multiple)) if tile else 1
 
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    from segsr_basicsr.data.prep import add_image_args
     p = argparse.ArgumentParser(prog='segsr-infer', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('-opt', required=True, help='option file whose network_g built the checkpoint')
+    p.add_argument('-opt', default=None, help='option file whose network_g built the checkpoint (only for '
+                   'checkpoints that do not carry it)')
     p.add_argument('--model', required=True, help='checkpoint (.pth) written by training')
     p.add_argument('--param-key', default=None, help='params_ema (default when present) or params')
-    p.add_argument('--input', required=True, nargs='+', help='image file(s) and/or folder(s)')
+    p.add_argument('--input', required=True, nargs='+', help='image/raster file(s) and/or folder(s)')
     p.add_argument('--output', required=True, help='output folder (not an input folder)')
-    p.add_argument('--tile', type=int, default=0, help='tile size in LR pixels (0: whole image at once)')
+    p.add_argument('--tile', type=int, default=None,
+                   help=f'tile size in LR pixels (default: {RASTER_TILE} for rasters, whole image otherwise; '
+                   '0: whole image at once)')
     p.add_argument('--tile-overlap', type=int, default=32, help='overlap between tiles in LR pixels')
-    p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass')
+    p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass (more is faster on a GPU)')
     p.add_argument('--device', default='auto', help='cpu | cuda | cuda:N | auto')
     p.add_argument('--amp', default='none', choices=('bf16', 'fp16', 'none'), help='autocast dtype')
-    p.add_argument('--save-maps', action='store_true', help='also write semantic heat maps per SR unit')
+    p.add_argument('--save-maps', action='store_true', help='also write semantic maps per SR unit (PNG overlays '
+                   'for images; float32 GeoTIFFs on the LR grid for rasters)')
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (never inputs)')
-    p.add_argument('--no-geo', action='store_true', help='write GeoTIFF inputs as plain TIFF (no rasterio)')
+    p.add_argument('--cog', action='store_true', help='rasters: write a Cloud-Optimised GeoTIFF with overviews')
+    p.add_argument('--stretch', type=float, nargs=2, metavar=('LOW', 'HIGH'), default=None,
+                   help='rasters: map each RGB band by its LOW..HIGH percentiles (e.g. 1 99) instead of '
+                   '--max-value; inverted on output, so the dtype and range are kept')
+    p.add_argument('--no-geo', action='store_true', help='write rasters without georeferencing')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
     add_image_args(p)
     args = p.parse_args(argv)
-    if args.tile < 0 or (args.tile and not 0 <= args.tile_overlap < args.tile):
+    if args.tile is not None and (args.tile < 0 or (args.tile and not 0 <= args.tile_overlap < args.tile)):
         p.error(f'--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile > 0 and 0 <= overlap < tile '
                 '(or --tile 0 for no tiling)')
     if args.tile_batch < 1:
@@ -286,52 +161,70 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None):
-    from tqdm import tqdm
-
-    from segsr_basicsr.data.prep import PrepError, image_kwargs, read_image
-    from segsr_basicsr.models.segsr_model import parse_amp
-    from segsr_basicsr.utils.options import OptionError
+def _run_file(model, args, src, out, map_paths):
+    """One input -> its output(s); returns the line to print."""
+    s = model.scale
+    progress = not args.no_progress
+    if streams(src):
+        tile = RASTER_TILE if args.tile is None else args.tile
+        st = model.upscale_file(src, out, tile=tile, overlap=args.tile_overlap, batch=args.tile_batch,
+                                bands=args.bands, max_value=args.max_value, stretch=args.stretch, cog=args.cog,
+                                no_geo=args.no_geo, maps_dst=map_paths or None, progress=progress)
+        (w, h), (sw, sh) = st['lr_size'], st['sr_size']
+        return f'{src} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
+    if args.stretch is not None or args.cog:
+        raise InferError(f'{src}: --stretch and --cog apply to rasters read through GDAL (GeoTIFF, JP2, VRT); '
+                         'this file is read whole as an image.')
+    if src.suffix.lower() in TIFF_EXTS:
+        check_plain_tiff(src, args.no_geo)
     from segsr_basicsr.utils.visualize import semantic_overlays
+    img = read_image(src, **image_kwargs(args))
+    h, w = img.shape[:2]
+    bar = Progress(model.count_tiles(h, w, args.tile, args.tile_overlap), h * w, src.name, enabled=progress)
+    try:
+        res = model.upscale(img[..., ::-1], tile=args.tile or None, overlap=args.tile_overlap, batch=args.tile_batch,
+                            return_maps=bool(map_paths), progress=bar)
+    finally:
+        bar.close()
+    sr, maps = res if map_paths else (res, [])
+    sr = np.ascontiguousarray(sr[..., ::-1])
+    write_image(out, sr)
+    for path, overlay in zip(map_paths, semantic_overlays(sr, maps)):
+        write_image(path, overlay)
+    return f'{src} -> {out} ({w}x{h} -> {w * s}x{h * s})'
+
+
+def main(argv=None):
+    from segsr_basicsr.utils.options import OptionError
 
     args = parse_args(argv)
     try:
         files = list_inputs(args.input)
-        device = resolve_device(args.device)
-        amp = parse_amp(args.amp, '--amp')
+        resolve_device(args.device)
         plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
-        net, _ = build_net(args.opt, args.model, args.param_key, device)
-        scale = getattr(net, 'upscale', None) or _infer_scale(net, device)
+        model = load_model(args.model, args.device, opt=args.opt, param_key=args.param_key,
+                           amp=None if args.amp == 'none' else args.amp)
         num_maps = 0
         if args.save_maps:
-            if getattr(net, 'guidance', None) is None or not hasattr(net, 'record_semantic_maps'):
-                raise InferError(f'--save-maps: network_g of {args.opt} has no semantic guidance, so there are '
+            num_maps = model.num_maps
+            if not num_maps:
+                raise InferError(f'--save-maps: the network of {args.model} has no semantic guidance, so there are '
                                  'no maps to save.')
-            num_maps = len(net.sr_units)
-        plan = plan_outputs(files, args.output, scale, args.save_maps, num_maps, args.overwrite)
-        multiple = getattr(net, 'size_multiple', 1)
+        plan = plan_outputs(files, args.output, model.scale, args.save_maps, num_maps, args.overwrite)
+        Path(args.output).mkdir(parents=True, exist_ok=True)
         for src, out, map_paths in plan:
-            geo = geo_profile(src, scale, args.no_geo) if out.suffix == '.tif' else None
-            img = read_image(src, **image_kwargs(args))
-            h, w = img.shape[:2]
-            with tqdm(total=count_tiles(h, w, args.tile, args.tile_overlap, multiple), unit='tile',
-                      desc=src.name, disable=None) as bar:
-                sr, maps = super_resolve(net, img, device, args.tile, args.tile_overlap, args.tile_batch, amp,
-                                         args.save_maps, bar.update, scale)
-            write_image(out, sr, geo)
-            for path, overlay in zip(map_paths, semantic_overlays(sr, maps)):
-                write_image(path, overlay)
-            tqdm.write(f'{src} -> {out} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]})')
-    except (InferError, PrepError, OptionError, CheckpointError) as e:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter('always', SceneWarning)
+                line = _run_file(model, args, src, out, map_paths)
+            for w in caught:
+                if issubclass(w.category, SceneWarning):
+                    print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            print(line, flush=True)
+    except (SeGSRError, OptionError) as e:
         print(f'segsr-infer: error: {e}', file=sys.stderr, flush=True)
         raise SystemExit(2)
-
-
-def _infer_scale(net, device):
-    """Scale of a plain BasicSR arch without ``upscale``: run it once on a small input."""
-    with torch.no_grad():
-        x = torch.zeros(1, 3, 16, 16, device=device)
-        return net(x).shape[-1] // 16
 
 
 if __name__ == '__main__':

@@ -342,7 +342,8 @@ def _gdal_reason(e):
 def scaled_transform(transform, scale):
     """Same origin and extent, pixel size / scale."""
     from affine import Affine
-    return transform * Affine.scale(1 / scale)
+    shrink = Affine.scale(1 / scale)
+    return transform @ shrink if hasattr(Affine, '__matmul__') else transform * shrink  # affine >= 2.4 spells '@'
 
 
 def scale_gcps(gcps, scale):
@@ -400,9 +401,10 @@ class BlockWriter:
     block row across the scene while rows stream in).
     """
 
-    def __init__(self, path, profile, meta=None, block=BLOCK, mask=False, compress='deflate'):
+    def __init__(self, path, profile, meta=None, block=BLOCK, mask=False, compress='deflate', name=None):
         import rasterio
         self.path = Path(path)
+        self.name = name or str(path)  # the final output name, for messages
         self.h, self.w, self.count = profile['height'], profile['width'], profile['count']
         self.dtype = np.dtype(profile['dtype'])
         self.block, self.mask = block, mask
@@ -415,7 +417,7 @@ class BlockWriter:
             self.dst = rasterio.open(path, 'w', **profile, **opts)
             self._set_meta(meta)
         except (rasterio.errors.RasterioError, OSError) as e:
-            raise RasterError(f'{path}: cannot create the output ({_gdal_reason(e)}); check the folder and the '
+            raise RasterError(f'{self.name}: cannot create the output ({_gdal_reason(e)}); check the folder and the '
                               'free disk space.') from None
         self.pending = {}  # (block row, block col) -> [data (count, bh, bw), mask (bh, bw) | None, pixels missing]
         self.written = 0
@@ -479,7 +481,7 @@ class BlockWriter:
             if mask is not None:
                 self.dst.write_mask(np.ascontiguousarray(mask), window=win)
         except (rasterio.errors.RasterioError, OSError) as e:
-            raise RasterError(f'{self.path}: cannot write the output ({_gdal_reason(e)}); free disk space or '
+            raise RasterError(f'{self.name}: cannot write the output ({_gdal_reason(e)}); free disk space or '
                               'choose another --output. Nothing was left under the output name.') from None
         self.written += 1
 
@@ -492,7 +494,7 @@ class BlockWriter:
         try:
             self.dst.close()
         except (rasterio.errors.RasterioError, OSError) as e:
-            raise RasterError(f'{self.path}: cannot finish the output ({_gdal_reason(e)}); free disk space or '
+            raise RasterError(f'{self.name}: cannot finish the output ({_gdal_reason(e)}); free disk space or '
                               'choose another --output.') from None
         if self.pending:
             raise RuntimeError(f'{self.path}: {len(self.pending)} output block(s) were never completed (bug)')
