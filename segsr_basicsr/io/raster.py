@@ -389,6 +389,10 @@ def channels_to_bands(block, plan, rad, dtype, nodata=None):
         out[:, ~valid] = nd
     elif nodata is not None:
         out[:, ~valid] = np.nan
+    elif plan.alpha is not None:  # transparent: no colour to invent
+        for b in range(plan.count):
+            if b != plan.alpha:
+                out[b][~valid] = 0
     return out, valid
 
 
