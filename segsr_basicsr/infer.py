@@ -138,7 +138,8 @@ def parse_args(argv=None):
     p.add_argument('--tile', type=int, default=None,
                    help=f'tile size in LR pixels (default: {RASTER_TILE} for rasters, whole image otherwise; '
                    '0: whole image at once)')
-    p.add_argument('--tile-overlap', type=int, default=32, help='overlap between tiles in LR pixels')
+    p.add_argument('--tile-overlap', type=int, default=None,
+                   help='overlap between tiles in LR pixels (default: 32, at most a quarter of the tile)')
     p.add_argument('--tile-batch', type=int, default=1, help='tiles per forward pass (more is faster on a GPU)')
     p.add_argument('--device', default='auto', help='cpu | cuda | cuda:N | auto')
     p.add_argument('--amp', default='none', choices=('bf16', 'fp16', 'none'), help='autocast dtype')
@@ -153,6 +154,8 @@ def parse_args(argv=None):
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
     add_image_args(p)
     args = p.parse_args(argv)
+    if args.tile_overlap is None:
+        args.tile_overlap = min(32, (args.tile or RASTER_TILE) // 4)
     if args.tile is not None and (args.tile < 0 or (args.tile and not 0 <= args.tile_overlap < args.tile)):
         p.error(f'--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile > 0 and 0 <= overlap < tile '
                 '(or --tile 0 for no tiling)')
