@@ -400,3 +400,31 @@ def test_old_checkpoint_without_opt_says_what_to_pass(tmp_path, capsys):
     src = scene_file(tmp_path)
     err = _bad(tmp_path, capsys, old, '--input', src)
     assert str(old) in err and '-opt' in err
+
+
+# ----------------------------------------------------------------------------- maps and progress
+def test_semantic_maps_of_a_raster_are_georeferenced_geotiffs_on_the_lr_grid(tmp_path):
+    from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
+    net = build_network(dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))).eval()
+    model = SeGSRUpscaler(net)
+    data = smooth(np.random.default_rng(11), (3, 24, 36), 0, 255).round().astype(np.uint8)
+    src = write_raster(tmp_path / 'in.tif', data)
+    maps = [tmp_path / 'unit1.tif', tmp_path / 'unit2.tif']
+    model.upscale_file(src, tmp_path / 'sr.tif', tile=16, overlap=4, maps_dst=maps, progress=False)
+    _, ref = model.upscale(np.moveaxis(data, 0, -1), tile=16, overlap=4, return_maps=True)
+    for path, m in zip(maps, ref):
+        with rasterio.open(path) as out:
+            assert out.shape == (24, 36) and out.dtypes[0] == 'float32' and out.transform == TRANSFORM
+            np.testing.assert_allclose(out.read(), m, atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['in.tif', 'sr.tif', 'unit1.tif', 'unit2.tif']
+
+
+def test_progress_without_a_terminal_prints_plain_lines_with_tiles_megapixels_and_eta():
+    import io
+    from segsr_basicsr.api import Progress
+    stream = io.StringIO()
+    bar = Progress(10, 4_000_000, 'scene.tif', every=0, stream=stream)
+    bar(5)
+    bar.close()
+    line = stream.getvalue().strip()
+    assert line.startswith('scene.tif: 5/10 tiles, 2.0/4.0 MP') and 'MP/s' in line and 'ETA' in line
