@@ -18,18 +18,15 @@ import sys
 from pathlib import Path
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
-import cv2
 import numpy as np
 import torch
 
-from segsr_basicsr.utils.checkpoint import CheckpointError, load_checkpoint
+from segsr_basicsr.errors import CheckpointError, InferError, SeGSRError  # noqa: F401
+from segsr_basicsr.io.checkpoint import load_state_dict
+from segsr_basicsr.io.images import (IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, list_images, read_image,
+                                     write_image)
 
-TIFF_EXTS = ('.tif', '.tiff')
 GEO_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
-
-
-class InferError(ValueError):
-    """A user-facing problem with the command line, the inputs or the outputs."""
 
 
 # ----------------------------------------------------------------------------- network
@@ -42,20 +39,7 @@ def build_net(opt_path, model_path, param_key=None, device='cpu'):
     if 'network_g' not in opt:
         raise InferError(f'{opt_path}: has no network_g section; use the option file the model was trained with.')
     net = build_network(copy.deepcopy(opt['network_g']))
-    ckpt = load_checkpoint(model_path)
-    if not isinstance(ckpt, dict):
-        raise InferError(f'{model_path}: is not a state_dict checkpoint.')
-    keys = [k for k in ckpt if isinstance(ckpt[k], dict)]
-    if param_key is None:
-        param_key = next((k for k in ('params_ema', 'params') if k in ckpt), None)
-    if param_key is None and all(torch.is_tensor(v) for v in ckpt.values()):
-        state = ckpt  # a bare state_dict
-    elif param_key not in ckpt:
-        raise InferError(f'{model_path}: has no {param_key!r} entry (it has: {", ".join(keys) or "none"}); '
-                         'pick one with --param-key.')
-    else:
-        state = ckpt[param_key]
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    state, param_key = load_state_dict(model_path, param_key, hint='pick one with --param-key')
     result = net.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InferError(f'{model_path} [{param_key}] does not match network_g of {opt_path}: '
@@ -77,7 +61,6 @@ def resolve_device(name):
 
 # ----------------------------------------------------------------------------- files
 def list_inputs(inputs):
-    from segsr_basicsr.data.prep import IMG_EXTS, list_images
     files = []
     for p in map(Path, inputs):
         if p.is_dir():
@@ -127,23 +110,6 @@ def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
     return plan
 
 
-def _tmp_name(path):
-    path = Path(path)
-    return path.parent / f'.{path.stem}.{os.getpid()}.partial{path.suffix}'
-
-
-def write_atomic(path, writer):
-    """``writer(tmp_path)`` then rename: a killed run never leaves a half-written output."""
-    tmp = _tmp_name(path)
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
-
-
 def is_geotiff(path):
     if Path(path).suffix.lower() not in TIFF_EXTS:
         return False
@@ -174,32 +140,6 @@ def geo_profile(path, scale, no_geo):
     # same origin and extent, pixel size / scale (affine >= 2.4 spells composition '@')
     shrink = Affine.scale(1 / scale)
     return {'crs': crs, 'transform': transform @ shrink if hasattr(Affine, '__matmul__') else transform * shrink}
-
-
-def write_image(path, img_bgr, geo=None):
-    """uint8 (H, W, 3) BGR -> PNG, TIFF, or GeoTIFF (bands R, G, B) when ``geo`` is given."""
-    path = Path(path)
-
-    def png(tmp):
-        ok, buf = cv2.imencode('.png', img_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-        if not ok:
-            raise InferError(f'{path}: PNG encoding failed.')
-        buf.tofile(str(tmp))
-
-    def tiff(tmp):
-        rgb = np.ascontiguousarray(img_bgr[..., ::-1])
-        if geo is None:
-            import tifffile
-            tifffile.imwrite(tmp, rgb, photometric='rgb', compression='zlib')
-            return
-        import rasterio
-        h, w = rgb.shape[:2]
-        with rasterio.open(tmp, 'w', driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs=geo['crs'],
-                           transform=geo['transform'], photometric='RGB', compress='deflate') as dst:
-            dst.write(np.moveaxis(rgb, -1, 0))
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, tiff if path.suffix.lower() in TIFF_EXTS else png)
 
 
 # ----------------------------------------------------------------------------- one image
@@ -260,7 +200,6 @@ def count_tiles(h, w, tile, overlap, multiple):
 
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
-    from segsr_basicsr.data.prep import add_image_args
     p = argparse.ArgumentParser(prog='segsr-infer', description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-opt', required=True, help='option file whose network_g built the checkpoint')
@@ -289,13 +228,12 @@ def parse_args(argv=None):
 def main(argv=None):
     from tqdm import tqdm
 
-    from segsr_basicsr.data.prep import PrepError, image_kwargs, read_image
     from segsr_basicsr.models.segsr_model import parse_amp
-    from segsr_basicsr.utils.options import OptionError
+    from segsr_basicsr.utils.cli import exit_on_user_error
     from segsr_basicsr.utils.visualize import semantic_overlays
 
     args = parse_args(argv)
-    try:
+    with exit_on_user_error('segsr-infer'):
         files = list_inputs(args.input)
         device = resolve_device(args.device)
         amp = parse_amp(args.amp, '--amp')
@@ -322,9 +260,6 @@ def main(argv=None):
             for path, overlay in zip(map_paths, semantic_overlays(sr, maps)):
                 write_image(path, overlay)
             tqdm.write(f'{src} -> {out} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]})')
-    except (InferError, PrepError, OptionError, CheckpointError) as e:
-        print(f'segsr-infer: error: {e}', file=sys.stderr, flush=True)
-        raise SystemExit(2)
 
 
 def _infer_scale(net, device):

@@ -11,7 +11,7 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
 from segsr_basicsr.archs.edsr_arch import SeGSR_EDSR
-from segsr_basicsr.utils.checkpoint import load_checkpoint
+from segsr_basicsr.io.checkpoint import load_checkpoint
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
