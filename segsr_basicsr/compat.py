@@ -1,40 +1,33 @@
-"""Make basicsr 1.4.2 work on today's torch / torchvision / numpy / Python, on CPU and CUDA, safely.
+"""Make basicsr 1.4.2 work on today's torch / torchvision / Python, changing BasicSR only where asked.
 
-:func:`apply` runs when ``segsr_basicsr`` is imported (also in every torchrun rank and in spawned
-DataLoader workers, which re-import the ``__main__`` module). Every patch is idempotent and leaves
-basicsr's behaviour untouched where basicsr already works (e.g. CUDA DDP keeps nccl + device_ids).
+Two layers, applied at two moments:
 
-Before basicsr is imported:
-  * ``torchvision.transforms.functional_tensor`` stand-in (removed in torchvision 0.17);
-  * ``distutils`` (gone in Python 3.12): setuptools' copy, else a LooseVersion-only stand-in.
-After:
-  * registries: re-importing a module re-registers the same class; a real name clash names both owners;
-  * option files: YAML safe loader, ``--force_yml`` without exec, ``--local-rank`` accepted;
-  * ``--launcher pytorch`` / ``slurm``: gloo on CPU, nccl on CUDA, long process-group timeout
-    (``SEGSR_DIST_TIMEOUT`` seconds, default 3 h, so a long rank-0 validation does not time out);
-  * DDP on CPU (no ``device_ids``); a barrier after rank-0 validation;
-  * crash-safe checkpoints: atomic writes, RNG states in training states, ``weights_only`` loading;
-  * ``--auto_resume`` on CPU, picks the newest complete state, continues mid-epoch where it stopped;
-    data loaders draw their seeds from their own generators (validation no longer shifts the torch RNG).
+* :func:`apply` runs when ``segsr_basicsr`` is imported (also in every torchrun rank and in spawned
+  DataLoader workers). It only installs what importing basicsr needs and changes no BasicSR behaviour:
+  a ``torchvision.transforms.functional_tensor`` stand-in (removed in torchvision 0.17) and
+  ``distutils`` (gone in Python 3.12: setuptools' copy, else a LooseVersion-only stand-in).
+* :func:`patch_train_loop` is applied by our entry points (``segsr_basicsr.train`` / ``.test``) when they
+  run, never by the import. It wraps the few module-level functions of BasicSR's train loop that a model
+  class cannot override: option parsing (YAML *safe* loader, ``--force_yml`` without ``exec``,
+  ``--local-rank``), process-group init (gloo on CPU, nccl on CUDA, long timeout), the resume-state
+  lookup (CPU-safe, ``--auto_resume`` skips incomplete states) and the data loaders (own seed generators,
+  mid-epoch sampler resume).
 
-Patched basicsr objects (each keeps the original as ``__segsr_original__``, see :func:`original`):
-``Registry._do_register``, ``utils.options.ordered_yaml`` / ``parse_options`` (also the names imported by
-``basicsr.train`` / ``basicsr.test``), ``utils.dist_util._init_dist_pytorch`` / ``_init_dist_slurm``,
-``BaseModel.model_to_device`` /
-``save_network`` / ``save_training_state`` / ``resume_training`` / ``load_network`` / ``validation``,
-``basicsr.train.load_resume_state`` / ``create_train_val_dataloader`` / ``EnlargedSampler``.
+Behaviour that belongs to a model (atomic saves, safe loading, RNG states, CPU DDP, validation barrier)
+lives in :class:`segsr_basicsr.models.segsr_model.SeGSRModel` as ordinary overrides, so importing this
+package next to HAT or Real-ESRGAN leaves their models exactly as BasicSR wrote them.
+Each patch keeps BasicSR's function as ``__segsr_original__`` (see :func:`original`) and calls it where
+BasicSR's code can be reused.
 """
-import datetime
 import os
 import sys
 import types
 
-_applied = False
-_MARK = '__segsr_compat__'
+from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout  # noqa: F401
 
-#: process-group timeout (seconds) for --launcher pytorch
-DIST_TIMEOUT_ENV = 'SEGSR_DIST_TIMEOUT'
-DEFAULT_DIST_TIMEOUT = 3 * 3600
+_applied = False
+_train_loop_patched = False
+_MARK = '__segsr_compat__'
 
 
 # ----------------------------------------------------------------------------- before basicsr
@@ -127,50 +120,6 @@ def original(func):
 def _logger():
     from basicsr.utils import get_root_logger
     return get_root_logger()
-
-
-def _dist_ready():
-    import torch.distributed as dist
-    return dist.is_available() and dist.is_initialized()
-
-
-def dist_timeout():
-    """Process-group timeout: ``SEGSR_DIST_TIMEOUT`` seconds (default 3 h)."""
-    raw = os.environ.get(DIST_TIMEOUT_ENV, '')
-    try:
-        seconds = float(raw) if raw else DEFAULT_DIST_TIMEOUT
-    except ValueError:
-        raise ValueError(f'{DIST_TIMEOUT_ENV}={raw!r} is not a number of seconds, e.g. {DIST_TIMEOUT_ENV}=10800.')
-    if seconds <= 0:
-        raise ValueError(f'{DIST_TIMEOUT_ENV}={raw!r} must be > 0 seconds.')
-    return datetime.timedelta(seconds=seconds)
-
-
-# ----------------------------------------------------------------------------- registries
-def _patch_registry():
-    from basicsr.utils.registry import Registry
-
-    def make_do_register(orig):
-
-        def _do_register(self, name, obj, suffix=None):
-            """Re-importing a module (importlib.reload, a fresh import in the same process) re-registers the same
-            definition: replace it. A different object under a taken name is still refused, naming both."""
-            key = f'{name}_{suffix}' if isinstance(suffix, str) else name
-            old = self._obj_map.get(key)
-            if old is not None and old is not obj:
-                same = (getattr(old, '__module__', None), getattr(old, '__qualname__', None)) == \
-                    (getattr(obj, '__module__', None), getattr(obj, '__qualname__', None))
-                if same:
-                    self._obj_map[key] = obj
-                    return
-                raise KeyError(f"An object named '{key}' is already registered in basicsr's '{self._name}' registry "
-                               f'by {getattr(old, "__module__", "?")}; {getattr(obj, "__module__", "?")} cannot '
-                               'register another one under the same name. Rename one of them.')
-            return orig(self, name, obj, suffix)
-
-        return _do_register
-
-    _patch(Registry, '_do_register', make_do_register)
 
 
 # ----------------------------------------------------------------------------- options
@@ -295,155 +244,6 @@ def _patch_dist():
     _patch(dist_util, '_init_dist_slurm', make_slurm)
 
 
-# ----------------------------------------------------------------------------- models
-def _patch_base_model():
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    from basicsr.models.base_model import BaseModel
-    from basicsr.utils.dist_util import get_dist_info
-    from segsr_basicsr.utils.checkpoint import CheckpointError, get_rng_states, load_checkpoint
-
-    def make_model_to_device(orig):
-
-        def model_to_device(self, net):
-            """DDP on CPU must not get device_ids (basicsr passes torch.cuda.current_device())."""
-            if self.opt['dist'] and self.device.type != 'cuda':
-                return DistributedDataParallel(
-                    net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
-            return orig(self, net)
-
-        return model_to_device
-
-    def make_save_network(orig):
-
-        def save_network(self, net, net_label, current_iter, param_key='params'):
-            """Rank 0 writes ``{label}_{iter}.pth`` atomically (basicsr's save could leave a truncated file)."""
-            if get_dist_info()[0] != 0:
-                return
-            label = 'latest' if current_iter == -1 else current_iter
-            save_path = os.path.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
-            nets = net if isinstance(net, list) else [net]
-            keys = param_key if isinstance(param_key, list) else [param_key]
-            if len(nets) != len(keys):
-                raise ValueError(f'save_network: {len(nets)} networks but {len(keys)} param keys.')
-            save_dict = {}
-            for net_, key_ in zip(nets, keys):
-                state_dict = self.get_bare_model(net_).state_dict()
-                save_dict[key_] = {(k[7:] if k.startswith('module.') else k): v.cpu() for k, v in state_dict.items()}
-            _save_with_retry(save_dict, save_path)
-
-        return save_network
-
-    def make_save_training_state(orig):
-
-        def save_training_state(self, epoch, current_iter):
-            """Atomic ``{iter}.state`` with every rank's RNG states, so a resumed run continues the same sequence.
-
-            Called on every rank (gathers the RNG states); only rank 0 writes.
-            """
-            if current_iter == -1:
-                return
-            rng = get_rng_states()
-            if _dist_ready():
-                import torch.distributed as dist
-                rngs = [None] * dist.get_world_size()
-                dist.all_gather_object(rngs, rng)
-            else:
-                rngs = [rng]
-            if get_dist_info()[0] != 0:
-                return
-            state = {
-                'epoch': epoch,
-                'iter': current_iter,
-                'optimizers': [o.state_dict() for o in self.optimizers],
-                'schedulers': [s.state_dict() for s in self.schedulers],
-                'rng_states': rngs,
-            }
-            _save_with_retry(state, os.path.join(self.opt['path']['training_states'], f'{current_iter}.state'))
-
-        return save_training_state
-
-    def make_resume_training(orig):
-
-        def resume_training(self, resume_state):
-            """basicsr's optimizer/scheduler reload, plus this rank's RNG states."""
-            orig(self, resume_state)
-            rngs = resume_state.get('rng_states')
-            rank, world = get_dist_info()
-            if rngs and len(rngs) == world:
-                from segsr_basicsr.utils.checkpoint import set_rng_states
-                set_rng_states(rngs[rank])
-            elif rngs:
-                _logger().warning(f'Training state has RNG states of {len(rngs)} processes, this run has {world}: '
-                                  'random streams restart from the seed (results will differ from an '
-                                  'uninterrupted run).')
-
-        return resume_training
-
-    def make_load_network(orig):
-
-        def load_network(self, net, load_path, strict=True, param_key='params'):
-            """basicsr's load_network, through ``torch.load(weights_only=True)`` and with errors naming the file."""
-            net = self.get_bare_model(net)
-            load_net = load_checkpoint(load_path, map_location='cpu')
-            if param_key is not None:
-                if param_key not in load_net and 'params' in load_net:
-                    _logger().info(f'Loading: {param_key} does not exist in {load_path}, use params.')
-                    param_key = 'params'
-                if param_key not in load_net:
-                    raise CheckpointError(f'{load_path} has no {param_key!r} entry (it has: '
-                                          f'{", ".join(map(str, list(load_net)[:8]))}). Set path:param_key_g to one '
-                                          'of them, or to ~ for a bare state_dict.')
-                load_net = load_net[param_key]
-            _logger().info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
-            load_net = {(k[7:] if k.startswith('module.') else k): v for k, v in load_net.items()}
-            self._print_different_keys_loading(net, load_net, strict)
-            try:
-                net.load_state_dict(load_net, strict=strict)
-            except RuntimeError as e:
-                details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-                more = f' (+{len(details) - 2} more)' if len(details) > 2 else ''
-                raise CheckpointError(f'The weights in {load_path} do not fit network {net.__class__.__name__}: '
-                                      f'{"; ".join(details[:2])}{more}. Check that network_g matches the checkpoint, '
-                                      'or set path:strict_load_g: false to load only the matching part.') from None
-
-        return load_network
-
-    def make_validation(orig):
-
-        def validation(self, dataloader, current_iter, tb_logger, save_img=False):
-            """Rank 0 validates alone in basicsr; the others wait here (long timeout) instead of in the next step."""
-            orig(self, dataloader, current_iter, tb_logger, save_img)
-            if self.opt.get('dist') and _dist_ready():
-                import torch.distributed as dist
-                dist.barrier()
-
-        return validation
-
-    _patch(BaseModel, 'model_to_device', make_model_to_device)
-    _patch(BaseModel, 'save_network', make_save_network)
-    _patch(BaseModel, 'save_training_state', make_save_training_state)
-    _patch(BaseModel, 'resume_training', make_resume_training)
-    _patch(BaseModel, 'load_network', make_load_network)
-    _patch(BaseModel, 'validation', make_validation)
-
-
-def _save_with_retry(obj, path, retries=3):
-    import time
-
-    from segsr_basicsr.utils.checkpoint import atomic_save
-    for attempt in range(retries):
-        try:
-            return atomic_save(obj, path)
-        except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-            if attempt == retries - 1:
-                raise OSError(f'Cannot save {path}: {e}. Free disk space or fix permissions of '
-                              f'{os.path.dirname(path)}; earlier checkpoints are intact.') from e
-            _logger().warning(f'Save {path} failed ({e}), retrying.')
-            time.sleep(1)
-
-
 # ----------------------------------------------------------------------------- resume
 def _patch_train():
     import torch
@@ -452,7 +252,8 @@ def _patch_train():
     from basicsr.data.data_sampler import EnlargedSampler
     from basicsr.utils import scandir
     from basicsr.utils.misc import check_resume
-    from segsr_basicsr.utils.checkpoint import CheckpointError, load_checkpoint
+    from segsr_basicsr.errors import CheckpointError
+    from segsr_basicsr.io.checkpoint import load_checkpoint
 
     class ResumableEnlargedSampler(EnlargedSampler):
         """EnlargedSampler that can skip the batches of the resumed epoch that were already trained on."""
@@ -516,7 +317,7 @@ def _patch_train():
                                           'experiments/<name>/training_states/<iter>.state file, or remove it and '
                                           'use --auto_resume.')
                 state = load_checkpoint(explicit, map_location=device)
-            if _dist_ready():  # every process must continue from the same state, or DDP hangs later
+            if dist_ready():  # every process must continue from the same state, or DDP hangs later
                 import torch.distributed as dist
                 chosen = [None] * dist.get_world_size()
                 dist.all_gather_object(chosen, None if state is None else state.get('iter'))
@@ -585,16 +386,23 @@ def _print(msg):
 
 
 def apply():
-    """Install everything (idempotent)."""
+    """Import-time part: what basicsr needs to import on today's stack; no BasicSR behaviour changes."""
     global _applied
     if _applied:
         return
     _install_functional_tensor()
     _ensure_distutils()
     import basicsr  # noqa: F401  (now importable)
-    _patch_registry()
+    _applied = True
+
+
+def patch_train_loop():
+    """Entry-point part (idempotent): wrap BasicSR's train-loop functions; see the module docstring."""
+    global _train_loop_patched
+    apply()
+    if _train_loop_patched:
+        return
     _patch_options()
     _patch_dist()
-    _patch_base_model()
     _patch_train()
-    _applied = True
+    _train_loop_patched = True

@@ -21,7 +21,7 @@ import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before ba
 import numpy as np
 
 from segsr_basicsr.api import Progress, SceneWarning, SeGSRUpscaler, load_model, resolve_device  # noqa: F401
-from segsr_basicsr.errors import InferError, SeGSRError
+from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, read_image, write_image
 from segsr_basicsr.io.raster import RASTER_EXTS
 
@@ -198,10 +198,10 @@ def _run_file(model, args, src, out, map_paths):
 
 
 def main(argv=None):
-    from segsr_basicsr.utils.options import OptionError
+    from segsr_basicsr.utils.cli import exit_on_user_error
 
     args = parse_args(argv)
-    try:
+    with exit_on_user_error('segsr-infer'):
         files = list_inputs(args.input)
         resolve_device(args.device)
         plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
@@ -225,9 +225,6 @@ def main(argv=None):
                 else:
                     warnings.showwarning(w.message, w.category, w.filename, w.lineno)
             print(line, flush=True)
-    except (SeGSRError, OptionError) as e:
-        print(f'segsr-infer: error: {e}', file=sys.stderr, flush=True)
-        raise SystemExit(2)
 
 
 if __name__ == '__main__':

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import segsr_basicsr  # noqa: F401
+from basicsr.models.base_model import BaseModel
 from segsr_basicsr import compat
+from segsr_basicsr.models.segsr_model import SeGSRModel
 from train_opts import PYTHON, env
 
 
@@ -18,16 +20,57 @@ def _run(code, **extra_env):
                           timeout=120)
 
 
-def test_basicsr_imports_and_patches_are_idempotent():
+@pytest.fixture(autouse=True, scope='module')
+def _train_loop_patched():
+    """These tests exercise what the entry points install before BasicSR's train loop runs."""
+    compat.patch_train_loop()
+
+
+class ModelProbe(SeGSRModel):
+    """SeGSRModel's overrides on a bare BaseModel (no network built)."""
+    __init__ = BaseModel.__init__
+
+
+IMPORT_SCOPE = """
+import segsr_basicsr  # registers everything (and must not change BasicSR)
+import basicsr.train, basicsr.test, basicsr.utils.options, basicsr.utils.dist_util
+from basicsr.models.base_model import BaseModel
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.registry import Registry
+from segsr_basicsr.models.segsr_model import SeGSRModel
+methods = {n: getattr(BaseModel, n) for n in vars(BaseModel) if callable(getattr(BaseModel, n))}
+assert all(m.__module__ == 'basicsr.models.base_model' and m.__qualname__.startswith('BaseModel.')
+           for m in methods.values()), [n for n, m in methods.items() if m.__module__ != 'basicsr.models.base_model']
+assert SRModel.save_network is BaseModel.save_network and SRModel.load_network is BaseModel.load_network
+assert SeGSRModel.save_network is not BaseModel.save_network  # ours live in our class
+funcs = [basicsr.train.load_resume_state, basicsr.train.create_train_val_dataloader, basicsr.train.parse_options,
+         basicsr.test.parse_options, basicsr.utils.options.ordered_yaml, basicsr.utils.dist_util._init_dist_pytorch,
+         basicsr.utils.dist_util._init_dist_slurm, Registry._do_register, Registry.register]
+assert all(f.__module__.startswith('basicsr.') and not hasattr(f, '__segsr_original__') for f in funcs), funcs
+assert basicsr.train.EnlargedSampler.__module__ == 'basicsr.data.data_sampler'
+from segsr_basicsr.compat import patch_train_loop
+patch_train_loop()  # what segsr_basicsr.train / .test do when they run
+assert {n: getattr(BaseModel, n) for n in methods} == methods, 'BaseModel changed by the entry-point patches'
+assert basicsr.train.load_resume_state.__segsr_original__ is funcs[0]
+print('SCOPE-OK')
+"""
+
+
+def test_import_changes_no_basicsr_behaviour_and_entry_points_patch_only_the_train_loop():
+    """Importing the package next to a plain BasicSR SRModel leaves BaseModel's methods BasicSR's own."""
+    proc = _run(IMPORT_SCOPE)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'SCOPE-OK' in proc.stdout
+
+
+def test_train_loop_patches_are_idempotent():
     import basicsr.train
-    from basicsr.models.base_model import BaseModel
-    patched = BaseModel.save_network
+    patched = basicsr.train.load_resume_state
     base = compat.original(patched)
-    assert base is not patched and base.__module__ == 'basicsr.models.base_model'
-    importlib.reload(compat)  # a second apply() must wrap basicsr's function again, never our wrapper
-    compat.apply()
-    assert compat.original(BaseModel.save_network) is base
-    assert compat.original(basicsr.train.load_resume_state).__module__ == 'basicsr.train'
+    assert base is not patched and base.__module__ == 'basicsr.train'
+    importlib.reload(compat)  # a second patch_train_loop() must wrap basicsr's function again, never our wrapper
+    compat.patch_train_loop()
+    assert compat.original(basicsr.train.load_resume_state) is base
     assert basicsr.train.parse_options is importlib.import_module('basicsr.utils.options').parse_options
 
 
@@ -85,12 +128,11 @@ def test_init_dist_pytorch_on_cuda_is_basicsrs_own_nccl_path(monkeypatch):
 def test_model_to_device_cpu_ddp_has_no_device_ids(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from basicsr.models.base_model import BaseModel
     net = torch.nn.Conv2d(1, 1, 1)
-    assert BaseModel(dict(num_gpu=0, is_train=True, dist=False)).model_to_device(net) is net  # basicsr's path
+    assert ModelProbe(dict(num_gpu=0, is_train=True, dist=False)).model_to_device(net) is net  # basicsr's path
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
     try:
-        wrapped = BaseModel(dict(num_gpu=0, is_train=True, dist=True)).model_to_device(net)
+        wrapped = ModelProbe(dict(num_gpu=0, is_train=True, dist=True)).model_to_device(net)
         assert isinstance(wrapped, DistributedDataParallel) and wrapped.device_ids is None
         assert wrapped.find_unused_parameters is False
         wrapped(torch.ones(1, 1, 2, 2)).sum().backward()  # a CPU DDP step works
@@ -116,6 +158,7 @@ def test_option_loader_is_safe():
 
 def test_registry_reimport_replaces_same_definition_but_refuses_a_clash():
     from basicsr.utils.registry import Registry
+    from segsr_basicsr.utils.registry import register
     reg = Registry('probe')
 
     def make():
@@ -124,13 +167,15 @@ def test_registry_reimport_replaces_same_definition_but_refuses_a_clash():
         return Thing
 
     first, again = make(), make()  # same module + qualname: a re-import
-    reg.register(first)
-    reg.register(again)
+    register(reg)(first)
+    register(reg)(again)
     assert reg.get('Thing') is again
 
     other = type('Thing', (), {'__module__': 'someone.else'})
-    with pytest.raises(KeyError, match='already registered'):
-        reg.register(other)
+    reg._obj_map.clear()
+    reg.register(other)  # someone else took the name first
+    with pytest.raises(KeyError, match=r'already registered .* by someone\.else; test_compat cannot'):
+        register(reg)(make())
 
 
 def test_numpy2_metric_and_image_paths():
@@ -154,17 +199,16 @@ def test_numpy2_metric_and_image_paths():
 def test_validation_is_followed_by_a_barrier_in_distributed_runs(tmp_path, monkeypatch):
     """Rank 0 validates alone (basicsr); every rank then meets at a barrier instead of inside the next step."""
     import torch.distributed as dist
-    from basicsr.models.base_model import BaseModel
     seen = []
-    monkeypatch.setattr(BaseModel, 'dist_validation', lambda self, *a: seen.append('validate'), raising=False)
-    monkeypatch.setattr(BaseModel, 'nondist_validation', lambda self, *a: seen.append('validate'), raising=False)
+    monkeypatch.setattr(ModelProbe, 'dist_validation', lambda self, *a: seen.append('validate'), raising=False)
+    monkeypatch.setattr(ModelProbe, 'nondist_validation', lambda self, *a: seen.append('validate'), raising=False)
     monkeypatch.setattr(dist, 'barrier', lambda *a, **k: seen.append('barrier'))
-    BaseModel(dict(num_gpu=0, is_train=False, dist=False)).validation(None, 1, None)
+    ModelProbe(dict(num_gpu=0, is_train=False, dist=False)).validation(None, 1, None)
     assert seen == ['validate']  # single process: basicsr's behaviour, no collective
     dist.init_process_group('gloo', init_method=f'file://{tmp_path}/pg', rank=0, world_size=1)
     try:
         seen.clear()
-        BaseModel(dict(num_gpu=0, is_train=False, dist=True)).validation(None, 1, None)
+        ModelProbe(dict(num_gpu=0, is_train=False, dist=True)).validation(None, 1, None)
         assert seen == ['validate', 'barrier']
     finally:
         dist.destroy_process_group()

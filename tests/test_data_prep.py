@@ -220,7 +220,7 @@ def test_lmdb_refuses_to_overwrite(prepared):
     # the other prep scripts refuse too, before doing any work
     r = call('make_bicubic.py', '--input', out / 'train' / 'HR', '--out', out / 'train', '--scales', 4, check=False)
     assert r.returncode == 2 and 'refusing to overwrite' in r.stderr
-    assert not list((out / 'train').glob('.*partial*'))
+    assert not list((out / 'train').glob('.*.tmp*'))
 
 
 def test_unpaired_folders_are_refused(prepared, tmp_path):

@@ -9,6 +9,7 @@ import torch
 
 import segsr_basicsr  # noqa: F401  (registers the archs)
 from segsr_basicsr.archs import hat_arch
+from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.archs.hat_arch import HAT_COMMON, HAT_SIZES, SeGSR_HAT, load_hat_checkpoint
 from tests.tiny_configs import TINY_HAT
 
@@ -205,7 +206,7 @@ def test_load_hat_checkpoint_mismatch_names_file_and_keys(tmp_path):
         load_hat_checkpoint(SeGSR_HAT(**TINY_HAT), path)
     text = str(err.value)
     assert str(path) in text and 'layers.2.conv.weight' in text and 'upsample.2.weight' in text
-    with pytest.raises(KeyError, match='no .params_g.'):
+    with pytest.raises(CheckpointError, match='no .params_g.'):
         load_hat_checkpoint(SeGSR_HAT(**TINY_HAT), path, param_key='params_g')
 
 

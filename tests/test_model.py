@@ -11,7 +11,7 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from basicsr.utils.registry import ARCH_REGISTRY
 from segsr_basicsr.archs.edsr_arch import SeGSR_EDSR
-from segsr_basicsr.utils.checkpoint import load_checkpoint
+from segsr_basicsr.io.checkpoint import load_checkpoint
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
@@ -160,7 +160,7 @@ def test_nan_loss_stops_before_the_step_and_last_checkpoint_stays_loadable(tmp_p
     for k, v in model.net_g.state_dict().items():
         assert torch.equal(v, saved[k]), f'{k} changed by the failed step'
     ckpt = load_checkpoint(ckpt_path)
-    assert set(ckpt) == {'params', 'params_ema'}
+    assert set(ckpt) == {'params', 'params_ema', 'segsr_network'}  # + network_g (self-describing)
     for k, v in ckpt['params'].items():
         assert torch.equal(v, saved[k])
     assert not list((tmp_path / 'exp' / 'models').glob('.*'))  # no temp files left behind

@@ -68,12 +68,22 @@ assert r.DATASET_REGISTRY.get('ImageNetPairedDataset').__module__ == 'segsr'
 bad = sorted(k for (_, k) in after if not k.startswith('SeGSR'))
 assert not bad, f'registered names without the SeGSR prefix: {bad}'
 
-# 3) a real clash is still refused, with both owners named
+# 3) a real clash is still refused: by BasicSR's own check when someone else registers one of our names,
+#    and naming both owners when one of our classes meets a name someone else took first
 import torch.nn as nn
 try:
     r.ARCH_REGISTRY.register(type('SeGSR_HAT', (nn.Module,), {'__module__': 'someone_else'}))
+except AssertionError as e:
+    assert 'already registered' in str(e), e
+else:
+    raise AssertionError('a clashing name was accepted')
+from segsr_basicsr.utils.registry import register
+theirs = type('SeGSR_Probe', (nn.Module,), {'__module__': 'someone_else'})
+r.ARCH_REGISTRY.register(theirs)
+try:
+    register(r.ARCH_REGISTRY)(type('SeGSR_Probe', (nn.Module,), {'__module__': 'segsr_basicsr.archs.probe'}))
 except KeyError as e:
-    assert 'segsr_basicsr.archs.hat_arch' in str(e) and 'someone_else' in str(e), e
+    assert 'segsr_basicsr.archs.probe' in str(e) and 'someone_else' in str(e), e
 else:
     raise AssertionError('a clashing name was accepted')
 print('REGISTRY-OK', len(after))

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from segsr_basicsr.utils.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from segsr_basicsr.errors import CheckpointError
+from segsr_basicsr.io.checkpoint import atomic_save, load_checkpoint
 from segsr_basicsr.utils.options import parse_override_value
 from test_ddp import rank_outputs, torchrun
 from tiny_configs import TINY_GUIDANCE, TINY_HAT
-from train_opts import LOSS_LINE, exp_logs, losses, run_train, train_opt, write_opt, write_pairs
+from train_opts import LOSS_LINE, SAVE_HOOK_ENV, exp_logs, losses, run_train, train_opt, write_opt, write_pairs
 
-HOOK = 'SEGSR_TEST_SAVE_HOOK'
+HOOK = SAVE_HOOK_ENV
 
 
 def _all_checkpoints_load(exp):
@@ -51,8 +52,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 def test_a_save_that_keeps_failing_stops_training_naming_the_file(tmp_path, monkeypatch):
     import time
 
-    import segsr_basicsr.utils.checkpoint as checkpoint
-    from segsr_basicsr import compat
+    import segsr_basicsr.io.checkpoint as checkpoint
     calls = []
 
     def full_disk(obj, path):
@@ -62,7 +62,7 @@ def test_a_save_that_keeps_failing_stops_training_naming_the_file(tmp_path, monk
     monkeypatch.setattr(checkpoint, 'atomic_save', full_disk)
     monkeypatch.setattr(time, 'sleep', lambda s: None)
     with pytest.raises(OSError, match=r'Cannot save .*net_g_4\.pth: PytorchStreamWriter.*checkpoints are intact'):
-        compat._save_with_retry({}, str(tmp_path / 'net_g_4.pth'))
+        checkpoint.save_with_retry({}, str(tmp_path / 'net_g_4.pth'))
     assert len(calls) == 3  # basicsr retried 3 times too, then silently went on without the checkpoint
 
 
@@ -195,10 +195,15 @@ def test_python_tag_in_option_file_is_refused_and_nothing_ran(tmp_path):
     assert 'tagged.yml' in proc.stderr and 'python/object/apply' in proc.stderr and 'never executed' in proc.stderr
     assert not marker.exists() and not (tmp_path / 'experiments').exists()
 
-    # basicsr's own parser (patched) refuses it too, for code that calls parse_options directly
+    # basicsr's own parser, as our entry points patch it, refuses it too (code that drives basicsr's train
+    # loop itself calls patch_train_loop() first, as segsr_basicsr.train does)
     import sys
     import yaml
-    from basicsr.utils.options import parse_options
+
+    import basicsr.utils.options
+    from segsr_basicsr.compat import patch_train_loop
+    patch_train_loop()
+    parse_options = basicsr.utils.options.parse_options
     saved = sys.argv
     sys.argv = ['train', '-opt', str(evil)]
     try:
@@ -292,7 +297,7 @@ def test_rng_states_survive_a_weights_only_checkpoint(tmp_path):
 
     import numpy as np
 
-    from segsr_basicsr.utils.checkpoint import get_rng_states, set_rng_states
+    from segsr_basicsr.io.checkpoint import get_rng_states, set_rng_states
     random.seed(3), np.random.seed(3), torch.manual_seed(3)
     atomic_save({'rng_states': [get_rng_states()]}, tmp_path / '1.state')
     first = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))

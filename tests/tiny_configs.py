@@ -1,16 +1,9 @@
-"""Tiny network configs shared by the tests: seconds on CPU, no downloads."""
+"""Test-side constants: the shared tiny network configs, and where the shared sample data lives."""
 from pathlib import Path
+
+from segsr_basicsr.archs.tiny_configs import TINY_GUIDANCE, TINY_HAT  # noqa: F401  (one definition, package-side)
 
 REPO = Path(__file__).resolve().parents[1]
 #: design notes, reference key listings and sample images live beside the repo
 SHARED = REPO.parent / 'shared'
 RS_SAMPLES = SHARED / 'data' / 'rs_samples'
-
-#: a 2-group HAT small enough for CPU tests (window 4, so LR sizes need padding)
-TINY_HAT = dict(
-    upscale=4, in_chans=3, img_size=16, window_size=4, compress_ratio=2, squeeze_factor=4, conv_scale=0.01,
-    overlap_ratio=0.5, img_range=1., depths=[1, 1], embed_dim=16, num_heads=[2, 2], mlp_ratio=2,
-    upsampler='pixelshuffle', resi_connection='1conv')
-
-#: guidance on a 2-layer, 64-wide open_clip ViT with random weights (shipped config)
-TINY_GUIDANCE = dict(clip_model='SeGSR-Tiny-ViT', clip_pretrained=None, lora_rank=4, lora_alpha=4)

@@ -49,7 +49,7 @@ def write_pairs(root, n=4, gt_size=32, scale=4, seed=0):
 
 
 def train_opt(data_root, name='tiny', total_iter=8, save_freq=4, val_freq=None, batch=2, workers=0, network=None,
-              ema=0.999, model_type='SRModel', gt_size=16):
+              ema=0.999, model_type='SeGSRModel', gt_size=16):
     """A complete BasicSR training option dict on the pairs in ``data_root`` (see write_pairs)."""
     gt, lq = str(Path(data_root) / 'gt'), str(Path(data_root) / 'lq')
     opt = dict(
@@ -86,10 +86,17 @@ def write_opt(path, opt):
     return str(path)
 
 
+#: test-only fault injection (tests/fault_injection/sitecustomize.py), active in subprocesses given this variable
+SAVE_HOOK_ENV = 'SEGSR_TEST_SAVE_HOOK'
+FAULT_INJECTION = REPO / 'tests' / 'fault_injection'
+
+
 def env(**extra):
     e = dict(os.environ)
     e.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
     e.update({k: str(v) for k, v in extra.items()})
+    if SAVE_HOOK_ENV in extra:
+        e['PYTHONPATH'] = os.pathsep.join(p for p in (str(FAULT_INJECTION), e.get('PYTHONPATH')) if p)
     return e
 
 

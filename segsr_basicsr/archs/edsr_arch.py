@@ -4,6 +4,7 @@ from typing import Sequence
 
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
+from segsr_basicsr.utils.registry import register
 from torch import nn
 
 from segsr_basicsr.archs.guided import GuidedBackbone
@@ -39,7 +40,7 @@ class ConvTrunkAdapter(GuidedBackbone):
         return self.conv_last(self.upsample(res)) / self.img_range + self.mean
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class SeGSR_EDSR(ConvTrunkAdapter, EDSR):
     """BasicSR's EDSR (same keys, same output without guidance) with SeG-SR guidance.
 

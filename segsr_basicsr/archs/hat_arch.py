@@ -17,6 +17,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from basicsr.archs.arch_util import Upsample, to_2tuple, trunc_normal_
 from basicsr.utils.registry import ARCH_REGISTRY
+from segsr_basicsr.utils.registry import register
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -73,7 +74,7 @@ def _check_options(upscale, in_chans, img_size, patch_size, window_size, compres
              'training patch (LR) size and must be >= window_size')
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class SeGSR_HAT(GuidedBackbone):
     """HAT with SeG-SR guidance after each RHAG (none when ``guidance=None``): (B, C, H, W) -> (B, C, sH, sW).
 
@@ -207,17 +208,8 @@ class SeGSR_HAT(GuidedBackbone):
 
 def read_hat_checkpoint(path: Union[str, PathLike], param_key: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """State dict from an official HAT/BasicSR file: ``param_key``, else ``params_ema``, ``params``, raw dict."""
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    if param_key is not None:
-        if param_key not in ckpt:
-            raise KeyError(f'{path}: no {param_key!r} in the checkpoint (keys: {sorted(ckpt)[:10]})')
-        ckpt = ckpt[param_key]
-    else:
-        for key in ('params_ema', 'params'):
-            if isinstance(ckpt.get(key), dict):
-                ckpt = ckpt[key]
-                break
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in ckpt.items()}
+    from segsr_basicsr.io.checkpoint import load_state_dict
+    return load_state_dict(path, param_key, hint='pass param_key=')[0]
 
 
 def load_hat_checkpoint(net: SeGSR_HAT, path: Union[str, PathLike], param_key: Optional[str] = None) -> None:

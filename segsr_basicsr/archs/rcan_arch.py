@@ -1,11 +1,12 @@
 """SeG-SR guidance on BasicSR's RCAN: one SR unit per residual group."""
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.utils.registry import ARCH_REGISTRY
+from segsr_basicsr.utils.registry import register
 
 from segsr_basicsr.archs.edsr_arch import ConvTrunkAdapter
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class SeGSR_RCAN(ConvTrunkAdapter, RCAN):
     """BasicSR's RCAN (same keys, same output without guidance) with SeG-SR guidance.
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
+from segsr_basicsr.utils.registry import register
 from torch.utils.checkpoint import checkpoint
 
 from segsr_basicsr.archs.guided import GuidedBackbone
@@ -13,7 +14,7 @@ from segsr_basicsr.archs.guided import GuidedBackbone
 UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv', '', None)
 
 
-@ARCH_REGISTRY.register()
+@register(ARCH_REGISTRY)
 class SeGSR_SwinIR(GuidedBackbone, SwinIR):
     """BasicSR's SwinIR (same keys, same output without guidance) with SeG-SR guidance.
 

@@ -8,11 +8,14 @@ from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
+from segsr_basicsr.utils.registry import register
 
-from segsr_basicsr.data.prep import ImageError, decode_image, hr_lr_pair, list_images
+from segsr_basicsr.data.prep import hr_lr_pair
+from segsr_basicsr.errors import ImageError
+from segsr_basicsr.io.images import decode_image, list_images
 
 
-@DATASET_REGISTRY.register()
+@register(DATASET_REGISTRY)
 class SeGSRBicubicDataset(data.Dataset):
     """Read HR images (folder, meta_info file or LMDB) and make LR = MATLAB bicubic x1/scale.
 
@@ -29,7 +32,7 @@ class SeGSRBicubicDataset(data.Dataset):
     Options (BasicSR style): dataroot_gt, io_backend {type: disk | lmdb}, meta_info_file
     (disk only, optional: first word of each line is a file name in dataroot_gt), scale,
     phase, gt_size, use_hflip, use_rot, color ('y'), mean, std; input rules of
-    :func:`segsr_basicsr.data.prep.decode_image`: bands, max_value, gray ('convert'|'error').
+    :func:`segsr_basicsr.io.images.decode_image`: bands, max_value, gray ('convert'|'error').
     """
 
     def __init__(self, opt):

@@ -1,194 +1,36 @@
-"""Shared data-preparation logic for `datasets_prep/` scripts and `SeGSRBicubicDataset`.
+"""Dataset preparation for the `datasets_prep/` scripts (and the LR maker `SeGSRBicubicDataset` shares).
 
-One image reader (:func:`decode_image`) enforces the input rules for every entry point,
-and one LR maker (:func:`bicubic_lr`) guarantees that an LR file written by
-`datasets_prep/make_bicubic.py` is byte-for-byte the LR that the on-the-fly dataset makes.
-Outputs are written through :func:`staged_output`: a target that exists is never
-touched, and a failed run leaves nothing half-written behind.
+One LR maker (:func:`bicubic_lr`) guarantees that an LR file written by
+`datasets_prep/make_bicubic.py` is byte-for-byte the LR that the on-the-fly dataset
+makes. Images are read and written through :mod:`segsr_basicsr.io`; outputs are
+built under :func:`~segsr_basicsr.io.atomic.staged_outputs`, so a target that exists
+is never touched and a failed run leaves nothing half-written behind.
 """
-import io
 import json
 import logging
 import math
 import os
 import re
-import shutil
 import sys
 import zlib
-from contextlib import contextmanager
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from basicsr.data.transforms import mod_crop
-from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import LmdbMaker
 from basicsr.utils.matlab_functions import imresize
+from segsr_basicsr.errors import DataError, ImageError
+from segsr_basicsr.io.atomic import check_free, staged_output, staged_outputs  # noqa: F401  (scripts use prep.*)
+from segsr_basicsr.io.images import (IMG_EXTS, add_image_args, encode_png, image_kwargs, list_images,  # noqa: F401
+                                     read_image, write_png)
 
 logger = logging.getLogger('basicsr')
 
-#: file types the scripts and the dataset pick up (case-insensitive)
-IMG_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff', '.bmp', '.webp')
 SPLITS = ('train', 'val', 'test')
-#: PNG compression used for every image we write (the level only changes size, never pixels)
-PNG_LEVEL = 3
-_TIFF_MAGIC = (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+')
 
-
-class PrepError(ValueError):
-    """A user-facing data problem: the message names the file and says what to do."""
-
-
-class ImageError(PrepError):
-    """An input image that breaks the 8-bit RGB rules (see :func:`decode_image`)."""
-
-
-# ----------------------------------------------------------------------------- reading
-_gray_noted = False
-
-
-def read_image(path, **kwargs):
-    """Read a file with :func:`decode_image`; a missing file is an :class:`ImageError` too."""
-    try:
-        with open(path, 'rb') as f:
-            content = f.read()
-    except OSError as e:
-        raise ImageError(f'{path}: cannot read file ({e.strerror}).') from e
-    return decode_image(content, path, **kwargs)
-
-
-def decode_image(content, name, bands=None, max_value=None, gray='convert'):
-    """Decode image bytes into an 8-bit, 3-channel BGR array (BasicSR's convention), or raise.
-
-    The rules, applied on purpose rather than left to whatever OpenCV does:
-
-    - grayscale (1 band): ``gray='convert'`` replicates it to 3 channels and logs a note
-      (once per process); ``gray='error'`` rejects it.
-    - RGBA: the alpha channel is dropped when it is fully opaque; any transparent pixel is
-      an error (we would have to invent the colour behind it).
-    - more bands (multi-band TIFF, or a 4-band TIFF whose 4th band is not alpha, e.g.
-      RGB+NIR): rejected unless ``bands=(r, g, b)`` (1-based, file order) picks three.
-    - not 8-bit (16-bit, float): rejected unless ``max_value`` is given; then the conversion
-      is explicit and linear, ``round(v * 255 / max_value)`` clipped to 0..255
-      (65535 for full-range 16-bit, 4095 for 12-bit sensors, ...).
-    - bytes that do not decode: an error naming the file.
-
-    Args:
-        content (bytes): the encoded file (PNG, JPEG, TIFF, BMP, WebP).
-        name (str): file path or LMDB key, used in messages.
-    """
-    global _gray_noted
-    if not content:
-        raise ImageError(f'{name}: file is empty (0 bytes); re-download or remove it.')
-    arr, alpha_band = _decode_any(content, name)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    nbands = arr.shape[2]
-
-    if bands is not None:
-        bands = [int(b) for b in bands]
-        if len(bands) != 3 or min(bands) < 1 or max(bands) > nbands:
-            raise ImageError(f'{name}: bands={bands} does not pick 3 of its {nbands} bands '
-                             f'(1-based band numbers, e.g. --bands 3 2 1).')
-        arr, alpha_band = arr[:, :, [b - 1 for b in bands]], False
-        nbands = 3
-
-    if nbands in (2, 4) and alpha_band:
-        alpha = arr[:, :, -1]
-        full = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else (max_value or 1.0)
-        n_transparent = int(np.count_nonzero(alpha != full))
-        if n_transparent:
-            raise ImageError(f'{name}: has an alpha channel with {n_transparent} transparent pixel(s); '
-                             'SR needs fully opaque RGB. Flatten it onto a background or remove the file.')
-        arr = arr[:, :, :-1]
-        nbands -= 1
-    if nbands > 3:
-        raise ImageError(f'{name}: has {nbands} bands; SeG-SR needs 3-band RGB. Pick the red, green and blue '
-                         'bands with --bands R G B (1-based, e.g. --bands 4 3 2 for Sentinel-2 B4,B3,B2; '
-                         'dataset option `bands: [4, 3, 2]`), or write an RGB copy first '
-                         '(e.g. gdal_translate -b 4 -b 3 -b 2 in.tif out.tif).')
-    if nbands == 2:  # gray + non-alpha band: ambiguous
-        raise ImageError(f'{name}: has 2 bands that are not gray+alpha; pick bands with --bands R G B.')
-
-    if arr.dtype != np.uint8:
-        if max_value is None:
-            kind = f'{arr.dtype.itemsize * 8}-bit' if np.issubdtype(arr.dtype, np.integer) else str(arr.dtype)
-            raise ImageError(f'{name}: is {kind} ({arr.dtype}, values {arr.min()}..{arr.max()}); models here train on '
-                             '8-bit images. Convert explicitly with --max-value M (dataset option `max_value`): '
-                             'v -> round(v*255/M), e.g. M=65535 for full-range 16-bit, 4095 for 12-bit data.')
-        arr = np.clip(np.round(arr.astype(np.float64) * (255.0 / float(max_value))), 0, 255).astype(np.uint8)
-
-    if nbands == 1:
-        if gray == 'error':
-            raise ImageError(f'{name}: is grayscale (1 band) and grayscale is set to be rejected (--gray error / '
-                             'gray: error). Use convert to replicate it to 3 channels, or remove the file.')
-        if not _gray_noted:
-            logger.warning(f'{name}: grayscale image replicated to 3 channels '
-                           '(further grayscale inputs are converted without a note).')
-            _gray_noted = True
-        arr = np.repeat(arr, 3, axis=2)
-    # arr is in file band order (R, G, B); BasicSR works in BGR
-    return np.ascontiguousarray(arr[:, :, ::-1])
-
-
-def _decode_any(content, name):
-    """Return (array H x W [x bands] in file band order, whether a 2nd/4th band is alpha)."""
-    if content[:4] in _TIFF_MAGIC:
-        try:
-            return _decode_tiff(content, name)
-        except ImageError:
-            raise
-        except Exception as e:  # tifffile lacks a codec (e.g. JPEG-in-TIFF): let OpenCV try
-            tiff_error = e
-    else:
-        tiff_error = None
-    arr = cv2.imdecode(np.frombuffer(content, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        why = f' (tifffile: {tiff_error})' if tiff_error else ''
-        raise ImageError(f'{name}: cannot be decoded as an image (truncated, corrupted or not an image '
-                         f'file){why}; re-download or remove it.')
-    if arr.ndim == 3 and arr.shape[2] >= 3:  # OpenCV gives BGR / BGRA
-        arr = np.concatenate([arr[:, :, 2::-1], arr[:, :, 3:]], axis=2)
-    return arr, arr.ndim == 3 and arr.shape[2] in (2, 4)
-
-
-def _decode_tiff(content, name):
-    import tifffile
-    with tifffile.TiffFile(io.BytesIO(content)) as tif:
-        series = tif.series[0]
-        page = tif.pages[0]
-        arr = series.asarray()
-        axes = series.axes
-        if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
-            raise ImageError(f'{name}: is a palette (indexed-colour) TIFF; convert it to RGB first.')
-        is_rgb = page.photometric == tifffile.PHOTOMETRIC.RGB
-        extras = tuple(getattr(page, 'extrasamples', ()) or ())
-    keep = [i for i, (ax, n) in enumerate(zip(axes, arr.shape)) if n > 1 or ax in 'YX']
-    arr = arr.reshape([arr.shape[i] for i in keep])
-    axes = ''.join(axes[i] for i in keep)
-    if arr.ndim == 3:
-        band_axis = next(i for i, ax in enumerate(axes) if ax not in 'YX')
-        arr = np.moveaxis(arr, band_axis, -1)
-    elif arr.ndim != 2:
-        raise ImageError(f'{name}: TIFF layout {axes} {arr.shape} is not one image (several pages or '
-                         'a stack?); save each image as its own file.')
-    alpha = arr.ndim == 3 and ((arr.shape[2] == 4 and is_rgb) or (arr.shape[2] == 2 and bool(extras)))
-    return arr, alpha
-
-
-def add_image_args(parser):
-    """Command-line options for :func:`decode_image`, shared by every prep script."""
-    parser.add_argument('--bands', type=int, nargs=3, metavar=('R', 'G', 'B'),
-                        help='1-based band numbers to use as red, green, blue (for multi-band TIFFs)')
-    parser.add_argument('--max-value', type=float, default=None, metavar='M',
-                        help='convert non-8-bit images linearly: v -> round(v*255/M) (default: reject them)')
-    parser.add_argument('--gray', choices=('convert', 'error'), default='convert',
-                        help='grayscale inputs: replicate to 3 channels (default) or reject')
-
-
-def image_kwargs(args):
-    return dict(bands=args.bands, max_value=args.max_value, gray=args.gray)
+#: the error for dataset-preparation problems (one family with every user-facing error)
+PrepError = DataError
 
 
 # ----------------------------------------------------------------------------- LR making
@@ -215,26 +57,6 @@ def hr_lr_pair(hr, scale, name='image'):
 
 
 # ----------------------------------------------------------------------------- files
-def list_images(folder):
-    """Image files directly in `folder`, sorted, as names relative to it."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise PrepError(f'{folder}: not a directory.')
-    return sorted(p for p in scandir(str(folder)) if p.lower().endswith(IMG_EXTS))
-
-
-def encode_png(img):
-    ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, PNG_LEVEL])
-    if not ok:
-        raise PrepError('PNG encoding failed.')
-    return buf.tobytes()
-
-
-def write_png(path, img):
-    """Write deterministic PNG bytes (no timestamps), also to non-ASCII paths."""
-    Path(path).write_bytes(encode_png(img))
-
-
 def check_key(name, where):
     """Output names become LMDB keys: BasicSR needs ASCII, cuts at the first '.', splits at spaces."""
     if not re.fullmatch(r'[A-Za-z0-9_\-]+', name):
@@ -265,53 +87,6 @@ def folder_keys(src, sanitize=False):
     if dup:
         raise PrepError(f'{src}: several files would get the same output name {dup[:5]} (same stem); rename them.')
     return files, keys
-
-
-def check_free(*paths):
-    """Refuse before any work if an output exists: we never overwrite or merge into user data."""
-    taken = [str(p) for p in paths if os.path.lexists(p)]
-    if taken:
-        raise PrepError('refusing to overwrite existing output: ' + ', '.join(taken) +
-                        '. Delete it or choose another output path.')
-
-
-@contextmanager
-def staged_outputs(*finals):
-    """Yield hidden sibling paths (not created) for `finals`; rename them all into place only if the
-    block succeeds, delete them if it fails. So a run leaves complete outputs or none."""
-    finals = [Path(f) for f in finals]
-    check_free(*finals)
-    tmps, made = [], []
-    for final in finals:
-        for d in reversed([final.parent, *final.parent.parents]):
-            if not d.exists():
-                d.mkdir()
-                made.append(d)
-        # keep the suffix: BasicSR's LmdbMaker insists on '.lmdb'
-        tmp = final.parent / f'.{final.name}.partial-{os.getpid()}{final.suffix}'
-        if os.path.lexists(tmp):
-            shutil.rmtree(tmp)  # our own leftover from a killed run that had the same pid
-        tmps.append(tmp)
-    try:
-        yield tmps
-    except BaseException:
-        for tmp in tmps:
-            shutil.rmtree(tmp, ignore_errors=True)
-        for d in reversed(made):  # parents this run created, if still empty
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        raise
-    check_free(*finals)
-    for tmp, final in zip(tmps, finals):
-        os.rename(tmp, final)
-
-
-@contextmanager
-def staged_output(final):
-    with staged_outputs(final) as tmps:
-        yield tmps[0]
 
 
 def _progress(items, desc):
@@ -476,7 +251,7 @@ def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
     """Pack a folder into a new BasicSR LMDB at `lmdb_path` with BasicSR's LmdbMaker
     (data.mdb + meta_info.txt). Prefer :func:`make_lmdb`, which stages and never overwrites.
 
-    Images go through :func:`decode_image` first, so the LMDB holds the same 8-bit BGR pixels
+    Images go through :func:`~segsr_basicsr.io.images.decode_image` first, so the LMDB holds the same 8-bit BGR pixels
     the folder dataset would read. Keys are the file stems, sorted.
     """
     files, keys = folder_keys(src)
@@ -484,8 +259,8 @@ def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
     try:
         for f, key in zip(_progress(files, desc or f'lmdb {Path(src).name}'), keys):
             img = read_image(Path(src) / f, **image_kw)
-            ok, buf = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
-            maker.put(buf.tobytes(), key, img.shape)
+            buf = encode_png(img, compress_level)
+            maker.put(buf, key, img.shape)
     finally:
         maker.close()
     # lock.mdb is LMDB's runtime reader table (differs run to run; BasicSR opens with lock=False and
@@ -511,9 +286,7 @@ def write_json(path, obj):
 
 
 def run_cli(main):
-    """Run a script's main(); a :class:`PrepError` becomes one clear line on stderr and exit code 2."""
-    try:
+    """Run a script's main(); a user error becomes one line on stderr and exit code 2."""
+    from segsr_basicsr.utils.cli import exit_on_user_error
+    with exit_on_user_error(Path(sys.argv[0]).name):
         main()
-    except PrepError as e:
-        print(f'error: {e}', file=sys.stderr)
-        sys.exit(2)

@@ -10,6 +10,8 @@ from collections import OrderedDict
 
 import yaml
 
+from segsr_basicsr.errors import OptionError
+
 __all__ = ['OptionError', 'SafeOrderedLoader', 'load_option_file', 'parse_override', 'apply_overrides',
            'validate_options']
 
@@ -17,8 +19,6 @@ __all__ = ['OptionError', 'SafeOrderedLoader', 'load_option_file', 'parse_overri
 _KEY = re.compile(r'^[A-Za-z0-9_.\-]+$')
 
 
-class OptionError(ValueError):
-    """An option file, a ``--force_yml`` entry or an option value is wrong; the message says what to change."""
 
 
 class SafeOrderedLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):

@@ -19,11 +19,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from segsr_basicsr.errors import TileError
+
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
-class TileError(RuntimeError):
-    """A tile's forward pass failed; the message names the tile position."""
 
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List[int]:
