@@ -192,6 +192,22 @@ def test_radiometry_is_mapped_and_mapped_back_exactly(tmp_path, dtype, args):
         assert np.array_equal(sr, up(data))
 
 
+@pytest.mark.parametrize('driver,ext,opts', [('VRT', '.vrt', {}),
+                                              ('JP2OpenJPEG', '.jp2', {'QUALITY': '100', 'REVERSIBLE': 'YES'})])
+def test_vrt_and_jp2_inputs_stream_like_geotiff(tmp_path, driver, ext, opts):
+    from rasterio.shutil import copy as gdal_copy
+    if driver not in rasterio.drivers.raster_driver_extensions().values():
+        pytest.skip(f'GDAL here has no {driver} driver')
+    data = smooth(np.random.default_rng(12), (3, 30, 40), 0, 255).round().astype(np.uint8)
+    tif = write_raster(tmp_path / 'scene.tif', data)
+    other = tmp_path / f'scene{ext}'
+    gdal_copy(str(tif), str(other), driver=driver, **opts)
+    SeGSRUpscaler(NearestX4()).upscale_file(other, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
+    with rasterio.open(tmp_path / 'o.tif') as out:
+        assert out.crs.to_epsg() == 32633 and out.transform.almost_equals(from_origin(500000, 4200000, 2.5, 2.5))
+        assert np.array_equal(out.read(), up(data))
+
+
 def test_gray_band_stays_one_band(tmp_path):
     data = smooth(np.random.default_rng(5), (1, 30, 20), 0, 255).round().astype(np.uint8)
     src = write_raster(tmp_path / 'gray.tif', data)
