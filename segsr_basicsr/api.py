@@ -290,20 +290,21 @@ class SeGSRUpscaler:
             run = (t[:, -1] > 0).flatten(1).any(1)
             if record_maps and not map_channels:
                 run[:] = True  # the first batch tells the maps' shape
-            sr = t.new_zeros(n, 3, th * s, tw * s)
-            maps = []
-            if bool(run.any()):
+            every = bool(run.all())
+            if every or bool(run.any()):
                 with autocast(self.device, self.amp):
-                    res = forward_padded(net, t[run, :3] if not bool(run.all()) else t[:, :3], record_maps)
+                    res = forward_padded(net, t[:, :3] if every else t[run, :3], record_maps)
                 res = res if isinstance(res, tuple) else (res, )
-                sr[run] = res[0].float()
-                for m in res[1:]:
-                    full = m.new_zeros(n, *m.shape[1:])
-                    full[run] = m
-                    maps.append(full)
                 if record_maps and not map_channels:
                     map_channels.extend(m.shape[1] for m in res[1:])
+                if every:
+                    sr, maps = res[0].float(), list(res[1:])
+                else:  # tiles without a valid pixel stay zero
+                    sr = t.new_zeros(n, 3, th * s, tw * s)
+                    sr[run] = res[0].float()
+                    maps = [m.new_zeros(n, *m.shape[1:]).index_put_((run, ), m) for m in res[1:]]
             else:
+                sr = t.new_zeros(n, 3, th * s, tw * s)
                 maps = [t.new_zeros(n, c, th, tw) for c in map_channels]
             parts = [sr]
             if channels > 4:
