@@ -1,6 +1,6 @@
 """Super-resolve images without ground truth: a file, a folder, or a large scene.
 
-    python -m segsr_basicsr.infer -opt options/test_SeGSR_HAT_x4.yml --model net_g_latest.pth \\
+    python -m segsr_basicsr.infer -opt options/test/HAT/test_SeGSR_HAT_x4.yml --model net_g_latest.pth \\
         --input scene.tif --output results/scene --tile 256 --tile-overlap 32
 
 The network is built from ``network_g`` of the option file and loaded from
