@@ -3,7 +3,7 @@
     segsr-infer --model net_g_latest.pth --input scene.tif --output results/ --tile 256 --tile-batch 4
 
 Checkpoints written by training name their network; older ones need the option file
-(``-opt options/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
+(``-opt options/test/HAT/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
 VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimised,
 with overviews) that keeps the georeferencing, band layout, dtype, nodata and alpha;
 memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and

@@ -312,6 +312,11 @@ def test_test_entry_point_reports_metrics_and_writes_images_and_maps(tmp_path, m
         assert sr.shape == (72, 84, 3)
         for k in (1, 2):
             assert cv2.imread(str(vis / f'{name}_tiny_test_semantic_unit{k}.png')).shape == sr.shape
+    # per-class tables next to the test log: classes from the file names here (no split lists)
+    table = (tmp_path / 'results' / 'tiny_test' / 'per_class_tiny.md').read_text().splitlines()
+    assert table[0] == '| class | images | psnr | ssim |' and [r.split(' | ')[0] for r in table[2:]] == \
+        ['| farm', '| port', '| **mean**']
+    assert (tmp_path / 'results' / 'tiny_test' / 'per_class_tiny.csv').is_file()
 
 
 def test_heatmap_marks_the_strong_region_red_at_image_size():

@@ -23,10 +23,11 @@ from tqdm import tqdm
 
 from segsr_basicsr.api import network_metadata
 from segsr_basicsr.archs.guided import pad_to_multiple
-from segsr_basicsr.errors import CheckpointError
+from segsr_basicsr.errors import CheckpointError, OptionError
 from segsr_basicsr.io.checkpoint import (get_rng_states, load_checkpoint, pick_state_dict, save_with_retry,
                                          set_rng_states, strip_module_prefix)
 from segsr_basicsr.utils.dist import dist_ready, gather_objects
+from segsr_basicsr.utils.self_ensemble import self_ensemble
 from segsr_basicsr.utils.tiling import parse_tile_opt, tiled_forward
 
 AMP_DTYPES = {'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16, 'fp16': torch.float16, 'float16': torch.float16}
@@ -84,6 +85,9 @@ class SeGSRModel(SRModel):
         self.tile_batch = int(tile.get('batch', 1))
         self.tile_margin = tile.get('margin')
         self.val_amp = parse_amp(val_opt.get('amp'), 'val.amp')
+        self.self_ensemble = val_opt.get('self_ensemble', False)
+        if not isinstance(self.self_ensemble, bool):
+            raise OptionError(f'val.self_ensemble must be true or false, got {self.self_ensemble!r}')
         super().__init__(opt)
 
     # ----------------------------------------------------------------- processes and checkpoints
@@ -326,7 +330,8 @@ class SeGSRModel(SRModel):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
 
     def infer(self, lq: torch.Tensor, record_maps: bool = False, progress=None):
-        """(B,3,H,W) -> SR (B,3,H*s,W*s) [, maps]: eval + no_grad, tiled when ``val.tile`` is set.
+        """(B,3,H,W) -> SR (B,3,H*s,W*s) [, maps]: eval + no_grad, tiled when ``val.tile`` is set,
+        averaged over the 8 flips/rotations when ``val.self_ensemble`` is true (each view tiled alike).
 
         Leaves ``net_g`` in the mode it had (BasicSR/HAT leave it in eval mode).
         """
@@ -341,11 +346,14 @@ class SeGSRModel(SRModel):
             with torch.no_grad(), autocast(self.device, self.val_amp):
                 fn = lambda t: forward_padded(net, t, record_maps)  # noqa: E731
                 if self.tile_size:
-                    out = tiled_forward(fn, lq, self.tile_size, self.tile_overlap, margin=self.tile_margin,
-                                        multiple=getattr(net, 'size_multiple', 1), batch=self.tile_batch,
-                                        device=self.device, progress=progress)
+                    def view(t):
+                        return tiled_forward(fn, t, self.tile_size, self.tile_overlap, margin=self.tile_margin,
+                                             multiple=getattr(net, 'size_multiple', 1), batch=self.tile_batch,
+                                             device=self.device, progress=progress)
                 else:
-                    out = fn(lq.to(self.device))
+                    def view(t):
+                        return fn(t.to(self.device))
+                out = self_ensemble(view, lq) if self.self_ensemble else view(lq)
         finally:
             if record_maps:
                 net.record_semantic_maps = False
@@ -375,6 +383,7 @@ class SeGSRModel(SRModel):
         net_training = self.get_bare_model(self.net_g).training
         pbar = tqdm(total=len(dataloader), unit='image') if use_pbar else None
         metric_data = dict()
+        per_image = []  # (image stem, {metric: value}) for the per-class tables of a test run
         try:
             for idx, val_data in enumerate(dataloader):
                 img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
@@ -397,8 +406,11 @@ class SeGSRModel(SRModel):
                     for k, overlay in enumerate(semantic_overlays(sr_img, [m[0] for m in maps])):
                         imwrite(overlay, f'{stem}_semantic_unit{k + 1}.png')
                 if with_metrics:
-                    for name, opt_ in val_opt['metrics'].items():
-                        self.metric_results[name] += calculate_metric(metric_data, opt_)
+                    values = {name: float(calculate_metric(metric_data, opt_))
+                              for name, opt_ in val_opt['metrics'].items()}
+                    for name, value in values.items():
+                        self.metric_results[name] += value
+                    per_image.append((img_name, values))
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_description(f'Test {img_name}')
@@ -412,6 +424,18 @@ class SeGSRModel(SRModel):
                 self.metric_results[metric] /= (idx + 1)
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+            if not self.opt['is_train'] and per_image:
+                self._write_per_class(dataloader.dataset.opt, dataset_name, per_image)
+
+    def _write_per_class(self, dataset_opt, dataset_name, per_image):
+        """Test runs: per-class PSNR/SSIM as CSV + Markdown next to BasicSR's test log."""
+        from segsr_basicsr.utils.per_class import find_split_classes, write_per_class
+        classes = find_split_classes(dataset_opt.get('dataroot_gt') or dataset_opt.get('dataroot_lq'))
+        out_dir = self.opt['path'].get('log') or self.opt['path'].get('results_root')
+        paths = write_per_class(per_image, classes, out_dir, dataset_name)
+        source = 'split lists' if classes else 'file names'
+        get_root_logger().info(f'Per-class metrics of {dataset_name} (classes from {source}): '
+                               f'{paths[0]} and {paths[1]}')
 
     def _save_path(self, img_name, dataset_name, current_iter):
         """Same file names as BasicSR's SRModel."""

@@ -39,7 +39,7 @@ def load_yaml(path):
     if not os.path.isfile(path):
         hint = ' (it is a folder)' if os.path.isdir(path) else ''
         raise OptionError(f'Option file not found: {path}{hint}. Pass an existing YAML file with -opt, '
-                          'e.g. -opt options/train_SeGSR_HAT_x4.yml.')
+                          'e.g. -opt options/train/HAT/train_SeGSR_HAT_x4.yml.')
     with open(path, 'r', encoding='utf-8') as f:
         try:
             data = yaml.load(f, Loader=SafeOrderedLoader)
