@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segsr-installed
 
-# torch builds that pip resolves on each architecture (see README, "Install").
+# torch builds that pip resolves on each architecture (see docs/installation.md).
 ARCH := $(shell uname -m)
 ifeq ($(ARCH),aarch64)
 TORCH_PKGS ?= torch==2.9.1 torchvision==0.24.1
