@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from segsr_basicsr.errors import InferError
 
-#: extra checkpoint entry: {'network_g': {...}, 'scale': s, 'name': ...}; BasicSR's loaders read only params*
+#: extra checkpoint entry: {'network_g': {...}, 'scale': s}; BasicSR's loaders read only params*
 META_KEY = 'segsr_network'
 
 
@@ -49,10 +49,10 @@ def _plain(obj):
 
 
 def network_metadata(opt) -> dict:
-    """``{META_KEY: {network_g, scale, name}}`` to add to a saved net_g checkpoint (self-describing)."""
+    """``{META_KEY: {network_g, scale}}`` to add to a saved net_g checkpoint (self-describing)."""
     net_opt = _plain(opt['network_g'])
     scale = opt.get('scale') or net_opt.get('upscale')
-    return {META_KEY: {'network_g': net_opt, 'scale': int(scale) if scale else None, 'name': opt.get('name')}}
+    return {META_KEY: {'network_g': net_opt, 'scale': int(scale) if scale else None}}
 
 
 def load_model(path, device='auto', opt=None, param_key=None, amp=None) -> 'SeGSRUpscaler':

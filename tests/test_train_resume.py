@@ -28,7 +28,8 @@ def test_train_stop_auto_resume_on_cpu_then_test(tmp_path):
                                                             'net_g_latest.pth'}
     state = torch.load(exp / 'training_states' / '8.state', weights_only=True)
     assert state['iter'] == 8 and len(state['optimizers']) == 1 and 'rng_states' in state
-    assert torch.load(exp / 'models' / 'net_g_8.pth', weights_only=True).keys() == {'params', 'params_ema'}
+    saved = torch.load(exp / 'models' / 'net_g_8.pth', weights_only=True)
+    assert saved.keys() == {'params', 'params_ema', 'segsr_network'}  # + network_g (self-describing)
     assert 'Resume' in second.stdout + log
 
     # the test entry point on the trained weights: results/ under the current directory
