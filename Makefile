@@ -16,7 +16,13 @@ endif
 
 DEMO_DATA ?= demo_data
 
-.PHONY: install demo test bench clean-demo
+# Offline wheelhouse (docs/gpu.md): every dependency except torch/torchvision, as wheels for
+# CPython $(PYVER) on manylinux x86_64. GEO=1 adds the [geo] extra (rasterio).
+PYVER ?= 3.12
+WHEELHOUSE ?= wheelhouse
+GEO ?=
+
+.PHONY: install demo test bench clean-demo wheelhouse
 
 install: $(STAMP)
 
@@ -43,6 +49,9 @@ demo: install
 	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"
 	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/ (compare with the bicubic line above)"
 	@echo "  large-scene inference:             results/demo_infer/"
+
+wheelhouse: install
+	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(GEO),--extras geo)
 
 bench: install
 	$(PY) benchmarks/bench_segsr.py
