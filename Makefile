@@ -17,10 +17,14 @@ endif
 DEMO_DATA ?= demo_data
 
 # Offline wheelhouse (docs/gpu.md): every dependency except torch/torchvision, as wheels for
-# CPython $(PYVER) on manylinux x86_64. GEO=1 adds the [geo] extra (rasterio).
+# CPython $(PYVER) on manylinux x86_64. GEO=1 adds the [geo] extra (rasterio); EXTRAS=test adds
+# pytest, spandrel and rasterio (what benchmarks/gpu_checks.sh needs).
 PYVER ?= 3.12
 WHEELHOUSE ?= wheelhouse
 GEO ?=
+EXTRAS ?=
+WHEEL_EXTRAS = $(subst $(eval) ,$(comma),$(strip $(EXTRAS) $(if $(GEO),geo)))
+comma := ,
 
 .PHONY: install demo test bench clean-demo wheelhouse
 
@@ -51,7 +55,7 @@ demo: install
 	@echo "  large-scene inference:             results/demo_infer/"
 
 wheelhouse: install
-	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(GEO),--extras geo)
+	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(WHEEL_EXTRAS),--extras $(WHEEL_EXTRAS))
 
 bench: install
 	$(PY) benchmarks/bench_segsr.py
