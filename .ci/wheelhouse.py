@@ -14,6 +14,7 @@ one consistent set (``requirements.txt`` beside them lists it).
 """
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,16 @@ def closure(root: str, resolved: dict, exclude, env: dict):
     return sorted({name for name, _ in seen})
 
 
+def installed_names(path):
+    """Package names of a ``pip list --format=freeze`` / ``pip freeze`` / one-name-per-line file."""
+    names = []
+    for line in Path(path).read_text().splitlines():
+        line = line.split('#', 1)[0].strip()
+        if line and not line.startswith('-'):
+            names.append(re.split(r'[\s=<>!~;@\[]', line, maxsplit=1)[0])
+    return names
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--python-version', default='3.12', help='target CPython, e.g. 3.12 (default) or 3.11')
@@ -108,7 +119,12 @@ def main(argv=None):
     parser.add_argument('--arch', default='x86_64')
     parser.add_argument('--exclude', nargs='*', default=list(DEFAULT_EXCLUDE),
                         help='packages the target brings itself (default: torch torchvision)')
+    parser.add_argument('--installed', help='file listing what the target already has (`pip list --format=freeze` '
+                                            'there; names or name==version lines): left out too, for a small '
+                                            'wheelhouse installed with --no-deps')
     args = parser.parse_args(argv)
+    if args.installed:
+        args.exclude = list(args.exclude) + installed_names(args.installed)
     if not all(p.isdigit() for p in args.python_version.split('.')) or args.python_version.count('.') != 1:
         raise SystemExit(f'--python-version {args.python_version!r}: give major.minor, e.g. 3.12')
 
@@ -131,8 +147,8 @@ def main(argv=None):
         pins = [f'{n}=={resolved[n][0]}' for n in names]
         local_names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in built}
         remote = [p for n, p in zip(names, pins) if n not in local_names]
-        print(f'Downloading {len(remote)} wheels (leaving out {", ".join(args.exclude)} and what only they '
-              'need) ...', flush=True)
+        left_out = ', '.join(args.exclude[:6]) + (f' and {len(args.exclude) - 6} more' if len(args.exclude) > 6 else '')
+        print(f'Downloading {len(remote)} wheels (leaving out {left_out} and what only they need) ...', flush=True)
         pip('download', '--no-deps', '-d', str(out), *flags, *remote)
         for wheel in built:
             shutil.copy2(wheel, out / wheel.name)
@@ -154,7 +170,11 @@ def main(argv=None):
                                                                      else ''))
     for w in wheels[:5]:
         print(f'  {w.stat().st_size / 2**20:6.1f} MiB  {w.name}')
-    print(f'Install (with torch already installed): pip install --no-index --find-links {out} "{root}"')
+    if args.installed:
+        print(f'Left out what {args.installed} lists, so pip would ask for those: install without the resolver, '
+              f'e.g. pip install --no-index --no-deps --target SITE {out}/*.whl; export PYTHONPATH=SITE')
+    else:
+        print(f'Install (with torch already installed): pip install --no-index --find-links {out} "{root}"')
 
 
 if __name__ == '__main__':
