@@ -176,22 +176,21 @@ class SeGSRModel(SRModel):
         BasicSR's version walks every parameter, i.e. also the frozen CLIP tower
         (~86 M for ViT-B/16): wasted work, and the EMA copy must equal the loaded
         CLIP anyway. Non-float buffers (indices, counters) are copied. The update is
-        two fused ``torch._foreach_*`` calls per tensor group (ema = ema * decay +
-        p * (1 - decay), the same arithmetic as a per-tensor loop), not two kernel
-        launches per tensor (~900 tensors for the paper's network).
+        two fused ``torch._foreach_*`` calls (ema = ema * decay + p * (1 - decay), the
+        same arithmetic as a per-tensor loop), not two kernel launches per tensor
+        (~900 tensors for the paper's network).
         """
         net_g = self.get_bare_model(self.net_g)
         ema_params = dict(self.net_g_ema.named_parameters())
         ema_buffers = dict(self.net_g_ema.named_buffers())
         avg_ema, avg_src = [], []  # averaged: trainable parameters and float buffers
-        for k, p in net_g.named_parameters():
-            if p.requires_grad:
-                avg_ema.append(ema_params[k])
-                avg_src.append(p)
-            elif decay == 0:  # initial copy, e.g. no pretrained weights for the EMA net
-                with torch.no_grad():
-                    ema_params[k].copy_(p)
         with torch.no_grad():
+            for k, p in net_g.named_parameters():
+                if p.requires_grad:
+                    avg_ema.append(ema_params[k])
+                    avg_src.append(p)
+                elif decay == 0:  # initial copy, e.g. no pretrained weights for the EMA net
+                    ema_params[k].copy_(p)
             for k, b in net_g.named_buffers():
                 if k not in ema_buffers:
                     continue
