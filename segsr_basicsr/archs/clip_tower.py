@@ -221,6 +221,12 @@ class CLIPImageEncoder(nn.Module):
     def embed_dim(self) -> int:
         return self.visual.proj.shape[1]
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.double() swap the embedding's data in place (same Parameter, same _version):
+        # drop the resized copies, or a CPU-built cache is served to CUDA inputs
+        self._pos_cache = None
+        return super()._apply(fn, *args, **kwargs)
+
     def token_grid(self, h: int, w: int, upscale: float) -> Tuple[int, int]:
         """CLIP token grid for an LR of h x w: (h*s, w*s) rounded to the nearest patch multiple (>= 1 patch)."""
         ph, pw = self.patch_size
