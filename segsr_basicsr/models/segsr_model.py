@@ -79,6 +79,17 @@ class SeGSRModel(SRModel):
         self.val_amp = parse_amp(val_opt.get('amp'), 'val.amp')
         super().__init__(opt)
 
+    def model_to_device(self, net):
+        """Refuse BasicSR's DataParallel path (num_gpu > 1 without a launcher) for training guided networks: it
+        splits every batch over replicas, and autocast (thread-local) does not reach them; use torchrun (DDP)."""
+        num_gpu = self.opt.get('num_gpu', 0)
+        if self.opt.get('is_train') and not self.opt.get('dist') and isinstance(num_gpu, int) and num_gpu > 1 \
+                and getattr(net, 'guidance', None) is not None:
+            raise ValueError(f'num_gpu: {num_gpu} without --launcher would wrap the guided network in DataParallel, '
+                             f'which SeG-SR does not support: run torchrun --nproc_per_node={num_gpu} -m '
+                             'segsr_basicsr.train -opt YOUR_OPTIONS.yml --launcher pytorch (or set num_gpu: 1)')
+        return super().model_to_device(net)
+
     # ----------------------------------------------------------------- training setup
     def init_training_settings(self):
         train_opt = self.opt['train']
