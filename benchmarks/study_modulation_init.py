@@ -134,10 +134,13 @@ def main():
     parser.add_argument('--iters', type=int, default=300, help='iterations per variant, from the backbone')
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--gt-size', type=int, default=64)
-    parser.add_argument('--lr', type=float, default=5e-4)
+    parser.add_argument('--lr', type=float, default=5e-4, help='Adam learning rate of step 1')
+    parser.add_argument('--finetune-lr', type=float, help='learning rate of step 2 (default: --lr)')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     parser.add_argument('--variants', nargs='+', default=['off', *MODULATION_INITS])
     parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--backbone', metavar='PATH', help='reuse the step-1 backbone saved here (written when '
+                        'missing; it must come from the same --data, --pretrain-iters and settings)')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.data)
@@ -145,13 +148,20 @@ def main():
     _, val_pairs = load_pairs(root, 'val')
     print(f'# torch {torch.__version__}, {platform.python_version()}, threads {torch.get_num_threads()}, '
           f'load {os.getloadavg()[0]:.1f}, train {len(train_pairs)} / val {len(val_pairs)} images, x{SCALE}, '
-          f'gt_size {args.gt_size}, batch {args.batch}, lr {args.lr}, pretrain {args.pretrain_iters} + '
+          f'gt_size {args.gt_size}, batch {args.batch}, lr {args.lr} then {args.finetune_lr or args.lr}, '
+          f'pretrain {args.pretrain_iters} + '
           f'{args.iters} iters, seeds {args.seeds}', flush=True)
 
     t0 = time.time()
-    torch.manual_seed(1000)
-    backbone = train(SeGSR_HAT(**STUDY_HAT, guidance=None), train_pairs, args.pretrain_iters, args.batch,
-                     args.gt_size, args.lr, seed=1000)
+    if args.backbone and Path(args.backbone).is_file():
+        backbone = SeGSR_HAT(**STUDY_HAT, guidance=None)
+        backbone.load_state_dict(torch.load(args.backbone, weights_only=True))
+    else:
+        torch.manual_seed(1000)
+        backbone = train(SeGSR_HAT(**STUDY_HAT, guidance=None), train_pairs, args.pretrain_iters, args.batch,
+                         args.gt_size, args.lr, seed=1000)
+        if args.backbone:
+            torch.save(backbone.state_dict(), args.backbone)
     backbone_state = copy.deepcopy(backbone.state_dict())
     start = evaluate(backbone, val_pairs)
     print(f'# backbone after {args.pretrain_iters} iters: {start[0]:.2f} dB / {start[1]:.4f} '
@@ -164,7 +174,7 @@ def main():
             torch.manual_seed(seed)  # guidance/modulation init
             net = build(variant, backbone_state)
             at_start = evaluate(net, val_pairs)
-            train(net, train_pairs, args.iters, args.batch, args.gt_size, args.lr, seed=seed)
+            train(net, train_pairs, args.iters, args.batch, args.gt_size, args.finetune_lr or args.lr, seed=seed)
             end = evaluate(net, val_pairs)
             rows.setdefault(variant, []).append((at_start, end))
             print(f'# {variant} seed {seed}: step 0 {at_start[0]:.2f} dB, after {args.iters}: {end[0]:.2f} dB / '

@@ -206,7 +206,7 @@ def test_hf_hub_checkpoint_has_the_same_digest_check_as_files(hf_cache, tmp_path
         build_from_options({**options, 'quick_gelu': False}).load_state_dict(state)
 
 
-@pytest.mark.parametrize('bad', ['yes', 'quick', None])
+@pytest.mark.parametrize('bad', ['yes', 'true', 1, None])
 def test_bad_quick_gelu_value(bad):
     with pytest.raises(ValueError, match='guidance.quick_gelu must be auto, true or false'):
         guided_hat(quick_gelu=bad)

@@ -35,8 +35,6 @@ open_clip.add_model_config(CLIP_CONFIG_DIR)  # registers SeGSR-Tiny-ViT (tests, 
 
 _EXAMPLES = "e.g. 'ViT-B-16', 'ViT-B-32', 'ViT-L-14', 'SeGSR-Tiny-ViT'"
 HF_HUB_PREFIX = 'hf-hub:'
-#: guidance.quick_gelu values (YAML true/false arrive as bools)
-QUICK_GELU_CHOICES = ('auto', True, False)
 #: open_clip's model-config file in an open_clip / Hugging Face model folder
 HF_CONFIG_NAME = 'open_clip_config.json'
 
@@ -162,6 +160,12 @@ def folder_model_config(path: str) -> Tuple[Optional[str], Optional[dict]]:
     return cfg_path, cfg.get('model_cfg', cfg)
 
 
+def check_quick_gelu(value) -> None:
+    """``value`` must be 'auto', True or False (not 1, 'yes', ...)."""
+    if not (isinstance(value, bool) or value == 'auto'):
+        raise ValueError(f'guidance.quick_gelu must be auto, true or false, got {value!r}')
+
+
 def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag_cfg: dict, path: Optional[str],
                       folder_cfg: Tuple[Optional[str], Optional[dict]] = (None, None)) -> Tuple[bool, str]:
     """QuickGELU or GELU for the tower, and the log line saying why.
@@ -171,8 +175,7 @@ def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag_cfg: dict, 
     open_clip_config.json says so, an hf-hub config that says so, or a ``*-quickgelu`` model name;
     otherwise false. ``True``/``False`` override.
     """
-    if choice not in QUICK_GELU_CHOICES:
-        raise ValueError(f'guidance.quick_gelu must be auto, true or false, got {choice!r}')
+    check_quick_gelu(choice)
     override = 'override with guidance.quick_gelu: true/false'
     if choice is True or choice is False:
         return choice, f"guidance: CLIP activation {'QuickGELU' if choice else 'GELU'} (guidance.quick_gelu: " \

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segsr_basicsr.archs.clip_tower import QUICK_GELU_CHOICES, CLIPImageEncoder, build_clip_visual
+from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, build_clip_visual, check_quick_gelu
 from segsr_basicsr.archs.lora import add_lora_to_vit, lora_layers
 from segsr_basicsr.archs.modulation import MODULATION_INITS
 
@@ -55,8 +55,7 @@ def guidance_options(options: dict) -> dict:
     _number(opts['lora_dropout'], 'lora_dropout', 0, below=1)
     _number(opts['embeddings_per_unit'], 'embeddings_per_unit', 1, integer=True)
     _number(opts['logit_scale'], 'logit_scale', 0, open_min=True)
-    if opts['quick_gelu'] not in QUICK_GELU_CHOICES:
-        raise ValueError(f"guidance.quick_gelu must be auto, true or false, got {opts['quick_gelu']!r}")
+    check_quick_gelu(opts['quick_gelu'])
     if opts['modulation_init'] not in MODULATION_INITS:
         raise ValueError(f'guidance.modulation_init must be one of {MODULATION_INITS}, '
                          f"got {opts['modulation_init']!r}")
