@@ -166,8 +166,9 @@ def check_quick_gelu(value) -> None:
         raise ValueError(f'guidance.quick_gelu must be auto, true or false, got {value!r}')
 
 
-def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag_cfg: dict, path: Optional[str],
-                      folder_cfg: Tuple[Optional[str], Optional[dict]] = (None, None)) -> Tuple[bool, str]:
+def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag: Optional[str], tag_cfg: dict,
+                      path: Optional[str], folder_cfg: Tuple[Optional[str], Optional[dict]] = (None, None)
+                      ) -> Tuple[bool, str]:
     """QuickGELU or GELU for the tower, and the log line saying why.
 
     ``'auto'``: true when the weights' source says QuickGELU: an open_clip tag whose pretrained config
@@ -182,7 +183,7 @@ def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag_cfg: dict, 
                        f"{str(choice).lower()}, set in the options)"
     evidence = []  # (says quick_gelu, what says it)
     if source == 'tag':
-        evidence.append((bool(tag_cfg.get('quick_gelu', False)), f'open_clip pretrained config of tag {name}'))
+        evidence.append((bool(tag_cfg.get('quick_gelu', False)), f'open_clip pretrained config of tag {tag}'))
     if source == 'hf-hub':
         evidence.append((bool(cfg.get('quick_gelu', False)), f'{HF_CONFIG_NAME} of {name}'))
     elif cfg.get('quick_gelu'):
@@ -193,9 +194,10 @@ def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag_cfg: dict, 
         cfg_path, folder = folder_cfg
         if folder is not None:
             evidence.append((bool(folder.get('quick_gelu', False)), cfg_path))
+    if not evidence and source == 'random':
+        return False, f'guidance: CLIP activation GELU (random CLIP weights, model config {name!r}); {override}'
     if not evidence:
-        what = 'random weights' if source == 'random' else f'{path}'
-        return False, (f'guidance: CLIP activation GELU for {what}: no evidence of the activation the weights were '
+        return False, (f'guidance: CLIP activation GELU for {path}: no evidence of the activation the weights were '
                        f'trained with (no tag, TorchScript archive, {HF_CONFIG_NAME} beside the file or -quickgelu '
                        f'model); OpenAI-derived weights need QuickGELU: {override} (see docs/clip_sources.md)')
     quick = any(says for says, _ in evidence)
@@ -274,8 +276,7 @@ def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVis
                                f'{path} (it contains code); SeG-SR loads one only from an explicit local path: '
                                f'set guidance.clip_pretrained: {path} if you trust it')
     folder_cfg = folder_model_config(path) if source == 'file' else (None, None)
-    quick, reason = decide_quick_gelu(quick_gelu, clip_pretrained if source == 'tag' else name, cfg, source,
-                                      tag_cfg, path, folder_cfg)
+    quick, reason = decide_quick_gelu(quick_gelu, name, cfg, source, clip_pretrained, tag_cfg, path, folder_cfg)
     logging.getLogger('basicsr').info(reason)
     root = logging.getLogger()
     root.addFilter(_quiet_random_init)  # we load the weights ourselves below (or want them random)

@@ -221,8 +221,10 @@ def _restore_frozen_clip(module: SemanticGuidance, state_dict, prefix, local_met
     if digest is not None and not torch.equal(digest.cpu(), module.clip_source_digest.cpu()):
         raise RuntimeError(
             f'checkpoint does not match this network\'s CLIP source ({module.clip_description}): it was saved from a '
-            'network built with another guidance.clip_model / clip_pretrained (other weights or architecture). '
-            'Build the network with the same guidance.clip_model and clip_pretrained as when it was saved.')
+            'network built with another guidance.clip_model / clip_pretrained / quick_gelu (other weights, '
+            'architecture or activation). Build the network with the same guidance.clip_model, clip_pretrained and '
+            'quick_gelu as when it was saved (checkpoints from before quick_gelu existed used GELU for files: '
+            'quick_gelu: false).')
     if module._unsaved_clip:  # not in checkpoints: keep the weights loaded from the source
         own = module.encoder.visual.state_dict(keep_vars=True)
         for name in module._unsaved_names:
