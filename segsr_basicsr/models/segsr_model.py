@@ -161,7 +161,15 @@ class SeGSRModel(SRModel):
     # BasicSR's BaseModel versions of these assume CUDA, write checkpoints non-atomically and load
     # them with full pickle; ours are overrides, so other BasicSR models keep BasicSR's behaviour.
     def model_to_device(self, net):
-        """DDP on CPU must not get ``device_ids`` (BasicSR passes ``torch.cuda.current_device()``)."""
+        """DDP on CPU must not get ``device_ids`` (BasicSR passes ``torch.cuda.current_device()``), and BasicSR's
+        DataParallel path (num_gpu > 1 without a launcher) is refused for training guided networks: it splits
+        every batch over replicas, and autocast (thread-local) does not reach them; torchrun (DDP) is right."""
+        num_gpu = self.opt.get('num_gpu', 0)
+        if self.opt.get('is_train') and not self.opt.get('dist') and isinstance(num_gpu, int) and num_gpu > 1 \
+                and getattr(net, 'guidance', None) is not None:
+            raise OptionError(f'num_gpu: {num_gpu} without --launcher would wrap the guided network in DataParallel, '
+                              f'which SeG-SR does not support: run torchrun --nproc_per_node={num_gpu} -m '
+                              'segsr_basicsr.train -opt YOUR_OPTIONS.yml --launcher pytorch (or set num_gpu: 1)')
         if self.opt['dist'] and self.device.type != 'cuda':
             from torch.nn.parallel import DistributedDataParallel
             return DistributedDataParallel(
