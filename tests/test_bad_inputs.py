@@ -507,3 +507,136 @@ def test_at_least_thirty_new_rows_cover_every_entry_point():
     scripts = {p.name for p in PREP.glob('*.py')}
     assert scripts <= {r[1] for r in PREP_ROWS}
     assert {'train', 'test'} <= {r[1] for r in PREFLIGHT_ROWS}
+
+
+# ----------------------------------------------------------------------------- the convention, end to end
+def test_error_in_a_dataloader_worker_is_one_line(setup, tmp_path, monkeypatch, capsys):
+    """A file that passes the header check but does not decode is met by a DataLoader worker during training:
+    torch re-raises it with the worker's traceback as the message; the user still gets one line, exit 2."""
+    monkeypatch.chdir(tmp_path)
+    gt, _ = _pairs(tmp_path / 'data', n=3)
+    (gt / '002.png').write_bytes((gt / '000.png').read_bytes()[:60])  # IHDR intact (size readable), data cut
+    opt = train_opt(tmp_path / 'data', name='worker', total_iter=4, batch=1, workers=1,
+                    network=dict(TINY_MSRRESNET))
+    opt['datasets']['train'].update(type='SeGSRBicubicDataset', use_shuffle=False)
+    del opt['datasets']['train']['dataroot_lq']
+    code = _run_opt(tmp_path, 'train', opt)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith('segsr-train: error: ')]
+    assert len(lines) == 1 and 'Traceback' not in err, err
+    assert '002.png: cannot be decoded' in lines[0] and 'DataLoader worker' not in lines[0], lines[0]
+
+
+def test_worker_message_unwrapping_keeps_other_errors():
+    """Only a SeGSRError from a worker is shortened; any other worker crash keeps its traceback."""
+    from torch._utils import ExceptionWrapper
+
+    from segsr_basicsr.errors import ImageError
+    from segsr_basicsr.utils.cli import exit_on_user_error, worker_user_error
+    for exc, user in ((ImageError('a.png: cannot be decoded; remove it.'), True), (KeyError('gt'), False)):
+        try:
+            raise exc
+        except Exception:  # noqa: BLE001
+            wrapped = ExceptionWrapper(where='in DataLoader worker process 0')
+        try:
+            wrapped.reraise()
+        except Exception as e:  # noqa: BLE001
+            reraised = e
+        assert (worker_user_error(reraised) == 'a.png: cannot be decoded; remove it.') is user
+        with pytest.raises(SystemExit if user else KeyError):
+            with exit_on_user_error('prog'):
+                raise reraised
+
+
+def test_torchrun_ranks_each_print_the_line_and_exit_2(tmp_path):
+    """Under torchrun every rank runs the same checks before the process group exists: each prints the one
+    line and exits 2 (torchrun then reports the failed ranks), no rank waits on a collective."""
+    import subprocess
+
+    from train_opts import PYTHON, env
+    _pairs(tmp_path / 'data')
+    os.remove(tmp_path / 'data' / 'lq' / '001.png')
+    opt_path = write_opt(tmp_path / 'ddp.yml', train_opt(tmp_path / 'data', name='ddp', network=dict(TINY_MSRRESNET)))
+    cmd = [PYTHON, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '--log-dir',
+           str(tmp_path / 'logs'), '--redirects', '3', '-m', 'segsr_basicsr.train', '-opt', opt_path,
+           '--launcher', 'pytorch']
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert 'failed (exitcode: 2)' in proc.stderr, proc.stderr[-3000:]  # the first rank to fail: our exit code
+    logs = {int(f.parent.name): f.read_text() for f in (tmp_path / 'logs').rglob('stderr.log')}
+    printed = 0
+    for rank, text in logs.items():  # a rank may be stopped by torchrun (SIGTERM) before it gets there
+        lines = [line for line in text.splitlines() if line.startswith('segsr-train: error: ')]
+        assert len(lines) <= 1 and 'Traceback' not in text, text
+        if lines:
+            assert 'lq/001.png is missing' in lines[0], lines[0]
+            printed += 1
+    assert printed >= 1, logs
+    assert not (tmp_path / 'experiments' / 'ddp').exists()
+
+
+# ----------------------------------------------------------------------------- option checks from issue 14
+def test_hat_top_level_tile_is_val_tile(tmp_path):
+    """HAT's ``tile: {tile_size, tile_pad}`` reaches SeGSRModel as ``val.tile`` (tile + pads, overlap 2 pads),
+    both through our option loading and through BasicSR's parse_options (the loader our entry points patch)."""
+    import yaml
+
+    from segsr_basicsr.compat import patch_train_loop
+    from segsr_basicsr.utils.options import load_option_file
+    text = 'name: x\nval:\n  save_img: false\ntile:\n  tile_size: 64\n  tile_pad: 8\n'
+    (tmp_path / 'o.yml').write_text(text)
+    assert load_option_file(tmp_path / 'o.yml')['val']['tile'] == {'size': 80, 'overlap': 16}
+    patch_train_loop()
+    from basicsr.utils.options import ordered_yaml
+    opt = yaml.load(text, Loader=ordered_yaml()[0])
+    assert opt['val']['tile'] == {'size': 80, 'overlap': 16} and opt['tile'] == {'tile_size': 64, 'tile_pad': 8}
+    from segsr_basicsr.utils.tiling import parse_tile_opt
+    assert parse_tile_opt(opt['val']['tile']) == (80, 16)
+
+
+def test_unknown_top_level_key_warns_with_the_nearest_name(setup, tmp_path, monkeypatch, capsys):
+    """A typo (``vall:``) is named with the nearest known key; a custom key is only noted. Warnings, not
+    errors: BasicSR ignores unknown keys and users keep their own in option files (docs/safety.md)."""
+    from segsr_basicsr.utils.options import unknown_top_level_keys
+    msgs = unknown_top_level_keys({'name': 1, 'vall': {}, 'network_g': {}, 'network_ema': {}, 'my_sweep_id': 3,
+                                   'gt_usm': True})
+    assert msgs == ["unknown top-level key 'vall'; did you mean 'val'?",
+                    "unknown top-level key 'my_sweep_id' (ignored)."]
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / 'data')
+    opt = _train_opt(tmp_path, setup[0] / 'ckpt' / 'truncated.pth')
+    opt['loger'] = {}
+    opt['scale'] = 2  # stop right after the warnings
+    _run_opt(tmp_path, 'train', opt)
+    err = capsys.readouterr().err
+    assert "segsr-train: warning: " in err and "unknown top-level key 'loger'; did you mean 'logger'?" in err, err
+
+
+# ----------------------------------------------------------------------------- unreadable entries, progress
+def test_prep_skips_unreadable_entries_with_a_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    hr = _hr_folder(tmp_path / 'HR', n=2)
+    _loop(hr / 'loop.png')
+    code, out, err = _call('make_bicubic.py', '--input', hr, '--scales', 2)
+    assert code == 0, err
+    assert 'make_bicubic.py: warning: skipping 1 unreadable entry' in err and 'loop.png' in err, err
+    assert sorted(os.listdir(tmp_path / 'LR_x2')) == ['img0.png', 'img1.png']
+
+
+def test_progress_lines_when_stderr_is_a_log(setup, tmp_path, monkeypatch, capsys):
+    """Not a terminal: ``desc: done/total images (rate)`` lines instead of a tqdm bar (prep scripts, test)."""
+    monkeypatch.setenv('SEGSR_PROGRESS_SECONDS', '0')
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _call('make_bicubic.py', '--input', _hr_folder(tmp_path / 'HR', n=3), '--scales', 2)
+    assert code == 0, err
+    assert 'bicubic x2: 1/3 images (' in err and 'bicubic x2: 3/3 images (' in err and '\r' not in err, err
+    _pairs(tmp_path / 'data')
+    torch.save({'params': _tiny_state()}, tmp_path / 'net.pth')
+    opt = _test_opt(tmp_path, tmp_path / 'net.pth')
+    opt['model_type'] = 'SRModel'
+    from segsr_basicsr.test import main
+    main(['-opt', write_opt(tmp_path / 'ok.yml', opt)])
+    err = capsys.readouterr().err
+    assert 'test t: 1/2 images (' in err and 'test t: 2/2 images (' in err, err
+    assert len(list((tmp_path / 'results' / 'bad_test' / 'visualization').rglob('*.png'))) == 2
