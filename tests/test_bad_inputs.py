@@ -210,6 +210,18 @@ REPO = Path(__file__).resolve().parents[1]
 PREP = REPO / 'datasets_prep'
 
 
+@pytest.fixture(autouse=True)
+def _fresh_basicsr_logger():
+    """In-process runs: BasicSR's root logger keeps a handler on the stderr of the test that created it
+    (captured, closed afterwards); let each run set up its own, as a new process would."""
+    yield
+    import logging
+
+    from basicsr.utils import logger as basicsr_logger
+    logging.getLogger('basicsr').handlers.clear()
+    basicsr_logger.initialized_logger.pop('basicsr', None)
+
+
 def _img(path, h, w, seed=0):
     rng = np.random.default_rng(seed)
     assert cv2.imwrite(str(path), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
