@@ -305,6 +305,10 @@ PREFLIGHT_ROWS = [
      ['points at an LMDB with io_backend disk', 'type: lmdb']),
     ('paired dataset without scale', 'train', {'scale': _DEL}, None,
      ["datasets:train is a PairedImageDataset but the option file has no 'scale'"]),
+    ('dataset max_value not positive', 'train', {'datasets:train:max_value': -1}, None,
+     ['datasets:train:max_value must be a number > 0', 'got -1']),
+    ('filename_tmpl without a slot', 'train', {'datasets:train:filename_tmpl': '{0}_{1}'}, None,
+     ["datasets:train:filename_tmpl '{0}_{1}' must hold one {}"]),
     ('HAT tile in a wrong form', 'train', {'tile': {'tile_size': 64, 'pad': 8}, 'val': {'val_freq': 1}}, None,
      ["top-level tile must look like HAT's", 'tile_pad']),
     ('test: LQ count differs', 'test', {}, lambda d: os.remove(_lq(d) / '000.png'),
@@ -652,3 +656,15 @@ def test_progress_lines_when_stderr_is_a_log(setup, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert 'test t: 1/2 images (' in err and 'test t: 2/2 images (' in err, err
     assert len(list((tmp_path / 'results' / 'bad_test' / 'visualization').rglob('*.png'))) == 2
+
+
+def test_segsr_debug_shows_the_traceback(setup, tmp_path, monkeypatch):
+    """SEGSR_DEBUG=1: the same error propagates as an exception (full traceback) instead of the one line."""
+    from segsr_basicsr.errors import DataError
+    monkeypatch.setenv('SEGSR_DEBUG', '1')
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / 'data')
+    os.remove(tmp_path / 'data' / 'lq' / '000.png')
+    from segsr_basicsr.train import main
+    with pytest.raises(DataError, match='lq/000.png is missing'):
+        main(['-opt', write_opt(tmp_path / 'o.yml', _train_opt(tmp_path, setup[0] / 'ckpt' / 'good.pth'))])

@@ -175,9 +175,10 @@ def check_network_options(opt, path):
     for key, net in opt.items():
         if not (key.startswith('network_') and isinstance(net, dict)):
             continue
-        up = net.get('upscale')
+        up = net.get('upscale', net.get('scale'))  # BasicSR's RRDBNet calls it scale
         if up is not None and scale is not None and up != scale:
-            raise OptionError(f'{path}: scale is {scale} but {key}:upscale is {up}; the network would make '
+            raise OptionError(f'{path}: scale is {scale} but {key}:{"upscale" if "upscale" in net else "scale"} is '
+                              f'{up}; the network would make '
                               f'x{up} images for x{scale} data. Set both to the same value.')
     val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
     tile = val.get('tile')
@@ -236,9 +237,14 @@ def check_datasets(opt, path, is_train):
     need, need_why = _crop_need(opt, path)
     for phase, ds in (opt.get('datasets') or {}).items():
         where = f'datasets:{phase}'
+        train = phase.split('_')[0] == 'train'
+        max_value = ds.get('max_value')
+        if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
+                                      or not max_value > 0):
+            raise OptionError(f'{path}: {where}:max_value must be a number > 0 (the value that maps to white, e.g. '
+                              f'65535 or 4095), got {max_value!r}.')
         if (ds.get('io_backend') or {}).get('type', 'disk') != 'disk' or ds.get('meta_info_file'):
             continue
-        train = phase.split('_')[0] == 'train'
         gt_size = ds.get('gt_size')
         if train and gt_size is not None:
             gt_size = _int_opt(gt_size, f'{where}:gt_size', path, 1)
@@ -265,7 +271,7 @@ def check_datasets(opt, path, is_train):
                                 'BasicSR reads every file there: move it out.')
             sizes[key] = {n: image_size(Path(folder) / n) for n in names}
         if paired and len(sizes) == 2:
-            _check_pairs(sizes, folders, ds, where, scale, train, gt_size)
+            _check_pairs(sizes, folders, ds, f'{path}: {where}', scale, train, gt_size)
         if not train and 'dataroot_gt' in sizes:
             for name, (w, h) in sizes['dataroot_gt'].items():
                 gw, gh = (w - w % scale, h - h % scale) if scale else (w, h)
@@ -280,12 +286,17 @@ def check_datasets(opt, path, is_train):
 
 
 def _check_pairs(sizes, folders, ds, where, scale, train, gt_size):
+    """``where``: 'OPTION_FILE: datasets:PHASE', the start of every message."""
     gt, lq = sizes['dataroot_gt'], sizes['dataroot_lq']
     tmpl = ds.get('filename_tmpl', '{}')
     expected = {}
     for name in gt:
         stem, ext = os.path.splitext(name)
-        expected[name] = f'{tmpl.format(stem)}{ext}'
+        try:
+            expected[name] = f'{str(tmpl).format(stem)}{ext}'
+        except (IndexError, KeyError, ValueError):
+            raise OptionError(f'{where}:filename_tmpl {tmpl!r} must hold one {{}} for the GT name, e.g. '
+                              "'{}_x4'.") from None
     missing = [n for n in gt if expected[n] not in lq]
     if missing or len(gt) != len(lq):
         extra = sorted(set(lq) - set(expected.values()))
