@@ -176,13 +176,14 @@ def test_table_covers_at_least_fifteen_distinct_inputs():
 
 def test_the_shipped_option_files_pass_the_checks(tmp_path):
     """The checks must not refuse what BasicSR accepts (e.g. ``save_checkpoint_freq: !!float 5e3``)."""
-    from segsr_basicsr.utils.options import load_option_file, validate_options
+    from segsr_basicsr.utils.options import load_option_file, unknown_top_level_keys, validate_options
     (tmp_path / 'folder').mkdir()
     (tmp_path / 'file.pth').write_bytes(b'')
     files = sorted((Path(__file__).resolve().parents[1] / 'options').rglob('*.yml'))
     assert files
     for f in files:
         opt = load_option_file(f)
+        assert not unknown_top_level_keys(opt), f  # no warning on what we ship
         for dataset in opt['datasets'].values():
             for key in [k for k in dataset if k.startswith('dataroot') or k == 'meta_info_file']:
                 dataset[key] = str(tmp_path / ('file.pth' if key == 'meta_info_file' else 'folder'))
