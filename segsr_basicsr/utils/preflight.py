@@ -251,8 +251,8 @@ def check_datasets(opt, path, is_train):
             if scale and gt_size % scale:
                 raise OptionError(f'{path}: {where}:gt_size {gt_size} is not a multiple of scale {scale}; the LR '
                                   f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
-        gt_dir, lq_dir = ds.get('dataroot_gt'), ds.get('dataroot_lq')
-        if isinstance(gt_dir, str) and gt_dir.endswith('.lmdb') or isinstance(lq_dir, str) and lq_dir.endswith('.lmdb'):
+        roots = [ds.get('dataroot_gt'), ds.get('dataroot_lq')]
+        if any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
             raise OptionError(f'{path}: {where} points at an LMDB with io_backend disk; set io_backend: {{type: lmdb}}.')
         dtype = ds.get('type')
         paired = dtype == 'PairedImageDataset'
