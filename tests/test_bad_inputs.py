@@ -368,6 +368,7 @@ def test_preflight_refuses_before_any_work(row, setup, tmp_path, monkeypatch, ca
     assert 'Traceback' not in err and 'Cannot read checkpoint' not in err, err
     lines = [line for line in err.splitlines() if line.startswith(f'segsr-{entry}: error: ')]
     assert len(lines) == 1, err
+    print(lines[0])
     for fragment in fragments:
         assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
     assert not (tmp_path / 'experiments' / opt['name']).exists()
@@ -511,6 +512,7 @@ def test_prep_script_refuses_before_any_work(row, tmp_path, monkeypatch):
     assert 'Traceback' not in err
     lines = [line for line in err.splitlines() if line.startswith(f'{script}: error: ')]
     assert len(lines) == 1, err
+    print(lines[0])
     for fragment in fragments:
         assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
     for final in finals:
