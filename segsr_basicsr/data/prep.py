@@ -273,7 +273,7 @@ def subimage_positions(length, crop, step, thresh):
 def extract_subimages(src, dst, crop, step, thresh, image_kw):
     """Cut every image of `src` into crop x crop tiles named ``<stem>_s001.png`` ..."""
     if step <= 0 or crop <= 0:
-        raise PrepError('--crop-size and --step must be positive.')
+        raise PrepError(f'--crop-size and --step must be positive, got {crop} and {step}.')
     if thresh < 0:
         raise PrepError(f'--thresh-size must be >= 0, got {thresh}.')
     files, stems = folder_keys(src, sanitize=True)

@@ -181,7 +181,8 @@ def apply_aliases(opt, path='the option file'):
     tile = opt['tile']
     if not isinstance(tile, dict) or 'tile_size' not in tile or set(tile) - {'tile_size', 'tile_pad'}:
         raise OptionError(f'{path}: top-level tile must look like HAT\'s {{tile_size: 512, tile_pad: 32}}, '
-                          f'got {tile!r}; or use val: {{tile: {{size: 576, overlap: 64}}}}.')
+                          f'got {dict(tile) if isinstance(tile, dict) else tile!r}; '
+                          'or use val: {tile: {size: 576, overlap: 64}}.')
     size, pad = tile['tile_size'], tile.get('tile_pad', 0)
     for name, value, low in (('tile_size', size, 1), ('tile_pad', pad, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:

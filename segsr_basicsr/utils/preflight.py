@@ -253,7 +253,8 @@ def check_datasets(opt, path, is_train):
                                   f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
         roots = [ds.get('dataroot_gt'), ds.get('dataroot_lq')]
         if any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
-            raise OptionError(f'{path}: {where} points at an LMDB with io_backend disk; set io_backend: {{type: lmdb}}.')
+            raise OptionError(f'{path}: {where} points at an LMDB with io_backend disk; '
+                              'set io_backend: {type: lmdb}.')
         dtype = ds.get('type')
         paired = dtype == 'PairedImageDataset'
         if paired and not scale:
@@ -264,11 +265,11 @@ def check_datasets(opt, path, is_train):
             # BasicSR's folder datasets take every file of the folder (PairedImageDataset) or every image
             names = readable_images(folder, IMG_EXTS, all_files=paired)
             if not names:
-                raise DataError(f'{where}:{key} = {folder}: no images in it.')
+                raise DataError(f'{path}: {where}:{key} = {folder}: no images in it.')
             others = [n for n in names if not n.lower().endswith(IMG_EXTS)]
             if others:
-                raise DataError(f'{where}:{key} = {folder}: {others[0]} is not an image ({len(others)} such file(s)); '
-                                'BasicSR reads every file there: move it out.')
+                raise DataError(f'{path}: {where}:{key} = {folder}: {others[0]} is not an image ({len(others)} such '
+                                'file(s)); BasicSR reads every file there: move it out.')
             sizes[key] = {n: image_size(Path(folder) / n) for n in names}
         if paired and len(sizes) == 2:
             _check_pairs(sizes, folders, ds, f'{path}: {where}', scale, train, gt_size)
