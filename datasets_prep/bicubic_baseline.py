@@ -27,10 +27,10 @@ def main():
     if args.scale < 1:
         raise prep.PrepError(f'--scale must be >= 1, got {args.scale}.')
     hr_dir, lr_dir = Path(args.hr), Path(args.lr)
-    names = prep.list_readable(hr_dir)
+    names = prep.list_images(hr_dir)
     if not names:
         raise prep.PrepError(f'{hr_dir}: no images found.')
-    lr_names = set(prep.list_readable(lr_dir))
+    lr_names = set(prep.list_images(lr_dir))
     extra = sorted(lr_names - set(names))
     if extra:
         raise prep.PrepError(f'{lr_dir / extra[0]}: has no HR image of the same name in {hr_dir} ({len(names)} HR, '

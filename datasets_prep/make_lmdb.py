@@ -33,7 +33,7 @@ def main():
     targets = [Path(args.lmdb)] if args.lmdb else [f.parent / f'{f.name}.lmdb' for f in folders]
     prep.check_free(*targets)
     if len(folders) > 1 and not args.unpaired:
-        names = [{os.path.splitext(f)[0] for f in prep.list_readable(d)} for d in folders]
+        names = [{os.path.splitext(f)[0] for f in prep.list_images(d)} for d in folders]
         for d, n in zip(folders[1:], names[1:]):
             if n != names[0]:
                 diff = sorted(n ^ names[0])

@@ -75,7 +75,7 @@ def folder_keys(src, sanitize=False):
     ``sanitize`` maps odd characters to '_' (new names); otherwise a name that cannot be a BasicSR
     LMDB key is an error, so HR/LR/LMDB names keep matching the user's files.
     """
-    files = list_readable(src)
+    files = list_images(src)
     if not files:
         raise PrepError(f'{src}: no images ({", ".join(IMG_EXTS)}) in it.')
     keys = [os.path.splitext(f)[0] for f in files]
@@ -92,17 +92,6 @@ def folder_keys(src, sanitize=False):
 
 def _progress(items, desc, total=None):
     return progress(items, desc, unit='images', total=total)
-
-
-def _warn(message):
-    from segsr_basicsr.utils.cli import warning_line
-    warning_line(Path(sys.argv[0]).name, message)
-
-
-def list_readable(folder):
-    """Image names in ``folder``; entries that cannot be read (symlink loop, no permission) are skipped
-    with a warning that names them, so one bad entry in a download never stops a whole run."""
-    return readable_images(folder, IMG_EXTS, on_unreadable='skip', warn=_warn)
 
 
 def check_images(paths, min_side=1, why=''):
@@ -124,10 +113,10 @@ def scan_classes(root):
     root = Path(root)
     if not root.is_dir():
         raise PrepError(f'{root}: not a directory.')
-    top = list_readable(root)
+    top = list_images(root)
     classes = {'': top} if top else {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
-        files = list_readable(sub)
+        files = list_images(sub)
         if files:
             classes[sub.name] = [f'{sub.name}/{f}' for f in files]
     if not classes:
