@@ -16,7 +16,19 @@ endif
 
 DEMO_DATA ?= demo_data
 
-.PHONY: install demo test bench clean-demo
+# Offline wheelhouse (docs/gpu.md): every dependency except torch/torchvision, as wheels for
+# CPython $(PYVER) on manylinux x86_64. GEO=1 adds the [geo] extra (rasterio); EXTRAS=test adds
+# pytest, spandrel and rasterio (what benchmarks/gpu_checks.sh needs); INSTALLED=FILE (`pip list
+# --format=freeze` of the target) leaves out what the target already has.
+PYVER ?= 3.12
+WHEELHOUSE ?= wheelhouse
+GEO ?=
+EXTRAS ?=
+INSTALLED ?=
+WHEEL_EXTRAS = $(subst $(eval) ,$(comma),$(strip $(EXTRAS) $(if $(GEO),geo)))
+comma := ,
+
+.PHONY: install demo test bench clean-demo wheelhouse
 
 install: $(STAMP)
 
@@ -43,6 +55,10 @@ demo: install
 	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"
 	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/ (compare with the bicubic line above)"
 	@echo "  large-scene inference:             results/demo_infer/"
+
+wheelhouse: install
+	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(WHEEL_EXTRAS),--extras $(WHEEL_EXTRAS)) \
+		$(if $(INSTALLED),--installed $(INSTALLED))
 
 bench: install
 	$(PY) benchmarks/bench_segsr.py

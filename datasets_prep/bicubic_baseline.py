@@ -24,19 +24,33 @@ def main():
     parser.add_argument('--scale', type=int, required=True)
     args = parser.parse_args()
 
+    if args.scale < 1:
+        raise prep.PrepError(f'--scale must be >= 1, got {args.scale}.')
     hr_dir, lr_dir = Path(args.hr), Path(args.lr)
     names = prep.list_images(hr_dir)
     if not names:
         raise prep.PrepError(f'{hr_dir}: no images found.')
-    psnr, ssim = [], []
-    for name in names:
+    lr_names = set(prep.list_images(lr_dir))
+    extra = sorted(lr_names - set(names))
+    if extra:
+        raise prep.PrepError(f'{lr_dir / extra[0]}: has no HR image of the same name in {hr_dir} ({len(names)} HR, '
+                             f'{len(lr_names)} LR images); pass matching folders.')
+    # the plan: every pair present, sizes that fit the scale and SSIM's window after crop_border = scale
+    need = 2 * args.scale + 11
+    for name in prep.progress(names, 'checking pairs', unit='images'):
         lr_path = lr_dir / name
-        if not lr_path.is_file():
+        if name not in lr_names:
             raise prep.PrepError(f'{lr_path}: missing (every HR image needs an LR image of the same name).')
-        hr, lr = prep.read_image(hr_dir / name), prep.read_image(lr_path)
-        if (lr.shape[0] * args.scale, lr.shape[1] * args.scale) != hr.shape[:2]:
-            raise prep.PrepError(f'{lr_path}: {lr.shape[1]}x{lr.shape[0]} x{args.scale} does not give the HR size '
-                                 f'{hr.shape[1]}x{hr.shape[0]}; check --scale.')
+        (hw, hh), (lw, lh) = prep.image_size(hr_dir / name), prep.image_size(lr_path)
+        if (lw * args.scale, lh * args.scale) != (hw, hh):
+            raise prep.PrepError(f'{lr_path}: {lw}x{lh} x{args.scale} does not give the HR size '
+                                 f'{hw}x{hh}; check --scale.')
+        if min(hw, hh) < need:
+            raise prep.PrepError(f'{hr_dir / name}: {hw}x{hh} is too small for SSIM with crop_border {args.scale} '
+                                 f'(needs {need}x{need}); remove it.')
+    psnr, ssim = [], []
+    for name in prep.progress(names, f'bicubic x{args.scale}', unit='images'):
+        hr, lr = prep.read_image(hr_dir / name), prep.read_image(lr_dir / name)
         up = np.clip(np.round(imresize(lr.astype(np.float64) / 255., args.scale) * 255.), 0, 255)
         psnr.append(calculate_psnr(up, hr, args.scale, test_y_channel=True))
         ssim.append(calculate_ssim(up, hr, args.scale, test_y_channel=True))

@@ -21,8 +21,8 @@ def main():
                         help='add a border-flush tile if more than this many pixels remain (default: 0)')
     prep.add_image_args(parser)
     args = parser.parse_args()
-    n = prep.extract_subimages(args.input, args.out, args.crop_size, args.step, args.thresh_size,
-                               prep.image_kwargs(args))
+    image_kw = prep.image_kwargs(args)
+    n = prep.extract_subimages(args.input, args.out, args.crop_size, args.step, args.thresh_size, image_kw)
     print(f'wrote {n} sub-images to {args.out}')
 
 

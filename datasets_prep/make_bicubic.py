@@ -6,7 +6,8 @@ For each --scales s, writes under --out (default: next to each --input folder):
   LR_x<s>/NAME.png   imresize(HR/255, 1/s), rounded half-to-even and clipped to 8 bit
 
 The rounding is the one SeGSRBicubicDataset uses on the fly, so these LR files equal the
-on-the-fly LR bit for bit. Existing outputs are never overwritten.
+on-the-fly LR bit for bit. Existing outputs are never overwritten; all outputs of a run (every
+--input) are planned together and appear only when every image succeeded.
 """
 import argparse
 from pathlib import Path
@@ -21,17 +22,15 @@ def main():
     parser.add_argument('--scales', type=int, nargs='+', default=[4], help='integer scales (default: 4)')
     prep.add_image_args(parser)
     args = parser.parse_args()
+    image_kw = prep.image_kwargs(args)
     if min(args.scales) < 2 or len(set(args.scales)) != len(args.scales):
         raise prep.PrepError(f'--scales must be distinct integers >= 2, got {args.scales}.')
     if args.out and len(args.input) > 1:
         raise prep.PrepError('--out takes one --input; with several, outputs go next to each input folder.')
     outs = [Path(args.out)] if args.out else [Path(i).resolve().parent for i in args.input]
-    for out in outs:  # refuse before doing any work
-        prep.check_free(*[out / f'{kind}_x{s}' for s in args.scales for kind in ('HR', 'LR')])
-    for inp, out in zip(args.input, outs):
-        targets = prep.make_bicubic(inp, out, args.scales, prep.image_kwargs(args))
+    # one plan for every input: clashing, existing or unwritable outputs are refused before any work
+    for targets in prep.make_bicubic_many(list(zip(args.input, outs)), args.scales, image_kw):
         print('wrote ' + ', '.join(str(t) for t in targets))
-
 
 if __name__ == '__main__':
     prep.run_cli(main)

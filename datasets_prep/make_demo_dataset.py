@@ -62,6 +62,8 @@ def main():
     parser.add_argument('--tile', type=int, default=128, help='training tile size in HR pixels (default: 128)')
     parser.add_argument('--lmdb', action='store_true', help='also pack train/HR and train/LR_x4 into LMDB')
     args = parser.parse_args()
+    if args.num_train < 1:
+        raise prep.PrepError(f'--num-train must be >= 1, got {args.num_train}.')
     if args.tile % SCALE or args.tile < 16:
         raise prep.PrepError(f'--tile must be a multiple of {SCALE} and >= 16, got {args.tile}.')
     out = Path(args.out)
@@ -74,6 +76,7 @@ def main():
             return
         raise prep.PrepError(f'{out} exists and is not this demo dataset; refusing to overwrite. '
                              'Delete it (make clean-demo) or pass another --out.')
+    prep.check_writable(out)
     with prep.staged_output(out) as tmp:
         build(tmp, args.seed, args.num_train, args.tile, args.lmdb)
         prep.write_json(tmp / STAMP, recipe)

@@ -24,6 +24,9 @@ def main():
     parser.add_argument('--compress-level', type=int, default=1, help='PNG level inside the LMDB (BasicSR: 1)')
     prep.add_image_args(parser)
     args = parser.parse_args()
+    image_kw = prep.image_kwargs(args)
+    if not 0 <= args.compress_level <= 9:
+        raise prep.PrepError(f'--compress-level must be 0..9 (PNG levels), got {args.compress_level}.')
     if args.lmdb and len(args.folders) > 1:
         raise prep.PrepError('--lmdb takes one folder; with several, each FOLDER becomes FOLDER.lmdb.')
     folders = [Path(f) for f in args.folders]
@@ -36,7 +39,7 @@ def main():
                 diff = sorted(n ^ names[0])
                 raise prep.PrepError(f'{folders[0]} and {d} do not hold the same image names (e.g. {diff[:3]}); '
                                      'pass --unpaired if that is intended.')
-    all_keys = prep.make_lmdb(zip(folders, targets), prep.image_kwargs(args), args.compress_level)
+    all_keys = prep.make_lmdb(zip(folders, targets), image_kw, args.compress_level)
     for target, keys in zip(targets, all_keys):
         print(f'{target}: {len(keys)} images, meta_info: {target / "meta_info.txt"}')
 

@@ -33,6 +33,7 @@ def main():
     prep.add_image_args(parser)
     args = parser.parse_args()
 
+    image_kw = prep.image_kwargs(args)
     src, out = Path(args.src), Path(args.out)
     classes = prep.scan_classes(src)
     if args.split_from:
@@ -44,6 +45,12 @@ def main():
     splits = {s: v for s, v in splits.items() if v}
     targets = [out / 'splits'] + ([] if args.lists_only else [out / s / 'HR' for s in splits])
 
+    prep.check_free(*targets)
+    prep.check_writable(out)
+    if not args.lists_only:  # the plan: output names, every header, before any file is written
+        for files in splits.values():
+            prep.output_names(src, files)
+        prep.check_images([src / f for files in splits.values() for f in files])
     counts = {s: dict(sorted(Counter(prep.class_of(f) for f in files).items())) for s, files in splits.items()}
     with prep.staged_outputs(*targets) as tmps:
         tmps[0].mkdir()
@@ -51,7 +58,7 @@ def main():
             (tmps[0] / f'{split}.txt').write_text(''.join(f + '\n' for f in files), encoding='utf-8')
         prep.write_json(tmps[0] / 'split.json', dict(method, counts=counts, classes=sorted(classes)))
         for (split, files), tmp in zip(splits.items(), tmps[1:]):
-            prep.convert_images(src, files, tmp, prep.image_kwargs(args), desc=split)
+            prep.convert_images(src, files, tmp, image_kw, desc=split)
 
     print(f'{len(classes)} class(es); ' + ', '.join(f'{s}: {len(v)}' for s, v in splits.items()))
     unlisted = sum(len(v) for v in classes.values()) - sum(len(v) for v in splits.values())

@@ -135,11 +135,10 @@ def _patch_options():
     def make_ordered_yaml(orig):
 
         def ordered_yaml():
-            """basicsr's (Loader, Dumper), with a YAML *safe* loader that also applies pending --force_yml."""
+            """basicsr's (Loader, Dumper), with a YAML *safe* loader that also applies pending --force_yml
+            and the option aliases (:func:`segsr_basicsr.utils.options.apply_aliases`)."""
             _, dumper = orig()
-            if not _pending_overrides:
-                return safe.SafeOrderedLoader, dumper
-            overrides = list(_pending_overrides)
+            overrides = list(_pending_overrides or [])
 
             class OverridingLoader(safe.SafeOrderedLoader):
 
@@ -148,7 +147,8 @@ def _patch_options():
                     super().__init__(stream)
 
                 def get_single_data(self):
-                    return safe.apply_overrides(super().get_single_data(), overrides, source=self.source)
+                    opt = safe.apply_overrides(super().get_single_data(), overrides, source=self.source)
+                    return safe.apply_aliases(opt, self.source)
 
             return OverridingLoader, dumper
 

@@ -188,9 +188,10 @@ def test_merged_lora_equals_unmerged_after_training():
 
 @pytest.mark.parametrize('scale, tune', [(3, 'lora'), (4, 'lora'), (2, 'full')])
 def test_every_trainable_parameter_gets_a_gradient(scale, tune):
-    """No unused parameters (DDP without find_unused_parameters). LoRA's A gets its first gradient once
-    B has left zero, i.e. from the second step on, as for any LoRA."""
-    net = train_steps(guided_hat(scale=scale, embeddings_per_unit=2, tune=tune), steps=1).train()
+    """No unused parameters (DDP without find_unused_parameters). With the zero-initialised modulation the
+    guidance gets its first gradient at step 2 (once gamma/beta's conv has left zero), LoRA's A at step 3
+    (once B has left zero, as for any LoRA)."""
+    net = train_steps(guided_hat(scale=scale, embeddings_per_unit=2, tune=tune), steps=2).train()
     x = torch.rand(2, 3, 9, 10)
     (net(x) - torch.rand(2, 3, 9 * scale, 10 * scale)).abs().mean().backward()
     no_grad = [n for n, p in net.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
@@ -245,7 +246,7 @@ def test_any_scale_any_lr_size(scale):
 
 
 def test_modulation_is_layernorm_scale_shift_in_both_layouts():
-    mod = SemanticModulation(channels=6, map_channels=2, hidden=8)
+    mod = SemanticModulation(channels=6, map_channels=2, hidden=8, init='default')
     feat, smap = torch.randn(2, 6, 5, 7), torch.randn(2, 2, 5, 7)
     gamma, beta = mod.to_gamma_beta(mod.shared(smap)).chunk(2, dim=1)
     normed = F.layer_norm(feat.permute(0, 2, 3, 1), (6,), mod.norm.weight, mod.norm.bias).permute(0, 3, 1, 2)
@@ -352,7 +353,8 @@ def test_guidance_disabled_is_plain_hat():
 
 def test_defaults_are_the_papers():
     assert GUIDANCE_DEFAULTS == dict(clip_model='ViT-B-16', clip_pretrained='openai', tune='lora', lora_rank=32,
-                                     lora_alpha=32, lora_dropout=0.05, embeddings_per_unit=1, logit_scale=100.)
+                                     lora_alpha=32, lora_dropout=0.05, embeddings_per_unit=1, logit_scale=100.,
+                                     quick_gelu='auto', modulation_init='zero')
     g = SemanticGuidance(num_units=3, upscale=4, clip_model=TINY_CLIP, clip_pretrained=None)
     lora = g.encoder.visual.transformer.resblocks[0].mlp.c_proj
     assert lora.lora_A.shape[0] == 32 and lora.lora_scale == 1. and lora.lora_dropout.p == 0.05
@@ -370,7 +372,8 @@ def test_defaults_are_the_papers():
     (dict(clip_model='ViT-Q-99'), "guidance.clip_model: 'ViT-Q-99' is not an open_clip model"),
     (dict(clip_model='RN50'), "'RN50' is not an open_clip ViT"),
     (dict(clip_model='/nowhere/cfg.json'), 'does not exist'),
-    (dict(clip_model='hf-hub:org/repo'), 'not supported; save the'),
+    (dict(clip_model='local-dir:/some/folder'), 'local-dir: sources are not supported'),
+    (dict(modulation_init='identity'), r"guidance.modulation_init must be one of \('zero', 'default'\)"),
     (dict(clip_pretrained='no_such_tag'), "neither an open_clip pretrained tag of 'SeGSR-Tiny-ViT'"),
 ])
 def test_bad_options_raise_clear_errors(bad, message):
@@ -394,7 +397,7 @@ def test_offline_tag_says_how_to_pass_a_local_file(monkeypatch, tmp_path):
     def offline(*args, **kwargs):
         raise OSError('We could not connect to huggingface.co')
     monkeypatch.setattr(open_clip, 'download_pretrained', offline)
-    with pytest.raises(RuntimeError, match='(?s)Offline.*guidance.clip_pretrained: /path/to/'):
+    with pytest.raises(RuntimeError, match='(?s)Offline.*guidance.clip_pretrained: /path/to/.*quick_gelu: true'):
         guided_hat(clip_model='ViT-B-16', clip_pretrained='openai')
     # a tag that resolves to a TorchScript archive is refused (only an explicit local path may be one)
     scripted = tmp_path / 'ViT-B-16.pt'
@@ -402,3 +405,130 @@ def test_offline_tag_says_how_to_pass_a_local_file(monkeypatch, tmp_path):
     monkeypatch.setattr(open_clip, 'download_pretrained', lambda *a, **k: str(scripted))
     with pytest.raises(RuntimeError, match='TorchScript archive'):
         guided_hat(clip_model='ViT-B-16', clip_pretrained='openai')
+
+
+# --- LMM at initialisation (guidance.modulation_init) ---------------------------------------------
+
+def backbone_with_layernorms(net, x):
+    """What a zero-initialised guided net computes: the backbone with each LMM's LayerNorm after its unit."""
+    feat, ctx = net.forward_head(x)
+    for k in range(len(net.sr_units)):
+        feat = net.modulations[k].norm(net.forward_unit(k, feat, ctx))
+    return net.forward_tail(feat, ctx)
+
+
+def test_zero_modulation_init_starts_as_the_backbone_with_its_layernorms():
+    net = guided_hat().eval()  # the default: modulation_init zero
+    assert GUIDANCE_DEFAULTS['modulation_init'] == 'zero'
+    for mod in net.modulations:
+        assert not mod.to_gamma_beta.weight.any() and not mod.to_gamma_beta.bias.any()
+    x = torch.rand(2, 3, 12, 16)  # a multiple of the window: no padding
+    with torch.no_grad():
+        out = net(x)
+        assert (out - backbone_with_layernorms(net, x)).abs().max() < 1e-6  # float rounding of the layouts
+        net.guidance.unit_embeddings.add_(1.)  # the maps do not matter yet
+        assert torch.equal(net(x), out)
+    # ... but the modulation learns from the first step: gamma/beta's conv gets a gradient
+    net.train()
+    (net(x) - torch.rand(2, 3, 48, 64)).abs().mean().backward()
+    assert all(mod.to_gamma_beta.weight.grad.abs().max() > 0 for mod in net.modulations)
+
+
+def test_default_modulation_init_rescales_features_from_step_0():
+    """The official code's init: with tau = 100 cosine maps, gamma is far from 0 at step 0."""
+    torch.manual_seed(0)
+    net = guided_hat(modulation_init='default').eval()
+    x = torch.rand(2, 3, 12, 16)
+    gammas = []
+    net.modulations[0].to_gamma_beta.register_forward_hook(lambda m, i, out: gammas.append(out.chunk(2, 1)[0]))
+    with torch.no_grad():
+        out = net(x)
+        assert (out - backbone_with_layernorms(net, x)).abs().max() > 1e-2
+    assert gammas[0].std() > 0.2
+
+
+# --- caches follow .to() / .double() ------------------------------------------------------------------
+
+def test_resized_positional_embedding_follows_dtype_moves():
+    net = guided_hat().eval()
+    encoder = net.guidance.encoder
+    x = torch.rand(1, 3, 12, 20)  # CLIP grid 3 x 5, not the base 14 x 14: the resized copy is cached
+    with torch.no_grad():
+        out = net(x)
+        net.double()
+        out64 = net(x.double())
+        cached = list(encoder._pos_cache[1].values())
+        assert cached and all(t.dtype == torch.float64 for t in cached)
+        expected = resize_positional_embedding(encoder.visual.positional_embedding, encoder.base_grid, (3, 5))
+        assert torch.equal(encoder.positional_embedding((3, 5)), expected)
+        # the CLIP tower alone moved (not through the encoder): still no stale copy
+        encoder.visual.float()
+        assert encoder.positional_embedding((3, 5)).dtype == torch.float32
+    assert out64.dtype == torch.float64 and (out64 - out.double()).abs().max() < 1e-4
+
+
+def test_shift_masks_follow_dtype_moves():
+    net = SeGSR_HAT(**TINY_HAT).eval()
+    assert net.shift_size > 0
+    x = torch.rand(1, 3, 16, 12)
+    with torch.no_grad():
+        out = net(x)
+        assert [m.dtype for m in net._shift_masks.values()] == [torch.float32]
+        net.double()
+        assert not net._shift_masks  # dropped on the move, rebuilt for the new dtype
+        out64 = net(x.double())
+    assert [m.dtype for m in net._shift_masks.values()] == [torch.float64]
+    assert net.relative_position_index_SA.dtype == torch.int64  # index buffers are not cast
+    assert (out64 - out.double()).abs().max() < 1e-4
+
+
+# --- HAT's final norm under guidance ---------------------------------------------------------------------
+
+def test_guided_final_norm_false_skips_hats_norm_as_the_official_code():
+    kept = guided_hat().eval()
+    skipped = guided_hat(hat=dict(guided_final_norm=False)).eval()
+    skipped.load_state_dict(kept.state_dict())  # same keys: official checkpoints load either way
+    assert not any(p.requires_grad for p in skipped.norm.parameters())  # unused: not trained (DDP-safe)
+    with torch.no_grad():
+        kept.norm.weight.mul_(2.)
+        skipped.norm.weight.mul_(2.)
+        x = torch.rand(1, 3, 12, 12)
+        assert (kept(x) - skipped(x)).abs().max() > 1e-3
+    plain = SeGSR_HAT(**TINY_HAT, guided_final_norm=False)  # no guidance: plain HAT, norm kept
+    assert plain.final_norm and all(p.requires_grad for p in plain.norm.parameters())
+    with pytest.raises(ValueError, match='guided_final_norm must be true or false'):
+        guided_hat(hat=dict(guided_final_norm='no'))
+
+
+# --- multi-GPU: DataParallel refused for guided networks ------------------------------------------------
+
+def test_dataparallel_is_refused_for_guided_networks_with_the_torchrun_command(tmp_path):
+    from basicsr.models import build_model
+    from tests.test_model import make_opt
+    opt = make_opt(tmp_path, dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE)))
+    opt['num_gpu'] = 4  # what num_gpu: auto resolves to on a 4-GPU machine; no --launcher: dist False
+    with pytest.raises(ValueError) as err:
+        build_model(opt)
+    message = str(err.value)
+    assert '\n' not in message and 'DataParallel' in message
+    assert 'torchrun --nproc_per_node=4 -m segsr_basicsr.train -opt YOUR_OPTIONS.yml --launcher pytorch' in message
+    opt['num_gpu'] = 0
+    assert build_model(opt).net_g.guidance is not None  # one device: built as before
+
+
+def test_shipped_option_files_use_one_gpu_and_say_multi_gpu_means_torchrun():
+    import yaml
+    from tests.tiny_configs import REPO
+    files = sorted((REPO / 'options').rglob('*.yml'))
+    assert len(files) >= 8
+    for path in files:
+        text = path.read_text()
+        lines = text.splitlines()
+        at = next(i for i, l in enumerate(lines) if l.startswith('num_gpu:'))
+        comment = '\n'.join([lines[at]] + [l for l in lines[at + 1:at + 4] if l.startswith(' ' * 10 + '#')])
+        demo = path.parent.name == 'demo'  # the offline CPU demo
+        train = path.name.startswith('train')
+        expected = 0 if demo else (1 if train else 'auto')  # test files: auto (0 on a CPU machine)
+        assert yaml.safe_load(text)['num_gpu'] == expected, path
+        if train:
+            assert 'torchrun' in comment, path

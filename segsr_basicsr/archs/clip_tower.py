@@ -3,10 +3,15 @@
 ``build_clip_visual(clip_model, clip_pretrained)`` resolves
 
 * ``clip_model``: an open_clip model name (``ViT-B-16``, ``ViT-L-14``, the shipped
-  ``SeGSR-Tiny-ViT``, ...) or a path to an open_clip model-config ``.json``;
+  ``SeGSR-Tiny-ViT``, ...), a path to an open_clip model-config ``.json``, or
+  ``hf-hub:org/name`` (config and weights from that Hugging Face repo, through
+  open_clip's own download, which uses the HF cache and honours ``HF_HUB_OFFLINE=1``);
 * ``clip_pretrained``: ``None`` (random weights), an open_clip pretrained tag
   (``openai``, ``laion2b_s34b_b88k``, ...) or a local checkpoint file
-  (``.pt``/``.pth``/``.bin``/``.safetensors``, e.g. RemoteCLIP / GeoRSCLIP),
+  (``.pt``/``.pth``/``.bin``/``.safetensors``, e.g. RemoteCLIP / GeoRSCLIP);
+  ignored (must be null) with ``hf-hub:``;
+* ``quick_gelu``: ``'auto'`` | ``True`` | ``False``, the activation the weights were
+  trained with (see :func:`decide_quick_gelu`),
 
 and returns the ViT image tower plus a digest of its source, which SeG-SR
 stores in checkpoints instead of the frozen CLIP weights themselves.
@@ -29,6 +34,9 @@ CLIP_CONFIG_DIR = Path(__file__).resolve().parent / 'clip_configs'
 open_clip.add_model_config(CLIP_CONFIG_DIR)  # registers SeGSR-Tiny-ViT (tests, offline demo)
 
 _EXAMPLES = "e.g. 'ViT-B-16', 'ViT-B-32', 'ViT-L-14', 'SeGSR-Tiny-ViT'"
+HF_HUB_PREFIX = 'hf-hub:'
+#: open_clip's model-config file in an open_clip / Hugging Face model folder
+HF_CONFIG_NAME = 'open_clip_config.json'
 
 
 class CLIPVisual(NamedTuple):
@@ -37,9 +45,12 @@ class CLIPVisual(NamedTuple):
     std: Tuple[float, float, float]
     #: sha256 of (model config, weights); the weights part only when they come from a tag or a file
     digest: bytes
-    #: 'random' | 'tag' | 'file'
+    #: 'random' | 'tag' | 'file' | 'hf-hub'
     source: str
     description: str
+    #: the activation the tower was built with, and why (the log line)
+    quick_gelu: bool
+    quick_gelu_reason: str
 
 
 def resolve_clip_model(clip_model) -> str:
@@ -47,10 +58,11 @@ def resolve_clip_model(clip_model) -> str:
     if not isinstance(clip_model, str) or not clip_model:
         raise ValueError(f'guidance.clip_model must be an open_clip model name ({_EXAMPLES}) or a path to an '
                          f'open_clip model-config .json, got {clip_model!r}')
-    if clip_model.startswith(('hf-hub:', 'local-dir:')):
-        raise ValueError(f'guidance.clip_model: {clip_model!r}: hf-hub:/local-dir: sources are not supported; save the '
-                         "repo's open_clip_config.json 'model_cfg' as its own .json, pass that path as clip_model "
-                         'and the weights file (open_clip_pytorch_model.bin / .safetensors) as clip_pretrained')
+    if clip_model.startswith('local-dir:'):
+        raise ValueError(f'guidance.clip_model: {clip_model!r}: local-dir: sources are not supported; pass the '
+                         'model name (or hf-hub:org/name) as clip_model and the weights file in that folder '
+                         '(open_clip_pytorch_model.bin / .safetensors) as clip_pretrained: the folder\'s '
+                         f'{HF_CONFIG_NAME} then decides quick_gelu')
     if clip_model.endswith('.json'):
         path = Path(clip_model).expanduser()
         if not path.is_file():
@@ -132,25 +144,122 @@ def _quiet_random_init(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith('No pretrained weights loaded')
 
 
-def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
+def folder_model_config(path: str) -> Tuple[Optional[str], Optional[dict]]:
+    """(config path, its model config) of the open_clip / HF model folder holding weights file ``path``, if any.
+
+    The folder of the path as given (an HF snapshot folder holds symlinks into blobs/: not resolved).
+    """
+    cfg_path = os.path.join(os.path.dirname(os.path.abspath(path)), HF_CONFIG_NAME)
+    if not os.path.isfile(cfg_path):
+        return None, None
+    try:
+        cfg = json.loads(Path(cfg_path).read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f'guidance: {cfg_path} (beside the CLIP weights) is not valid JSON ({err}); fix or remove '
+                         'it, or set guidance.quick_gelu: true/false') from err
+    return cfg_path, cfg.get('model_cfg', cfg)
+
+
+def check_quick_gelu(value) -> None:
+    """``value`` must be 'auto', True or False (not 1, 'yes', ...)."""
+    if not (isinstance(value, bool) or value == 'auto'):
+        raise ValueError(f'guidance.quick_gelu must be auto, true or false, got {value!r}')
+
+
+def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag: Optional[str], tag_cfg: dict,
+                      path: Optional[str], folder_cfg: Tuple[Optional[str], Optional[dict]] = (None, None)
+                      ) -> Tuple[bool, str]:
+    """QuickGELU or GELU for the tower, and the log line saying why.
+
+    ``'auto'``: true when the weights' source says QuickGELU: an open_clip tag whose pretrained config
+    says so (OpenAI), a TorchScript archive (OpenAI's original .pt files), a file in a model folder whose
+    open_clip_config.json says so, an hf-hub config that says so, or a ``*-quickgelu`` model name;
+    otherwise false. ``True``/``False`` override.
+    """
+    check_quick_gelu(choice)
+    override = 'override with guidance.quick_gelu: true/false'
+    if choice is True or choice is False:
+        return choice, f"guidance: CLIP activation {'QuickGELU' if choice else 'GELU'} (guidance.quick_gelu: " \
+                       f"{str(choice).lower()}, set in the options)"
+    evidence = []  # (says quick_gelu, what says it)
+    if source == 'tag':
+        evidence.append((bool(tag_cfg.get('quick_gelu', False)), f'open_clip pretrained config of tag {tag}'))
+    if source == 'hf-hub':
+        evidence.append((bool(cfg.get('quick_gelu', False)), f'{HF_CONFIG_NAME} of {name}'))
+    elif cfg.get('quick_gelu'):
+        evidence.append((True, f'model config {name!r} (a -quickgelu model)'))
+    if source == 'file':
+        if is_torchscript_archive(path):
+            evidence.append((True, f'{path} is a TorchScript archive (OpenAI format, trained with QuickGELU)'))
+        cfg_path, folder = folder_cfg
+        if folder is not None:
+            evidence.append((bool(folder.get('quick_gelu', False)), cfg_path))
+    if not evidence and source == 'random':
+        return False, f'guidance: CLIP activation GELU (random CLIP weights, model config {name!r}); {override}'
+    if not evidence:
+        return False, (f'guidance: CLIP activation GELU for {path}: no evidence of the activation the weights were '
+                       f'trained with (no tag, TorchScript archive, {HF_CONFIG_NAME} beside the file or -quickgelu '
+                       f'model); OpenAI-derived weights need QuickGELU: {override} (see docs/clip_sources.md)')
+    quick = any(says for says, _ in evidence)
+    said = '; '.join(f"{where} says {'QuickGELU' if says else 'GELU'}" for says, where in evidence)
+    return quick, f"guidance: CLIP activation {'QuickGELU' if quick else 'GELU'} (auto: {said}); {override}"
+
+
+def _hf_hub_missing(model_id: str, err: Exception) -> RuntimeError:
+    from huggingface_hub import constants
+    offline = ' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''
+    return RuntimeError(
+        f'guidance.clip_model: hf-hub:{model_id} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and could '
+        f'not be downloaded{offline}: on a machine with internet run `huggingface-cli download {model_id}` (or '
+        f"python -c \"import open_clip; open_clip.create_model('hf-hub:{model_id}')\") and copy its folder "
+        f"models--{model_id.replace('/', '--')} into this cache (or point HF_HUB_CACHE / HF_HOME at a copy), then "
+        f'set HF_HUB_OFFLINE=1 [{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ""}]')
+
+
+def _hf_hub_source(clip_model: str, clip_pretrained) -> Tuple[str, dict, dict, str]:
+    """hf-hub:org/name -> (name, model config, preprocess config, weights path), all through open_clip/HF cache."""
+    from open_clip.pretrained import download_pretrained_from_hf
+    model_id = clip_model[len(HF_HUB_PREFIX):].strip('/')
+    if model_id.count('/') != 1:
+        raise ValueError(f'guidance.clip_model: {clip_model!r} must be hf-hub:org/name')
+    if clip_pretrained is not None:
+        raise ValueError(f'guidance.clip_pretrained must be null with clip_model: {clip_model} (the weights come '
+                         f'from that repo), got {clip_pretrained!r}')
+    try:
+        cfg_path = download_pretrained_from_hf(model_id, filename=HF_CONFIG_NAME)
+        weights = download_pretrained_from_hf(model_id)
+    except Exception as err:
+        raise _hf_hub_missing(model_id, err) from err
+    hf_cfg = json.loads(Path(cfg_path).read_text())
+    if 'model_cfg' not in hf_cfg:
+        raise ValueError(f'guidance.clip_model: {cfg_path} of {clip_model} has no model_cfg; it is not an open_clip '
+                         'model repo')
+    return clip_model, hf_cfg['model_cfg'], hf_cfg.get('preprocess_cfg', {}), weights
+
+
+def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVisual:
     """Build the open_clip ViT image tower of ``clip_model`` with weights from ``clip_pretrained`` (see module doc)."""
-    name = resolve_clip_model(clip_model)
-    cfg = open_clip.get_model_config(name)
-    _check_vit_config(name, cfg)
-    tag_cfg, path = {}, None
-    if clip_pretrained is None:
-        source = 'random'
-    elif not isinstance(clip_pretrained, str) or not clip_pretrained:
-        raise ValueError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or a '
-                         f'local checkpoint path, got {clip_pretrained!r}')
-    elif open_clip.get_pretrained_cfg(name, clip_pretrained):
-        source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
-    elif os.path.isfile(os.path.expanduser(clip_pretrained)):
-        source, path = 'file', os.path.expanduser(clip_pretrained)
+    tag_cfg, path, hf_preprocess = {}, None, {}
+    if isinstance(clip_model, str) and clip_model.startswith(HF_HUB_PREFIX):
+        name, cfg, hf_preprocess, path = _hf_hub_source(clip_model, clip_pretrained)
+        source = 'hf-hub'
     else:
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        raise ValueError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag of '
-                         f'{name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
+        name = resolve_clip_model(clip_model)
+        cfg = open_clip.get_model_config(name)
+        if clip_pretrained is None:
+            source = 'random'
+        elif not isinstance(clip_pretrained, str) or not clip_pretrained:
+            raise ValueError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or '
+                             f'a local checkpoint path, got {clip_pretrained!r}')
+        elif open_clip.get_pretrained_cfg(name, clip_pretrained):
+            source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
+        elif os.path.isfile(os.path.expanduser(clip_pretrained)):
+            source, path = 'file', os.path.expanduser(clip_pretrained)
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise ValueError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag '
+                             f'of {name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
+    _check_vit_config(name, cfg)
     if source == 'tag':
         try:
             path = open_clip.download_pretrained(tag_cfg)
@@ -159,29 +268,32 @@ def build_clip_visual(clip_model, clip_pretrained) -> CLIPVisual:
                 f"guidance: could not download the CLIP weights '{clip_pretrained}' of {name} ({err}). Offline? "
                 'Fetch the open_clip checkpoint on a machine with internet (open_clip.create_model'
                 f"('{name}', pretrained='{clip_pretrained}') caches it under ~/.cache/huggingface) and pass the "
-                'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin '
-                '(HF_HUB_OFFLINE=1 makes open_clip use its cache without retrying the network)') from err
+                f'local file instead: guidance.clip_pretrained: /path/to/open_clip_pytorch_model.bin with '
+                f"guidance.quick_gelu: {str(bool(tag_cfg.get('quick_gelu', False))).lower()} (this tag's "
+                'activation; HF_HUB_OFFLINE=1 makes open_clip use its cache without retrying the network)') from err
         if is_torchscript_archive(path):
             raise RuntimeError(f"guidance: clip_pretrained '{clip_pretrained}' resolved to the TorchScript archive "
                                f'{path} (it contains code); SeG-SR loads one only from an explicit local path: '
                                f'set guidance.clip_pretrained: {path} if you trust it')
-    quick_gelu = bool(tag_cfg.get('quick_gelu', False))  # e.g. OpenAI weights were trained with QuickGELU
+    folder_cfg = folder_model_config(path) if source == 'file' else (None, None)
+    quick, reason = decide_quick_gelu(quick_gelu, name, cfg, source, clip_pretrained, tag_cfg, path, folder_cfg)
+    logging.getLogger('basicsr').info(reason)
     root = logging.getLogger()
     root.addFilter(_quiet_random_init)  # we load the weights ourselves below (or want them random)
-    try:
-        model = open_clip.create_model(name, pretrained=None, force_quick_gelu=quick_gelu)
+    try:  # open_clip's own model: a built-in name or, for hf-hub, the repo's config (weights loaded below)
+        model = open_clip.create_model(name, pretrained=None, load_weights=False, quick_gelu=quick)
     finally:
         root.removeFilter(_quiet_random_init)
     _check_vit(name, model.visual)
     if path is not None:
         load_clip_checkpoint(model, path, name)
     visual = model.visual
-    preprocess = open_clip.get_model_preprocess_cfg(model)
+    preprocess = {**open_clip.get_model_preprocess_cfg(model), **hf_preprocess}
     mean = tuple(tag_cfg.get('mean', preprocess.get('mean', open_clip.OPENAI_DATASET_MEAN)))
     std = tuple(tag_cfg.get('std', preprocess.get('std', open_clip.OPENAI_DATASET_STD)))
-    digest = _digest(cfg, quick_gelu, visual if source != 'random' else None)
-    description = f'clip_model={clip_model!r}, clip_pretrained={clip_pretrained!r}'
-    return CLIPVisual(visual, mean, std, digest, source, description)
+    digest = _digest(cfg, quick, visual if source != 'random' else None)
+    description = f'clip_model={clip_model!r}, clip_pretrained={clip_pretrained!r}, quick_gelu={quick}'
+    return CLIPVisual(visual, mean, std, digest, source, description, quick, reason)
 
 
 def resize_positional_embedding(pos: torch.Tensor, old_grid: Tuple[int, int], grid: Tuple[int, int]) -> torch.Tensor:
@@ -215,11 +327,17 @@ class CLIPImageEncoder(nn.Module):
         self.register_buffer('pixel_std', torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.patch_size = tuple(visual.patch_size)
         self.base_grid = tuple(visual.grid_size)
-        self._pos_cache = None  # (source tensor, its version, {(grid, inference_mode): resized})
+        self._pos_cache = None  # (source state, {(grid, inference_mode): resized}); see _pos_source_state
 
     @property
     def embed_dim(self) -> int:
         return self.visual.proj.shape[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.cuda()/.double() swap the embedding's data in place (same Parameter, same _version):
+        # drop the resized copies, or a CPU-built cache is served to CUDA inputs
+        self._pos_cache = None
+        return super()._apply(fn, *args, **kwargs)
 
     def token_grid(self, h: int, w: int, upscale: float) -> Tuple[int, int]:
         """CLIP token grid for an LR of h x w: (h*s, w*s) rounded to the nearest patch multiple (>= 1 patch)."""
@@ -231,16 +349,23 @@ class CLIPImageEncoder(nn.Module):
         pos = self.visual.positional_embedding
         if grid == self.base_grid or pos.requires_grad:
             return resize_positional_embedding(pos, self.base_grid, grid)
-        cache = self._pos_cache
-        if cache is None or cache[0] is not pos or cache[1] != pos._version:
-            cache = self._pos_cache = (pos, pos._version, {})
+        state = self._pos_source_state(pos)
+        if self._pos_cache is None or self._pos_cache[0] != state:
+            self._pos_cache = (state, {})
+        cache = self._pos_cache[1]
         key = (grid, torch.is_inference_mode_enabled())
-        if key not in cache[2]:
-            if len(cache[2]) >= self._MAX_CACHED_GRIDS:
-                cache[2].pop(next(iter(cache[2])))
+        if key not in cache:
+            if len(cache) >= self._MAX_CACHED_GRIDS:
+                cache.pop(next(iter(cache)))
             with torch.no_grad():
-                cache[2][key] = resize_positional_embedding(pos, self.base_grid, grid)
-        return cache[2][key]
+                cache[key] = resize_positional_embedding(pos, self.base_grid, grid)
+        return cache[key]
+
+    @staticmethod
+    def _pos_source_state(pos: torch.Tensor) -> tuple:
+        """What makes a resized copy stale: another tensor or storage (``.to()``, ``.double()``, ``.cuda()``,
+        ``.half()`` swap ``param.data``, on this module or on ``visual`` alone), or in-place writes (load_state_dict)."""
+        return id(pos), pos.data_ptr(), pos.dtype, pos.device, pos._version
 
     def forward(self, x: torch.Tensor, upscale: float):
         """x (B, 3, H, W) in [0, 1] -> I_g (B, D), I_l (B, gh*gw, D), (gh, gw)."""

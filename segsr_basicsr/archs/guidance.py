@@ -17,12 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, build_clip_visual
+from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, build_clip_visual, check_quick_gelu
 from segsr_basicsr.archs.lora import add_lora_to_vit, lora_layers
+from segsr_basicsr.archs.modulation import MODULATION_INITS
 
-#: the paper's settings (ViT-B/16 OpenAI CLIP, LoRA r=32 alpha=32 dropout=0.05 on qkv/c_fc/c_proj, tau=100)
+#: the paper's settings (ViT-B/16 OpenAI CLIP, LoRA r=32 alpha=32 dropout=0.05 on qkv/c_fc/c_proj, tau=100);
+#: quick_gelu 'auto' takes the activation from the weights' source; modulation_init: see docs/deviations.md
 GUIDANCE_DEFAULTS = dict(clip_model='ViT-B-16', clip_pretrained='openai', tune='lora', lora_rank=32, lora_alpha=32,
-                         lora_dropout=0.05, embeddings_per_unit=1, logit_scale=100.)
+                         lora_dropout=0.05, embeddings_per_unit=1, logit_scale=100., quick_gelu='auto',
+                         modulation_init='zero')
 TUNE_MODES = ('lora', 'frozen', 'full')
 
 
@@ -52,6 +55,10 @@ def guidance_options(options: dict) -> dict:
     _number(opts['lora_dropout'], 'lora_dropout', 0, below=1)
     _number(opts['embeddings_per_unit'], 'embeddings_per_unit', 1, integer=True)
     _number(opts['logit_scale'], 'logit_scale', 0, open_min=True)
+    check_quick_gelu(opts['quick_gelu'])
+    if opts['modulation_init'] not in MODULATION_INITS:
+        raise ValueError(f'guidance.modulation_init must be one of {MODULATION_INITS}, '
+                         f"got {opts['modulation_init']!r}")
     return opts
 
 
@@ -126,7 +133,8 @@ class SemanticGuidance(nn.Module):
 
     Options (``network_g.guidance``; missing keys take the paper's values, see GUIDANCE_DEFAULTS):
     clip_model, clip_pretrained, tune (lora|frozen|full), lora_rank, lora_alpha, lora_dropout,
-    embeddings_per_unit (E), logit_scale (tau).
+    embeddings_per_unit (E), logit_scale (tau), quick_gelu (auto|true|false: the CLIP's activation),
+    modulation_init (zero|default: how the LMM's gamma/beta conv starts).
     """
 
     def __init__(self, num_units: int, upscale: int, **options):
@@ -140,7 +148,7 @@ class SemanticGuidance(nn.Module):
         self.logit_scale = float(opts['logit_scale'])
         self.tune = opts['tune']
 
-        clip = build_clip_visual(opts['clip_model'], opts['clip_pretrained'])
+        clip = build_clip_visual(opts['clip_model'], opts['clip_pretrained'], opts['quick_gelu'])
         self.clip_description = clip.description
         self.encoder = CLIPImageEncoder(clip.visual, clip.mean, clip.std)
         self.register_buffer('clip_source_digest', torch.tensor(list(clip.digest), dtype=torch.uint8))
@@ -213,8 +221,10 @@ def _restore_frozen_clip(module: SemanticGuidance, state_dict, prefix, local_met
     if digest is not None and not torch.equal(digest.cpu(), module.clip_source_digest.cpu()):
         raise RuntimeError(
             f'checkpoint does not match this network\'s CLIP source ({module.clip_description}): it was saved from a '
-            'network built with another guidance.clip_model / clip_pretrained (other weights or architecture). '
-            'Build the network with the same guidance.clip_model and clip_pretrained as when it was saved.')
+            'network built with another guidance.clip_model / clip_pretrained / quick_gelu (other weights, '
+            'architecture or activation). Build the network with the same guidance.clip_model, clip_pretrained and '
+            'quick_gelu as when it was saved (checkpoints from before quick_gelu existed used GELU for files: '
+            'quick_gelu: false).')
     if module._unsaved_clip:  # not in checkpoints: keep the weights loaded from the source
         own = module.encoder.visual.state_dict(keep_vars=True)
         for name in module._unsaved_names:

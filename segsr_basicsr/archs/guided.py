@@ -87,7 +87,8 @@ class GuidedBackbone(nn.Module):
         from segsr_basicsr.archs.modulation import SemanticModulation
         self.guidance = SemanticGuidance(num_units=len(self.sr_units), upscale=self.upscale, **guidance)
         self.modulations = nn.ModuleList(
-            SemanticModulation(self.unit_channels, self.guidance.map_channels) for _ in self.sr_units)
+            SemanticModulation(self.unit_channels, self.guidance.map_channels,
+                               init=self.guidance.options['modulation_init']) for _ in self.sr_units)
 
     def merge_lora(self) -> None:
         """Inference: fold the CLIP LoRA adapters into their weights (same output, cheaper). No-op without LoRA."""

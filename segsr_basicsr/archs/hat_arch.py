@@ -80,7 +80,9 @@ class SeGSR_HAT(GuidedBackbone):
 
     Option keys are those of HAT's option files; ``img_size`` only matters for
     ``ape`` and, as in official HAT, shifted windows are off when
-    ``img_size // patch_size <= window_size``.
+    ``img_size // patch_size <= window_size``. ``guided_final_norm``: with guidance,
+    apply HAT's final LayerNorm after the last modulation (default), or skip it as the
+    official SeG-SR code does (false; its weights then stay untrained).
     """
 
     feature_layout = 'tokens'
@@ -91,7 +93,8 @@ class SeGSR_HAT(GuidedBackbone):
                  mlp_ratio: float = 4., qkv_bias: bool = True, qk_scale: Optional[float] = None,
                  drop_rate: float = 0., attn_drop_rate: float = 0., drop_path_rate: float = 0.1, ape: bool = False,
                  patch_norm: bool = True, upsampler: str = 'pixelshuffle', resi_connection: str = '1conv',
-                 img_range: float = 1., use_checkpoint: bool = False, guidance: Optional[dict] = None):
+                 img_range: float = 1., use_checkpoint: bool = False, guidance: Optional[dict] = None,
+                 guided_final_norm: bool = True):
         super().__init__()
         _check_options(upscale, in_chans, img_size, patch_size, window_size, compress_ratio, squeeze_factor,
                        overlap_ratio, embed_dim, depths, num_heads, upsampler, resi_connection)
@@ -141,6 +144,12 @@ class SeGSR_HAT(GuidedBackbone):
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
         self.apply(self._init_weights)
         self.init_guidance(guidance)
+        # under guidance the official SeG-SR skips HAT's final LayerNorm (guided_final_norm: false); we keep it
+        if not isinstance(guided_final_norm, bool):
+            raise ValueError(f'SeGSR_HAT: guided_final_norm must be true or false, got {guided_final_norm!r}')
+        self.final_norm = guidance is None or guided_final_norm
+        if not self.final_norm:
+            self.norm.requires_grad_(False)  # unused, as in the official code: kept for its keys, not trained
 
     @staticmethod
     def _init_weights(m):
@@ -200,7 +209,7 @@ class SeGSR_HAT(GuidedBackbone):
 
     def forward_tail(self, feat: torch.Tensor, ctx: dict) -> torch.Tensor:
         h, w = ctx['size']
-        feat = self.norm(feat).view(feat.shape[0], h, w, -1).permute(0, 3, 1, 2)
+        feat = (self.norm(feat) if self.final_norm else feat).reshape(feat.shape[0], h, w, -1).permute(0, 3, 1, 2)
         x = self.conv_after_body(feat) + ctx['shallow']
         x = self.conv_last(self.upsample(self.conv_before_upsample(x)))
         return x / self.img_range + self.mean

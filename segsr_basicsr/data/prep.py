@@ -24,6 +24,7 @@ from segsr_basicsr.errors import DataError, ImageError
 from segsr_basicsr.io.atomic import check_free, staged_output, staged_outputs  # noqa: F401  (scripts use prep.*)
 from segsr_basicsr.io.images import (IMG_EXTS, add_image_args, encode_png, image_kwargs, list_images,  # noqa: F401
                                      read_image, write_png)
+from segsr_basicsr.utils.preflight import check_writable, image_size, progress, readable_images  # noqa: F401
 
 logger = logging.getLogger('basicsr')
 
@@ -89,9 +90,21 @@ def folder_keys(src, sanitize=False):
     return files, keys
 
 
-def _progress(items, desc):
-    from tqdm import tqdm
-    return tqdm(items, desc=desc, unit='img', file=sys.stderr, dynamic_ncols=True)
+def _progress(items, desc, total=None):
+    return progress(items, desc, unit='images', total=total)
+
+
+def check_images(paths, min_side=1, why=''):
+    """The validation pass over inputs: read every header (decodable, size) before any output exists.
+    Returns {path: (w, h)}; an image smaller than ``min_side`` is an :class:`ImageError` naming it."""
+    sizes = {}
+    for path in progress(paths, 'checking inputs', unit='images'):
+        w, h = image_size(path)
+        if min(w, h) < min_side:
+            raise ImageError(f'{path}: {w}x{h} is smaller than {why or min_side}; remove the file or change the '
+                             'setting.')
+        sizes[path] = (w, h)
+    return sizes
 
 
 # ----------------------------------------------------------------------------- splits
@@ -100,7 +113,8 @@ def scan_classes(root):
     root = Path(root)
     if not root.is_dir():
         raise PrepError(f'{root}: not a directory.')
-    classes = {'': list_images(root)} if list_images(root) else {}
+    top = list_images(root)
+    classes = {'': top} if top else {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith('.')):
         files = list_images(sub)
         if files:
@@ -187,12 +201,18 @@ def class_of(relpath):
 
 
 # ----------------------------------------------------------------------------- conversions
-def convert_images(src_root, relpaths, dst, image_kw, desc='convert'):
-    """Read each file with the shared rules and write it as ``<output_name>.png`` into new dir `dst`."""
+def output_names(src_root, relpaths):
+    """The output names of :func:`convert_images`; two files mapping to one name are refused (in the plan)."""
     names = [output_name(r) for r in relpaths]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise PrepError(f'{src_root}: several files map to the same output name(s) {sorted(dup)[:5]}; rename them.')
+    return names
+
+
+def convert_images(src_root, relpaths, dst, image_kw, desc='convert'):
+    """Read each file with the shared rules and write it as ``<output_name>.png`` into new dir `dst`."""
+    names = output_names(src_root, relpaths)
     Path(dst).mkdir()
     for rel, name in zip(_progress(relpaths, desc), names):
         write_png(Path(dst) / f'{name}.png', read_image(Path(src_root) / rel, **image_kw))
@@ -200,18 +220,33 @@ def convert_images(src_root, relpaths, dst, image_kw, desc='convert'):
 
 def make_bicubic(src, out, scales, image_kw):
     """For each scale s: ``out/HR_xs`` (HR mod-cropped to s) and ``out/LR_xs`` (bicubic LR), PNG."""
-    files, stems = folder_keys(src)
-    targets = [Path(out) / f'{kind}_x{s}' for s in scales for kind in ('HR', 'LR')]
-    check_free(*targets)
-    with staged_outputs(*targets) as tmps:
+    return make_bicubic_many([(src, out)], scales, image_kw)[0]
+
+
+def make_bicubic_many(jobs, scales, image_kw):
+    """:func:`make_bicubic` for every (src, out) of ``jobs`` as one plan: all inputs are listed and their
+    headers read, all outputs checked free, distinct and writable, and they appear together only if every
+    image of every job succeeded. Returns the targets of each job."""
+    plan, targets = [], []
+    for src, out in jobs:
+        files, stems = folder_keys(src)
+        plan.append((Path(src), files, stems))
+        targets.append([Path(out) / f'{kind}_x{s}' for s in scales for kind in ('HR', 'LR')])
+        check_writable(out)
+    flat = [t for ts in targets for t in ts]
+    check_free(*flat)
+    check_images([src / f for src, files, _ in plan for f in files], max(scales), f'the largest scale {max(scales)}')
+    items = [(src, f, stem, i) for i, (src, files, stems) in enumerate(plan) for f, stem in zip(files, stems)]
+    with staged_outputs(*flat) as tmps:
         for tmp in tmps:
             tmp.mkdir()
-        for f, stem in zip(_progress(files, f'bicubic x{",x".join(map(str, scales))}'), stems):
-            img = read_image(Path(src) / f, **image_kw)
+        for src, f, stem, job in _progress(items, f'bicubic x{",x".join(map(str, scales))}'):
+            img = read_image(src / f, **image_kw)
             for i, s in enumerate(scales):
-                hr, lr = hr_lr_pair(img, s, Path(src) / f)
-                write_png(tmps[2 * i] / f'{stem}.png', hr)
-                write_png(tmps[2 * i + 1] / f'{stem}.png', lr)
+                hr, lr = hr_lr_pair(img, s, src / f)
+                base = 2 * len(scales) * job + 2 * i
+                write_png(tmps[base] / f'{stem}.png', hr)
+                write_png(tmps[base + 1] / f'{stem}.png', lr)
     return targets
 
 
@@ -227,8 +262,13 @@ def subimage_positions(length, crop, step, thresh):
 def extract_subimages(src, dst, crop, step, thresh, image_kw):
     """Cut every image of `src` into crop x crop tiles named ``<stem>_s001.png`` ..."""
     if step <= 0 or crop <= 0:
-        raise PrepError('--crop-size and --step must be positive.')
+        raise PrepError(f'--crop-size and --step must be positive, got {crop} and {step}.')
+    if thresh < 0:
+        raise PrepError(f'--thresh-size must be >= 0, got {thresh}.')
     files, stems = folder_keys(src, sanitize=True)
+    check_free(dst)
+    check_writable(dst)
+    check_images([Path(src) / f for f in files], crop, f'--crop-size {crop}')
     with staged_output(dst) as tmp:
         tmp.mkdir()
         n = 0
@@ -272,10 +312,14 @@ def write_lmdb(src, lmdb_path, image_kw, compress_level=1, desc=None):
 def make_lmdb(pairs, image_kw, compress_level=1):
     """Pack each (folder, lmdb_path) of `pairs`; all LMDBs appear only if every one succeeds."""
     pairs = [(Path(src), Path(dst)) for src, dst in pairs]
+    check_free(*[dst for _, dst in pairs])
+    inputs = []
     for src, dst in pairs:
         if dst.suffix != '.lmdb':
             raise PrepError(f'{dst}: an LMDB path must end with .lmdb (BasicSR checks the suffix).')
-        folder_keys(src)  # fail on bad names before writing anything
+        inputs += [src / f for f in folder_keys(src)[0]]  # fail on bad names before writing anything
+        check_writable(dst)
+    check_images(inputs)
     with staged_outputs(*[dst for _, dst in pairs]) as tmps:
         return [write_lmdb(src, tmp, image_kw, compress_level, desc=f'lmdb {dst.name}')
                 for (src, dst), tmp in zip(pairs, tmps)]

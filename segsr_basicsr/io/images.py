@@ -181,12 +181,10 @@ def image_kwargs(args):
 
 # ----------------------------------------------------------------------------- listing
 def list_images(folder):
-    """Image files directly in ``folder``, sorted, as names relative to it."""
-    from basicsr.utils import scandir
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f'{folder}: not a directory.')
-    return sorted(p for p in scandir(str(folder)) if p.lower().endswith(IMG_EXTS))
+    """Image files directly in ``folder``, sorted, as names relative to it. Entries that cannot be read
+    (symlink loop, dangling link, no permission) are skipped with a warning naming them."""
+    from segsr_basicsr.utils.preflight import readable_images
+    return readable_images(folder, IMG_EXTS, on_unreadable='skip')
 
 
 # ----------------------------------------------------------------------------- writing

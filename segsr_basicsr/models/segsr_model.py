@@ -5,12 +5,19 @@ Over :class:`basicsr.models.sr_model.SRModel` it adds: padding to the net's
 after validation; semantic heat maps written with ``val.save_img``; EMA over
 trainable parameters and buffers only (frozen CLIP stays as loaded); a separate
 learning rate for LoRA/CLIP parameters (``train.guidance_lr_mult``); gradient
-clipping (``train.grad_clip``); mixed precision (``train.amp: bf16|fp16``); and a
-hard stop on a non-finite loss before the optimizer step.
+clipping (``train.grad_clip``); mixed precision (``train.amp: bf16|fp16``); TF32
+matmuls/convolutions on CUDA (``train.tf32``); and a hard stop on a non-finite loss.
+
+On CUDA a training step does not wait for the GPU (no host sync): inputs are copied
+non-blocking, the EMA is a fused ``torch._foreach_*`` update, losses become floats only
+when BasicSR logs them, and the non-finite check reads its device-side flag only on
+steps that log, save or validate (``train.finite_check_freq``). GradScaler (``amp:
+fp16``) still syncs once per step; ``amp: bf16`` needs no scaler.
 """
 import contextlib
 from collections import OrderedDict
 from os import path as osp
+from typing import Dict, Optional
 
 import torch
 from basicsr.metrics import calculate_metric
@@ -47,6 +54,67 @@ def autocast(device: torch.device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def parse_tf32(value, device: torch.device) -> bool:
+    """``train.tf32``: true/false, or ~ (default): on for CUDA (Ampere and newer run fp32 matmuls on tensor cores)."""
+    if value is None:
+        return device.type == 'cuda'
+    if not isinstance(value, bool):
+        raise ValueError(f'train.tf32 must be true, false or ~ (on for CUDA), got {value!r}')
+    return value
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for float32 CUDA matmuls and cuDNN convolutions, process-wide (PyTorch's defaults: off / on).
+
+    TF32 keeps fp32's range with a 10-bit mantissa (as bf16 autocast, but for fp32 training).
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def parse_finite_check_freq(value, device: torch.device, print_freq) -> int:
+    """``train.finite_check_freq``: host checks of the non-finite flag every N iterations (besides saves/validation).
+
+    Default: every iteration on CPU (free there), every ``logger.print_freq`` on CUDA (those steps sync anyway).
+    """
+    if value is None:
+        if device.type != 'cuda':
+            return 1
+        return int(print_freq) if isinstance(print_freq, (int, float)) and print_freq >= 1 else 100
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'train.finite_check_freq must be an integer >= 1 (iterations), got {value!r}')
+    return value
+
+
+class NonFiniteRecord:
+    """The first training iteration with a NaN/inf value (loss or gradient norm), kept on the device.
+
+    :meth:`note` is a few tiny kernels and no host sync; reading ``iter``/``values`` back is a sync, so
+    the model does it only on check steps.
+    """
+
+    def __init__(self):
+        self.iter: Optional[torch.Tensor] = None  # 0-d int64 on the device, -1 while all was finite
+        self.values: Dict[str, torch.Tensor] = {}  # 0-d float each: the values at ``iter``
+
+    def note(self, current_iter: int, values: Dict[str, torch.Tensor]) -> None:
+        vals = {k: v.detach().float().mean() for k, v in values.items()}
+        bad = ~torch.isfinite(torch.stack(list(vals.values()))).all()
+        if self.iter is None:
+            self.iter = torch.full((), -1, dtype=torch.long, device=bad.device)
+        first = bad & (self.iter < 0)
+        self.iter.masked_fill_(first, current_iter)
+        for k, v in vals.items():
+            old = self.values.get(k)
+            self.values[k] = v if old is None else torch.where(first, v, old)
+
+    def flag(self, device: torch.device) -> torch.Tensor:
+        """0-d float: 1. if a non-finite value was noted, else 0. (on the device, no sync)."""
+        if self.iter is None:
+            return torch.zeros((), device=device)
+        return (self.iter >= 0).float()
 
 
 def is_guidance_clip_param(net, name: str) -> bool:
@@ -94,7 +162,15 @@ class SeGSRModel(SRModel):
     # BasicSR's BaseModel versions of these assume CUDA, write checkpoints non-atomically and load
     # them with full pickle; ours are overrides, so other BasicSR models keep BasicSR's behaviour.
     def model_to_device(self, net):
-        """DDP on CPU must not get ``device_ids`` (BasicSR passes ``torch.cuda.current_device()``)."""
+        """DDP on CPU must not get ``device_ids`` (BasicSR passes ``torch.cuda.current_device()``), and BasicSR's
+        DataParallel path (num_gpu > 1 without a launcher) is refused for training guided networks: it splits
+        every batch over replicas, and autocast (thread-local) does not reach them; torchrun (DDP) is right."""
+        num_gpu = self.opt.get('num_gpu', 0)
+        if self.opt.get('is_train') and not self.opt.get('dist') and isinstance(num_gpu, int) and num_gpu > 1 \
+                and getattr(net, 'guidance', None) is not None:
+            raise OptionError(f'num_gpu: {num_gpu} without --launcher would wrap the guided network in DataParallel, '
+                              f'which SeG-SR does not support: run torchrun --nproc_per_node={num_gpu} -m '
+                              'segsr_basicsr.train -opt YOUR_OPTIONS.yml --launcher pytorch (or set num_gpu: 1)')
         if self.opt['dist'] and self.device.type != 'cuda':
             from torch.nn.parallel import DistributedDataParallel
             return DistributedDataParallel(
@@ -186,6 +262,15 @@ class SeGSRModel(SRModel):
         self.grad_clip = train_opt.get('grad_clip')
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
             raise ValueError(f'train.grad_clip must be a positive max gradient norm or ~, got {self.grad_clip!r}')
+        self.tf32 = parse_tf32(train_opt.get('tf32'), self.device)
+        if self.device.type == 'cuda':
+            set_tf32(self.tf32)
+            get_root_logger().info(f'TF32 matmuls and convolutions: {"on" if self.tf32 else "off"} (train.tf32).')
+        elif train_opt.get('tf32'):
+            get_root_logger().info(f'train.tf32 has no effect on {self.device.type}.')
+        self.finite_check_freq = parse_finite_check_freq(train_opt.get('finite_check_freq'), self.device,
+                                                         (self.opt.get('logger') or {}).get('print_freq'))
+        self._nonfinite_loss, self._nonfinite_grad = NonFiniteRecord(), NonFiniteRecord()
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler) if use_scaler else None
         if self.amp_dtype is not None:
@@ -198,24 +283,33 @@ class SeGSRModel(SRModel):
 
         BasicSR's version walks every parameter, i.e. also the frozen CLIP tower
         (~86 M for ViT-B/16): wasted work, and the EMA copy must equal the loaded
-        CLIP anyway. Non-float buffers (indices, counters) are copied.
+        CLIP anyway. Non-float buffers (indices, counters) are copied. The update is
+        two fused ``torch._foreach_*`` calls (ema = ema * decay + p * (1 - decay), the
+        same arithmetic as a per-tensor loop), not two kernel launches per tensor
+        (~900 tensors for the paper's network).
         """
         net_g = self.get_bare_model(self.net_g)
         ema_params = dict(self.net_g_ema.named_parameters())
         ema_buffers = dict(self.net_g_ema.named_buffers())
+        avg_ema, avg_src = [], []  # averaged: trainable parameters and float buffers
         with torch.no_grad():
             for k, p in net_g.named_parameters():
                 if p.requires_grad:
-                    ema_params[k].mul_(decay).add_(p.detach(), alpha=1 - decay)
+                    avg_ema.append(ema_params[k])
+                    avg_src.append(p)
                 elif decay == 0:  # initial copy, e.g. no pretrained weights for the EMA net
-                    ema_params[k].copy_(p.detach())
+                    ema_params[k].copy_(p)
             for k, b in net_g.named_buffers():
                 if k not in ema_buffers:
                     continue
                 if b.is_floating_point():
-                    ema_buffers[k].mul_(decay).add_(b.detach(), alpha=1 - decay)
+                    avg_ema.append(ema_buffers[k])
+                    avg_src.append(b)
                 else:
                     ema_buffers[k].copy_(b)
+            if avg_ema:
+                torch._foreach_mul_(avg_ema, decay)
+                torch._foreach_add_(avg_ema, avg_src, alpha=1 - decay)
 
     def setup_optimizers(self):
         """Two param groups: the SR network at ``lr``, LoRA/CLIP at ``lr * guidance_lr_mult``."""
@@ -254,6 +348,13 @@ class SeGSRModel(SRModel):
         return cls(params, lr, **kwargs)
 
     # ----------------------------------------------------------------- one step
+    def feed_data(self, data):
+        """SRModel's, copying non-blocking: a blocking host-to-device copy waits for the GPU to finish the previous
+        step. From pinned memory (dataset ``pin_memory: true``) the copy also overlaps with compute."""
+        self.lq = data['lq'].to(self.device, non_blocking=True)
+        if 'gt' in data:
+            self.gt = data['gt'].to(self.device, non_blocking=True)
+
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp_dtype):
@@ -275,55 +376,108 @@ class SeGSRModel(SRModel):
                 l_total += l_style
                 loss_dict['l_style'] = l_style
 
-        self._check_finite(l_total, loss_dict, current_iter)
+        check = self._finite_check_due(current_iter)
+        self._nonfinite_loss.note(current_iter, loss_dict or {'l_total': l_total})
+        if check:
+            self._raise_if_nonfinite(self._nonfinite_loss, 'loss', current_iter)
         if self.scaler is not None:
             self.scaler.scale(l_total).backward()
             if self.grad_clip:
                 self.scaler.unscale_(self.optimizer_g)
                 torch.nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
-            self.scaler.step(self.optimizer_g)  # skips the step on inf/nan grads, lowers the scale
+            self.scaler.step(self.optimizer_g)  # skips the step on inf/nan grads, lowers the scale (syncs)
             self.scaler.update()
         else:
             l_total.backward()
             if self.grad_clip:
                 norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.grad_clip)
-                if not torch.isfinite(norm):
-                    raise FloatingPointError(
-                        f'Non-finite gradient norm ({norm.item()}) at iteration {current_iter}; training stopped '
-                        'before the optimizer step, so the weights and the last saved checkpoint are intact. '
-                        'Lower the learning rate, enable train.grad_clip, or use train.amp: bf16 instead of fp16.')
+                self._nonfinite_grad.note(current_iter, {'grad_norm': norm})
+                if check:
+                    self._raise_if_nonfinite(self._nonfinite_grad, 'gradient norm', current_iter)
             self.optimizer_g.step()
 
-        self.log_dict = self.reduce_loss_dict(loss_dict)
+        self._pending_log = (list(loss_dict), self._reduce_losses(loss_dict))
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    @property
+    def log_dict(self):
+        """The last step's losses as floats, as BasicSR logs them; read back when asked for (on CUDA the host
+        syncs on the steps that log, not on every step)."""
+        pending = self.__dict__.pop('_pending_log', None)
+        if pending is not None:
+            keys, values = pending
+            self._log_dict = OrderedDict(zip(keys, values.tolist()))
+        return self._log_dict
+
+    @log_dict.setter
+    def log_dict(self, value):
+        self.__dict__.pop('_pending_log', None)
+        self._log_dict = value
+
+    def _reduce_losses(self, loss_dict) -> torch.Tensor:
+        """BasicSR's ``reduce_loss_dict`` without ``.item()``: (n_losses,) on the device, DDP mean on rank 0."""
+        with torch.no_grad():
+            if not loss_dict:
+                return torch.zeros(0)
+            losses = torch.stack([v.detach().float().mean() for v in loss_dict.values()])
+            if self.opt.get('dist'):
+                import torch.distributed as dist
+                dist.reduce(losses, dst=0)
+                if self.opt.get('rank', 0) == 0:
+                    losses /= self.opt['world_size']
+            return losses
 
     def _trainable(self):
         return [p for p in self.net_g.parameters() if p.requires_grad]
 
-    def _check_finite(self, l_total, loss_dict, current_iter):
-        """Raise before backward/step when the loss is NaN/inf (nothing has been modified yet).
+    def _finite_check_due(self, current_iter) -> bool:
+        """Read the non-finite flag on the host this step? Every ``finite_check_freq`` iterations, and always
+        before BasicSR saves or validates (so no checkpoint is written after a non-finite step) and at the end."""
+        if self.finite_check_freq <= 1:
+            return True
+        total = self.opt['train'].get('total_iter')
+        if total is not None and current_iter >= int(total):
+            return True
+        freqs = (self.finite_check_freq, (self.opt.get('logger') or {}).get('save_checkpoint_freq'),
+                 (self.opt.get('val') or {}).get('val_freq'))
+        return any(isinstance(f, (int, float)) and f > 0 and current_iter % f == 0 for f in freqs)
 
-        Under DDP all ranks agree first (one scalar all-reduce), so they stop together
-        instead of the healthy ranks hanging in the gradient all-reduce.
+    def _raise_if_nonfinite(self, record: NonFiniteRecord, what: str, current_iter: int):
+        """Raise before the optimizer step when ``record`` holds a NaN/inf (one host sync).
+
+        Under DDP all ranks agree first (one scalar all-reduce on the same check steps), so they stop
+        together instead of the healthy ranks hanging in the next gradient all-reduce.
         """
-        finite = torch.isfinite(l_total.detach()).all().float()
-        local = bool(finite)
+        flag = record.flag(self.device)
+        local = flag.clone()
         if self.opt.get('dist'):
             import torch.distributed as dist
             if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if bool(finite):
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if not bool(flag):
             return
-        values = ', '.join(f'{k}={v.detach().float().mean().item():.6g}' for k, v in loss_dict.items())
-        if local:
-            values += f' here on rank {self.opt.get("rank", 0)}, non-finite on another rank'
+        models = self.opt['path'].get('models', 'experiments/<name>/models')
+        advice = ('Check the data for NaNs, lower the learning rate, set train.grad_clip, or use train.amp: bf16 '
+                  'instead of fp16.')
+        if not bool(local):
+            raise FloatingPointError(
+                f'Non-finite {what} on another rank by iteration {current_iter} (rank {self.opt.get("rank", 0)} '
+                f'is finite). Training stopped before the optimizer step; the last saved checkpoint in {models} is '
+                f'intact (resume from it with path.resume_state). {advice}')
+        first = int(record.iter)
+        values = ', '.join(f'{k}={v.item():.6g}' for k, v in record.values.items())
+        if first == current_iter:
+            raise FloatingPointError(
+                f'Non-finite {what} at iteration {current_iter}: {values}. Training stopped before the optimizer '
+                f'step: the network was not updated and the last saved checkpoint in {models} is intact (resume '
+                f'from it with path.resume_state). {advice}')
         raise FloatingPointError(
-            f'Non-finite loss at iteration {current_iter}: {values}. Training stopped before the optimizer '
-            'step: the network was not updated and the last saved checkpoint in '
-            f'{self.opt["path"].get("models", "experiments/<name>/models")} is intact (resume from it with '
-            'path.resume_state). Check the data for NaNs, lower the learning rate, set train.grad_clip, or '
-            'use train.amp: bf16 instead of fp16.')
+            f'Non-finite {what} at iteration {first}: {values}, found at iteration {current_iter} (on '
+            f'{self.device.type} the flag is read every {self.finite_check_freq} iterations and before every save '
+            f'and validation: train.finite_check_freq). Training stopped; nothing was saved after iteration '
+            f'{first}, so the last saved checkpoint in {models} is intact (resume from it with '
+            f'path.resume_state). {advice}')
 
     # ----------------------------------------------------------------- inference
     def _test_net(self):
@@ -445,4 +599,5 @@ class SeGSRModel(SRModel):
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
 
 
-__all__ = ['SeGSRModel', 'forward_padded', 'is_guidance_clip_param', 'parse_amp', 'autocast']
+__all__ = ['SeGSRModel', 'forward_padded', 'is_guidance_clip_param', 'parse_amp', 'autocast', 'parse_tf32',
+           'set_tf32']

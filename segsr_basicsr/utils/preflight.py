@@ -1,0 +1,330 @@
+"""The validation pass every entry point runs before any work: options, inputs, outputs.
+
+A run that is going to fail should fail in the first second, with one line, before a
+network is built or a file is written. :func:`check_run` does that for ``segsr_basicsr.train``
+/ ``.test`` (after :func:`~segsr_basicsr.utils.options.validate_options`); the
+``datasets_prep`` scripts use :func:`readable_images`, :func:`image_size` and
+:func:`check_writable` on their own inputs and outputs. Checks read image *headers* only
+(PIL / tifffile), so a pass over thousands of files takes seconds.
+
+:func:`progress` is the one progress reporter: a tqdm bar on a terminal, and a plain line
+(done / total, rate) every few seconds when stderr is a log file.
+"""
+import errno
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from segsr_basicsr.errors import DataError, ImageError, OptionError
+
+__all__ = ['progress', 'readable_images', 'image_size', 'check_writable', 'check_network_options', 'check_datasets',
+           'check_run', 'PROGRESS_SECONDS_ENV']
+
+#: seconds between two progress lines when stderr is not a terminal
+PROGRESS_SECONDS_ENV = 'SEGSR_PROGRESS_SECONDS'
+
+
+# ----------------------------------------------------------------------------- progress
+def progress(items, desc, unit='files', total=None, stream=None, every=None):
+    """Iterate ``items``, reporting progress on stderr: tqdm on a terminal, else a line
+    ``desc: done/total unit (rate unit/s)`` every ``every`` seconds (env ``SEGSR_PROGRESS_SECONDS``,
+    default 10) and once at the end, so cluster logs show the run is alive."""
+    stream = sys.stderr if stream is None else stream
+    total = len(items) if total is None and hasattr(items, '__len__') else total
+    if getattr(stream, 'isatty', lambda: False)():
+        from tqdm import tqdm
+        yield from tqdm(items, desc=desc, unit=unit, total=total, file=stream, dynamic_ncols=True)
+        return
+    every = float(os.environ.get(PROGRESS_SECONDS_ENV, 10)) if every is None else every
+    start = last = time.monotonic()
+    done = 0
+
+    def line():
+        elapsed = max(time.monotonic() - start, 1e-9)
+        of = f'/{total}' if total is not None else ''
+        print(f'{desc}: {done}{of} {unit} ({done / elapsed:.2f} {unit}/s, {elapsed:.0f} s)', file=stream, flush=True)
+
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every:
+            last = now
+            line()
+    line()
+
+
+# ----------------------------------------------------------------------------- inputs
+def _entry_problem(entry):
+    """Why a folder entry cannot be read as a file (None if it can)."""
+    try:
+        if not entry.is_file():  # follows symlinks; a dangling link or a loop is not a file
+            if entry.is_symlink():
+                try:
+                    os.stat(entry.path)
+                except OSError as e:
+                    return 'a symlink loop' if e.errno == errno.ELOOP else f'a broken symlink ({e.strerror})'
+            return None if entry.is_dir() else 'not a regular file'
+        with open(entry.path, 'rb') as f:
+            f.read(1)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def readable_images(folder, exts, on_unreadable='error', warn=None, all_files=False):
+    """Sorted names of the image files directly in ``folder`` that can be opened.
+
+    An entry that cannot be read (symlink loop, dangling link, permission denied) is refused with
+    one line naming it (``on_unreadable='error'``: BasicSR's datasets list the folder themselves and
+    would stop on it mid-run), or skipped with a warning naming it (``'skip'``). ``all_files``:
+    also return names that are not images (BasicSR's folder datasets read every file).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f'{folder}: not a directory.')
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f'{folder}: cannot list the folder ({e.strerror}); fix its permissions.') from None
+    names, bad = [], []
+    for entry in entries:
+        if entry.name.startswith('.'):
+            continue
+        is_image = entry.name.lower().endswith(tuple(exts))
+        if not (is_image or all_files):
+            continue
+        problem = _entry_problem(entry)
+        if problem == 'not a regular file' or (problem is None and entry.is_dir()):
+            continue
+        if problem:
+            bad.append((entry.path, problem))
+        else:
+            names.append(entry.name)
+    if bad:
+        listed = '; '.join(f'{p} ({why})' for p, why in bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+        if on_unreadable == 'error':
+            raise DataError(f'cannot read {listed}: fix or remove the entry, then rerun.')
+        (warn or _stderr_warning)(f'skipping {len(bad)} unreadable entr{"y" if len(bad) == 1 else "ies"}: {listed}.')
+    return names
+
+
+def _stderr_warning(message):
+    print(f'{Path(sys.argv[0]).name}: warning: {message}', file=sys.stderr, flush=True)
+
+
+def image_size(path):
+    """(width, height) of an image file from its header (PIL, or tifffile for TIFF); a file neither can
+    identify goes through the full reader, whose :class:`ImageError` names the file and the fix."""
+    path = Path(path)
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
+            import tifffile
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.size
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise ImageError(f'{path}: cannot read file ({e.strerror}).') from None
+    except Exception:  # noqa: BLE001 - the full reader below gives the precise message
+        pass
+    from segsr_basicsr.io.images import read_image
+    img = read_image(path)
+    return img.shape[1], img.shape[0]
+
+
+# ----------------------------------------------------------------------------- outputs
+def check_writable(folder, what='output folder'):
+    """Prove that files can be created in ``folder`` (or in the existing folder it would be created in):
+    create and delete a probe file. Refuses a path whose parent is a file, or a read-only place."""
+    folder = Path(os.path.abspath(folder))
+    probe_dir = folder
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise DataError(f'{what} {folder}: {probe_dir} is a file, not a folder; choose another path.')
+    probe = probe_dir / f'.segsr-write-probe.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp'
+    try:
+        probe.write_bytes(b'')
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f'{what} {folder}: cannot write in {probe_dir} ({e.strerror}); choose a writable '
+                        'folder or fix its permissions.') from None
+    return folder
+
+
+# ----------------------------------------------------------------------------- options
+def _int_opt(value, where, path, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) \
+            or value < minimum:
+        raise OptionError(f'{path}: {where} must be a whole number >= {minimum}, got {value!r}.')
+    return int(value)
+
+
+def check_network_options(opt, path):
+    """Cross-checks BasicSR only meets deep inside the first step: ``scale`` against every network's
+    ``upscale``, and ``val.tile`` against the network's window."""
+    scale = opt.get('scale')
+    for key, net in opt.items():
+        if not (key.startswith('network_') and isinstance(net, dict)):
+            continue
+        up = net.get('upscale', net.get('scale'))  # BasicSR's RRDBNet calls it scale
+        if up is not None and scale is not None and up != scale:
+            raise OptionError(f'{path}: scale is {scale} but {key}:{"upscale" if "upscale" in net else "scale"} is '
+                              f'{up}; the network would make '
+                              f'x{up} images for x{scale} data. Set both to the same value.')
+    val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
+    tile = val.get('tile')
+    if tile is None or tile is False:
+        return
+    from segsr_basicsr.utils.tiling import parse_tile_opt
+    hat = opt.get('tile') if isinstance(opt.get('tile'), dict) else None
+    origin = (f"tile (tile_size {hat.get('tile_size')} + 2 * tile_pad {hat.get('tile_pad', 0)}, HAT's form of "
+              'val:tile)') if hat else 'val:tile'
+    try:
+        size, overlap = parse_tile_opt(tile)
+    except (ValueError, TypeError) as e:
+        raise OptionError(f'{path}: {origin}: {e}.') from None
+    if size is None:
+        return
+    size = _int_opt(size, f'{origin} size', path, 1)
+    overlap = _int_opt(overlap, f'{origin} overlap', path, 0)
+    window = (opt.get('network_g') or {}).get('window_size') or 1
+    if size % window:
+        raise OptionError(f'{path}: {origin} size {size} is not a multiple of network_g:window_size {window}; '
+                          f'it would be rounded up and the overlap lost. Use {window * max(1, round(size / window))}.')
+    if not overlap + window <= size:
+        raise OptionError(f'{path}: {origin} overlap {overlap} leaves no step on a tile of {size} with window '
+                          f'{window}; need overlap <= size - window ({size - window}).')
+    if isinstance(tile, dict):
+        margin = tile.get('margin')
+        if margin is not None and not (isinstance(margin, int) and 0 <= 2 * margin <= overlap):
+            raise OptionError(f'{path}: {origin} margin must be an integer between 0 and overlap/2, got {margin!r}.')
+        if 'batch' in tile:
+            _int_opt(tile['batch'], f'{origin} batch', path, 1)
+
+
+def _crop_need(opt, path):
+    """Smallest GT side the configured metrics accept: PSNR needs a pixel left after ``crop_border`` on
+    each side; SSIM's 11x11 Gaussian window needs 11."""
+    need, why = 1, None
+    metrics = ((opt.get('val') or {}).get('metrics') or {})
+    for name, metric in metrics.items():
+        if not isinstance(metric, dict):
+            continue
+        crop = metric.get('crop_border', 0)
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
+            raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
+        side = 2 * crop + (11 if 'ssim' in str(metric.get('type', '')).lower() else 1)
+        if side > need:
+            need, why = side, f'val:metrics:{name} (crop_border {crop})'
+    return need, why
+
+
+# ----------------------------------------------------------------------------- datasets
+def check_datasets(opt, path, is_train):
+    """List and header-read every input of every folder dataset; check GT/LQ pairing by name and count,
+    ``LQ * scale == GT``, the training patch size and the metrics' minimum size."""
+    from segsr_basicsr.io.images import IMG_EXTS
+    scale = opt.get('scale')
+    need, need_why = _crop_need(opt, path)
+    for phase, ds in (opt.get('datasets') or {}).items():
+        where = f'datasets:{phase}'
+        train = phase.split('_')[0] == 'train'
+        max_value = ds.get('max_value')
+        if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
+                                      or not max_value > 0):
+            raise OptionError(f'{path}: {where}:max_value must be a number > 0 (the value that maps to white, e.g. '
+                              f'65535 or 4095), got {max_value!r}.')
+        if (ds.get('io_backend') or {}).get('type', 'disk') != 'disk' or ds.get('meta_info_file'):
+            continue
+        gt_size = ds.get('gt_size')
+        if train and gt_size is not None:
+            gt_size = _int_opt(gt_size, f'{where}:gt_size', path, 1)
+            if scale and gt_size % scale:
+                raise OptionError(f'{path}: {where}:gt_size {gt_size} is not a multiple of scale {scale}; the LR '
+                                  f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
+        roots = [ds.get('dataroot_gt'), ds.get('dataroot_lq')]
+        if any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
+            raise OptionError(f'{path}: {where} points at an LMDB with io_backend disk; '
+                              'set io_backend: {type: lmdb}.')
+        dtype = ds.get('type')
+        paired = dtype == 'PairedImageDataset'
+        if paired and not scale:
+            raise OptionError(f"{path}: {where} is a PairedImageDataset but the option file has no 'scale'.")
+        folders = {k: ds[k] for k in ('dataroot_gt', 'dataroot_lq') if isinstance(ds.get(k), str)}
+        sizes = {}
+        for key, folder in folders.items():
+            # BasicSR's folder datasets take every file of the folder (PairedImageDataset) or every image
+            names = readable_images(folder, IMG_EXTS, all_files=paired)
+            if not names:
+                raise DataError(f'{path}: {where}:{key} = {folder}: no images in it.')
+            others = [n for n in names if not n.lower().endswith(IMG_EXTS)]
+            if others:
+                raise DataError(f'{path}: {where}:{key} = {folder}: {others[0]} is not an image ({len(others)} such '
+                                'file(s)); BasicSR reads every file there: move it out.')
+            sizes[key] = {n: image_size(Path(folder) / n) for n in names}
+        if paired and len(sizes) == 2:
+            _check_pairs(sizes, folders, ds, f'{path}: {where}', scale, train, gt_size)
+        if not train and 'dataroot_gt' in sizes:
+            for name, (w, h) in sizes['dataroot_gt'].items():
+                gw, gh = (w - w % scale, h - h % scale) if scale else (w, h)
+                if min(gw, gh) < need:
+                    raise DataError(f'{Path(folders["dataroot_gt"]) / name}: {w}x{h} is too small for {need_why}: '
+                                    f'needs at least {need}x{need}. Lower crop_border or remove the image.')
+        if train and dtype == 'SeGSRBicubicDataset' and gt_size:
+            for name, (w, h) in sizes.get('dataroot_gt', {}).items():
+                if min(w, h) < gt_size:
+                    raise DataError(f'{Path(folders["dataroot_gt"]) / name}: {w}x{h} is smaller than {where}:gt_size '
+                                    f'{gt_size}; lower gt_size or remove the image.')
+
+
+def _check_pairs(sizes, folders, ds, where, scale, train, gt_size):
+    """``where``: 'OPTION_FILE: datasets:PHASE', the start of every message."""
+    gt, lq = sizes['dataroot_gt'], sizes['dataroot_lq']
+    tmpl = ds.get('filename_tmpl', '{}')
+    expected = {}
+    for name in gt:
+        stem, ext = os.path.splitext(name)
+        try:
+            expected[name] = f'{str(tmpl).format(stem)}{ext}'
+        except (IndexError, KeyError, ValueError):
+            raise OptionError(f'{where}:filename_tmpl {tmpl!r} must hold one {{}} for the GT name, e.g. '
+                              "'{}_x4'.") from None
+    missing = [n for n in gt if expected[n] not in lq]
+    if missing or len(gt) != len(lq):
+        extra = sorted(set(lq) - set(expected.values()))
+        detail = (f'{Path(folders["dataroot_lq"]) / expected[missing[0]]} is missing (the pair of '
+                  f'{Path(folders["dataroot_gt"]) / missing[0]})') if missing else \
+            f'{Path(folders["dataroot_lq"]) / extra[0]} has no GT'
+        raise DataError(f'{where}: dataroot_gt has {len(gt)} images and dataroot_lq {len(lq)}; {detail}. '
+                        'GT and LQ files must pair by name (filename_tmpl).')
+    lq_patch = gt_size // scale if train and gt_size else 0
+    for name in gt:
+        (gw, gh), (lw, lh) = gt[name], lq[expected[name]]
+        lq_path = Path(folders['dataroot_lq']) / expected[name]
+        ok = (gw, gh) == (lw * scale, lh * scale) if train else (gw // scale, gh // scale) == (lw, lh)
+        if not ok:
+            rule = 'equal' if train else 'be'
+            raise DataError(f'{lq_path}: LQ {lw}x{lh} x{scale} = {lw * scale}x{lh * scale} does not match its GT '
+                            f'{gw}x{gh} ({Path(folders["dataroot_gt"]) / name}); the GT must {rule} LQ x scale '
+                            '(check scale, or remake the LQ with datasets_prep/make_bicubic.py).')
+        if min(lw, lh) < lq_patch:
+            raise DataError(f'{lq_path}: LQ {lw}x{lh} is smaller than the training patch {lq_patch}x{lq_patch} '
+                            f'({where}:gt_size {gt_size} / scale {scale}); lower gt_size or remove the image.')
+
+
+def check_run(opt, path, is_train):
+    """The whole pass for train/test, after :func:`~segsr_basicsr.utils.options.validate_options`:
+    option cross-checks, every dataset input, and that the outputs can be written (./experiments,
+    ./tb_logger, ./results under the current directory, BasicSR's layout)."""
+    check_network_options(opt, path)
+    check_datasets(opt, path, is_train)
+    check_writable(os.path.join(os.getcwd(), 'experiments' if is_train else 'results'), 'output folder')
