@@ -55,11 +55,12 @@ def network_metadata(opt) -> dict:
     return {META_KEY: {'network_g': net_opt, 'scale': int(scale) if scale else None}}
 
 
-def load_model(path, device='auto', opt=None, param_key=None, amp=None) -> 'SeGSRUpscaler':
+def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ensemble=False) -> 'SeGSRUpscaler':
     """Checkpoint (+ option file for checkpoints without :data:`META_KEY`) -> :class:`SeGSRUpscaler`.
 
     ``device``: 'auto' | 'cpu' | 'cuda[:N]' | torch.device; ``param_key``: params_ema (default when
-    present) or params; ``amp``: None | 'bf16' | 'fp16' autocast.
+    present) or params; ``amp``: None | 'bf16' | 'fp16' autocast; ``self_ensemble``: average the 8
+    flips/rotations of every tile, each through the whole network (8x the time).
     """
     from basicsr.archs import build_network
 
@@ -94,7 +95,7 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None) -> 'SeGS
     if callable(getattr(net, 'merge_lora', None)):  # GuidedBackbone: fold CLIP LoRA into its weights
         net.merge_lora()
     net = net.to(device).eval()
-    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path))
+    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
 
 
 def resolve_device(name):
@@ -253,8 +254,9 @@ def tile_windows(h, w, tile, overlap, multiple):
 class SeGSRUpscaler:
     """A network in eval mode plus everything needed to run it on arrays and rasters of any size."""
 
-    def __init__(self, net, device='cpu', amp=None, scale=None, name='network'):
+    def __init__(self, net, device='cpu', amp=None, scale=None, name='network', self_ensemble=False):
         self.net, self.device, self.amp, self.name = net, resolve_device(device), amp, name
+        self.self_ensemble = bool(self_ensemble)
         self.scale = scale or getattr(net, 'upscale', None) or infer_scale(net, self.device)
         self.multiple = getattr(net, 'size_multiple', 1)
 
@@ -274,6 +276,7 @@ class SeGSRUpscaler:
         Tiles without a valid pixel are not run through the network. Returns the tile count.
         """
         from segsr_basicsr.models.segsr_model import autocast, forward_padded
+        from segsr_basicsr.utils.self_ensemble import self_ensemble
         from segsr_basicsr.utils.tiling import tiled_forward
 
         h, w, s, net = scene.height, scene.width, self.scale, self.net
@@ -292,8 +295,12 @@ class SeGSRUpscaler:
                 run[:] = True  # the first batch tells the maps' shape
             every = bool(run.all())
             if every or bool(run.any()):
+                x = t[:, :3] if every else t[run, :3]
                 with autocast(self.device, self.amp):
-                    res = forward_padded(net, t[:, :3] if every else t[run, :3], record_maps)
+                    if self.self_ensemble:  # per tile: the 8 views of the tile, each through the whole net
+                        res = self_ensemble(lambda v: forward_padded(net, v, record_maps), x)
+                    else:
+                        res = forward_padded(net, x, record_maps)
                 res = res if isinstance(res, tuple) else (res, )
                 if record_maps and not map_channels:
                     map_channels.extend(m.shape[1] for m in res[1:])

@@ -152,6 +152,8 @@ def parse_args(argv=None):
                    '--max-value; inverted on output, so the dtype and range are kept')
     p.add_argument('--no-geo', action='store_true', help='write rasters without georeferencing')
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
+    p.add_argument('--self-ensemble', action='store_true',
+                   help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
     add_image_args(p)
     args = p.parse_args(argv)
     if args.tile_overlap is None:
@@ -206,7 +208,10 @@ def main(argv=None):
         resolve_device(args.device)
         plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
         model = load_model(args.model, args.device, opt=args.opt, param_key=args.param_key,
-                           amp=None if args.amp == 'none' else args.amp)
+                           amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble)
+        if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
+            from segsr_basicsr.utils.preflight import check_tile
+            check_tile(args.tile, args.tile_overlap, model.multiple, '--tile', 'the window of the network,')
         num_maps = 0
         if args.save_maps:
             num_maps = model.num_maps

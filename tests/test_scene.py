@@ -6,6 +6,7 @@ but larger than the tile in both directions.
 import errno
 import tracemalloc
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -453,3 +454,36 @@ def test_progress_without_a_terminal_prints_plain_lines_with_tiles_megapixels_an
     bar.close()
     line = stream.getvalue().strip()
     assert line.startswith('scene.tif: 5/10 tiles, 2.0/4.0 MP') and 'MP/s' in line and 'ETA' in line
+
+
+def test_api_self_ensemble_is_the_mean_of_the_eight_transforms_through_the_network(ckpt):
+    """segsr-infer --self-ensemble / load_model(..., self_ensemble=True): per tile, the 8 views averaged."""
+    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.self_ensemble import dihedral, dihedral_inverse
+    _, net = ckpt
+    img = np.random.default_rng(3).random((12, 14, 3)).astype(np.float32)
+    got = SeGSRUpscaler(net, self_ensemble=True).upscale(img, tile=None)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        mean = torch.stack([dihedral_inverse(forward_padded(net, dihedral(x, k)), k) for k in range(8)]).mean(0)
+    expected = np.clip(mean[0].permute(1, 2, 0).numpy(), 0, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.abs(got - SeGSRUpscaler(net).upscale(img, tile=None)).max() > 1e-4
+
+
+def test_tile_off_the_window_grid_is_refused_before_any_image_is_read(tmp_path, capsys):
+    """--tile 6 on a window-4 HAT would pad each tile and lose the overlap (seams); one line, exit 2."""
+    from segsr_basicsr.archs.tiny_configs import TINY_HAT
+    net_opt = dict(type='SeGSR_HAT', **TINY_HAT)
+    path = tmp_path / 'net_g_latest.pth'
+    torch.save({'params': build_network(dict(net_opt)).state_dict(),
+                **network_metadata({'network_g': net_opt, 'scale': 4})}, path)
+    src = tmp_path / 'in'
+    src.mkdir()
+    cv2.imwrite(str(src / 'a.png'), np.zeros((20, 20, 3), np.uint8))
+    with pytest.raises(SystemExit) as exit_:
+        run(path, '--input', src, '--output', tmp_path / 'out', '--tile', 6, '--tile-overlap', 2)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert err[0].startswith('segsr-infer: error: --tile size 6 is not a multiple of') and 'Use 8' in err[0]
+    assert not (tmp_path / 'out').exists()

@@ -168,6 +168,17 @@ def _int_opt(value, where, path, minimum):
     return int(value)
 
 
+def check_tile(size, overlap, window, origin, window_name='the network window'):
+    """A tile must be a multiple of the network's window (else each tile is padded, the window grid
+    shifts from tile to tile and the overlap is lost: visible seams), and leave a step after the overlap."""
+    if size % window:
+        raise OptionError(f'{origin} size {size} is not a multiple of {window_name} {window}; '
+                          f'it would be rounded up and the overlap lost. Use {window * max(1, round(size / window))}.')
+    if not overlap + window <= size:
+        raise OptionError(f'{origin} overlap {overlap} leaves no step on a tile of {size} with window '
+                          f'{window}; need overlap <= size - window ({size - window}).')
+
+
 def check_network_options(opt, path):
     """Cross-checks BasicSR only meets deep inside the first step: ``scale`` against every network's
     ``upscale``, and ``val.tile`` against the network's window."""
@@ -197,12 +208,7 @@ def check_network_options(opt, path):
     size = _int_opt(size, f'{origin} size', path, 1)
     overlap = _int_opt(overlap, f'{origin} overlap', path, 0)
     window = (opt.get('network_g') or {}).get('window_size') or 1
-    if size % window:
-        raise OptionError(f'{path}: {origin} size {size} is not a multiple of network_g:window_size {window}; '
-                          f'it would be rounded up and the overlap lost. Use {window * max(1, round(size / window))}.')
-    if not overlap + window <= size:
-        raise OptionError(f'{path}: {origin} overlap {overlap} leaves no step on a tile of {size} with window '
-                          f'{window}; need overlap <= size - window ({size - window}).')
+    check_tile(size, overlap, window, f'{path}: {origin}', 'network_g:window_size')
     if isinstance(tile, dict):
         margin = tile.get('margin')
         if margin is not None and not (isinstance(margin, int) and 0 <= 2 * margin <= overlap):
