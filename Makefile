@@ -44,8 +44,9 @@ demo: install
 	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/ (compare with the bicubic line above)"
 	@echo "  large-scene inference:             results/demo_infer/"
 
+# SeG-SR vs spandrel's HAT (paper config, LR 64, x4, batch 1, 2 threads) + scene tiles/s; see docs/performance.md
 bench: install
-	$(PY) benchmarks/bench_segsr.py
+	$(PY) benchmarks/bench_segsr.py --threads 2 --throughput
 
 clean-demo:
 	rm -rf $(DEMO_DATA) experiments/SeGSR_HAT_demo_x4* results/SeGSR_HAT_demo_x4_test* results/demo_infer

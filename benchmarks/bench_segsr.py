@@ -4,8 +4,10 @@
     .venv/bin/python benchmarks/bench_segsr.py --config tiny --repeats 5
     .venv/bin/python benchmarks/bench_segsr.py --batch 4 --cases train --nets segsr --use-checkpoint
     .venv/bin/python benchmarks/bench_segsr.py --scaling --nets segsr spandrel   # LR 32/64/128 + tiled scene
-    .venv/bin/python benchmarks/bench_segsr.py --profile                        # where SeG-SR's time goes
+    .venv/bin/python benchmarks/bench_segsr.py --profile --repeats 2            # where SeG-SR's time goes
+    .venv/bin/python benchmarks/bench_segsr.py --throughput --only-throughput    # tiles/s over a 1024^2 LR scene
     .venv/bin/python benchmarks/bench_segsr.py --device cuda
+    make bench                                       # = --threads 2 --throughput (docs/performance.md)
 
 Nets (same backbone weights): ``segsr`` = our SeGSR_HAT with guidance, ``hat`` =
 our SeGSR_HAT with ``guidance: null``, ``spandrel`` = spandrel's HAT (the
@@ -19,9 +21,13 @@ no_grad, LoRA merged by ``merge_lora()`` as ``infer.build_net`` does, through
 ``forward_padded``); ``train`` = one step: forward, L1, backward, Adam step.
 
 Timing: runs are interleaved (net A, B, C, matmul, A, B, C, matmul, ...) so
-background load hits all alike; medians after warm-up; wall and process CPU
-time (the steadier one on a shared machine). Ratios are against spandrel's
-HAT. The matmul (same device and dtype) gives the FLOP/s the hardware reaches
+background load hits all alike; wall and process CPU time (the steadier one on
+a shared machine). Ratios are against spandrel's HAT, taken per round (runs
+seconds apart) and reported as their median with their spread (IQR / median);
+rounds go on until every spread is under ``--target-spread`` (5 %) or the
+budget (``--max-repeats``, ``--max-seconds``) ends, which the output says. The
+load average is printed before, during and after, with a warning when other
+jobs share the CPUs. The matmul (same device and dtype) gives the FLOP/s the hardware reaches
 in the same conditions; "util" = achieved FLOP/s of the net / matmul FLOP/s.
 FLOPs come from torch.utils.flop_counter (CPU flash-SDPA formulas added, it
 does not count them itself). Peak memory: each (net, case) runs in a fresh
