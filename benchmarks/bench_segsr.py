@@ -335,7 +335,11 @@ def measure(args, nets: dict, cases, size: int, device, title: str, memory: dict
         ref = 'spandrel' if 'spandrel' in runners else next(iter(runners))
         run = interleaved_until_steady({**runners, 'matmul': mm}, device, ref, watch=set(runners),
                                        warmup=args.warmup, min_repeats=args.repeats, max_repeats=args.max_repeats,
-                                       max_seconds=args.max_seconds, target_spread=args.target_spread)
+                                       max_seconds=args.max_seconds, target_spread=args.target_spread,
+                                       report=lambda i, ratios, load: print(
+                                           f'  {case} round {i}: ' + ', '.join(
+                                               f'{n} {k} {r:.3f}' for (n, k), r in ratios.items()) +
+                                           f' (load {load:.1f})', flush=True))
         med = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
                for name, ts in run['times'].items()}
         mm_rate = mm_flops / med.pop('matmul')[0]

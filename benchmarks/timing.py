@@ -58,13 +58,13 @@ def round_ratios(times: dict, ref: str) -> dict:
 
 def interleaved_until_steady(fns: dict, device: torch.device, ref: str, *, watch=None, warmup: int = 1,
                              min_repeats: int = 5, max_repeats: int = 30, max_seconds: float = 600.,
-                             target_spread: float = 0.05) -> dict:
+                             target_spread: float = 0.05, report=None) -> dict:
     """Interleaved rounds until every ratio fn / ``ref`` (wall and CPU) of the names in ``watch`` (default:
     all) has spread < ``target_spread``.
 
     Returns dict(times: name -> [(wall, cpu)], ratios: (name, kind) -> per-round ratios, steady: bool,
     rounds, loads: 1-min load average after each round).  Stops unsteady after ``max_repeats`` rounds
-    or ``max_seconds``.
+    or ``max_seconds``.  ``report(round, ratios of this round, load)`` is called after each round.
     """
     for _ in range(warmup):
         for fn in fns.values():
@@ -79,6 +79,8 @@ def interleaved_until_steady(fns: dict, device: torch.device, ref: str, *, watch
         loads.append(os.getloadavg()[0])
         rounds = len(loads)
         ratios = round_ratios(times, ref)
+        if report is not None:
+            report(rounds, {key: r[-1] for key, r in ratios.items() if watch is None or key[0] in watch}, loads[-1])
         steady = rounds >= min_repeats and all(spread(r) < target_spread for (name, _), r in ratios.items()
                                                if watch is None or name in watch)
         if steady or rounds >= max_repeats or time.perf_counter() - start > max_seconds:
