@@ -60,8 +60,9 @@ wheelhouse: install
 	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(WHEEL_EXTRAS),--extras $(WHEEL_EXTRAS)) \
 		$(if $(INSTALLED),--installed $(INSTALLED))
 
+# SeG-SR vs spandrel's HAT (paper config, LR 64, x4, batch 1, 2 threads) + scene tiles/s; see docs/performance.md
 bench: install
-	$(PY) benchmarks/bench_segsr.py
+	$(PY) benchmarks/bench_segsr.py --threads 2 --throughput
 
 clean-demo:
 	rm -rf $(DEMO_DATA) experiments/SeGSR_HAT_demo_x4* results/SeGSR_HAT_demo_x4_test* results/demo_infer

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 #: the tests' tiny SeGSR_EDSR (tests/test_infer.py, tests/test_scene.py): x4, 8 features, 2 blocks
-TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
 
 
 def status(key):

@@ -4,14 +4,16 @@
     .venv/bin/python benchmarks/bench_segsr.py --config tiny --repeats 5
     .venv/bin/python benchmarks/bench_segsr.py --batch 4 --cases train --nets segsr --use-checkpoint
     .venv/bin/python benchmarks/bench_segsr.py --scaling --nets segsr spandrel   # LR 32/64/128 + tiled scene
-    .venv/bin/python benchmarks/bench_segsr.py --profile                        # where SeG-SR's time goes
+    .venv/bin/python benchmarks/bench_segsr.py --profile --repeats 2            # where SeG-SR's time goes
+    .venv/bin/python benchmarks/bench_segsr.py --throughput --only-throughput    # tiles/s over a 1024^2 LR scene
     .venv/bin/python benchmarks/bench_segsr.py --device cuda
+    make bench                                       # = --threads 2 --throughput (docs/performance.md)
 
 Nets (same backbone weights): ``segsr`` = our SeGSR_HAT with guidance, ``hat`` =
 our SeGSR_HAT with ``guidance: null``, ``spandrel`` = spandrel's HAT (the
 official HAT forward), and with ``--use-checkpoint`` ``segsr_ckpt`` (activation
 checkpointing per SR unit). ``--config`` is ``paper`` (network_g of
-options/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
+options/train/HAT/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
 file; CLIP weights are always random (``clip_pretrained: null``): same cost.
 
 Cases: ``forward`` = inference as ``segsr_basicsr.infer`` runs it (eval,
@@ -19,9 +21,13 @@ no_grad, LoRA merged by ``merge_lora()`` as ``infer.build_net`` does, through
 ``forward_padded``); ``train`` = one step: forward, L1, backward, Adam step.
 
 Timing: runs are interleaved (net A, B, C, matmul, A, B, C, matmul, ...) so
-background load hits all alike; medians after warm-up; wall and process CPU
-time (the steadier one on a shared machine). Ratios are against spandrel's
-HAT. The matmul (same device and dtype) gives the FLOP/s the hardware reaches
+background load hits all alike; wall and process CPU time (the steadier one on
+a shared machine). Ratios are against spandrel's HAT, taken per round (runs
+seconds apart) and reported as their median with their spread (IQR / median);
+rounds go on until every spread is under ``--target-spread`` (5 %) or the
+budget (``--max-repeats``, ``--max-seconds``) ends, which the output says. The
+load average is printed before, during and after, with a warning when other
+jobs share the CPUs. The matmul (same device and dtype) gives the FLOP/s the hardware reaches
 in the same conditions; "util" = achieved FLOP/s of the net / matmul FLOP/s.
 FLOPs come from torch.utils.flop_counter (CPU flash-SDPA formulas added, it
 does not count them itself). Peak memory: each (net, case) runs in a fresh
@@ -41,15 +47,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from timing import interleaved_times, sync  # benchmarks/timing.py
+from timing import interleaved_until_steady, spread, sync  # benchmarks/timing.py
+
+from segsr_basicsr.archs.tiny_configs import TINY_GUIDANCE, TINY_HAT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_OPTIONS = REPO / 'options' / 'train_SeGSR_HAT_x4.yml'
-#: the test-size net (tests/tiny_configs.py): seconds on CPU
-TINY = dict(type='SeGSR_HAT', upscale=4, in_chans=3, img_size=16, window_size=4, compress_ratio=2, squeeze_factor=4,
-            conv_scale=0.01, overlap_ratio=0.5, img_range=1., depths=[1, 1], embed_dim=16, num_heads=[2, 2],
-            mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv',
-            guidance=dict(clip_model='SeGSR-Tiny-ViT', clip_pretrained=None, lora_rank=4, lora_alpha=4))
+PAPER_OPTIONS = REPO / 'options' / 'train' / 'HAT' / 'train_SeGSR_HAT_x4.yml'
+#: the test-size net (segsr_basicsr/archs/tiny_configs.py): seconds on CPU
+TINY = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
 NETS = ('segsr', 'hat', 'spandrel')
 OTHER = 'other (head, tail, glue)'
 CASES = ('forward', 'train')
@@ -147,13 +152,6 @@ def matmul_runner(device, dtype, n):
     return lambda: torch.mm(a, b), 2 * n ** 3
 
 
-def interleaved(fns: dict, device, warmup: int, repeats: int) -> dict:
-    """name -> (median wall s, median CPU s) of interleaved runs."""
-    times = interleaved_times(fns, device, warmup, repeats)
-    return {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
-            for name, ts in times.items()}
-
-
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
     from torch.utils.flop_counter import sdpa_flop_count
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -243,10 +241,59 @@ def child_scene(args) -> None:
     print(json.dumps(dict(base_mb=base, peak_mb=peak, wall=wall, cpu=cpu, tiles=tiles)))
 
 
-def in_child(args, mode: str, net: str, case: str, size: int) -> dict:
+class _BudgetSpent(Exception):
+    pass
+
+
+def child_throughput(args) -> None:
+    """In a fresh process: tiles/s of SeG-SR over an LR scene, tiled and batched, under torch.inference_mode.
+
+    The tiles go through ``utils.tiling.tiled_forward`` (blending included; finished blocks are dropped)
+    with LoRA merged, as ``segsr-infer`` runs them. Stops after ``--tp-seconds``; the first batch is a
+    warm-up and is left out of the steady rate.
+    """
+    import numpy as np
+
+    from segsr_basicsr.infer import count_tiles
+    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.tiling import tiled_forward
+    device = torch.device(args.device)
+    opt = network_options(args.config)
+    torch.manual_seed(0)
+    net = build(args.child_net, opt, device).eval()
+    if callable(getattr(net, 'merge_lora', None)):
+        net.merge_lora()
+    n, multiple = args.child_size, getattr(net, 'size_multiple', 1)
+    rng = np.random.default_rng(0)  # blocky noise: content does not change the cost
+    scene = np.repeat(np.repeat(rng.integers(0, 256, (n // 8, n // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    lq = torch.from_numpy(scene).permute(2, 0, 1).unsqueeze(0)
+    total = count_tiles(n, n, args.tp_tile, args.tp_overlap, multiple)
+    stamps = [(time.perf_counter(), time.process_time(), 0)]
+
+    def progress(k):
+        stamps.append((time.perf_counter(), time.process_time(), stamps[-1][2] + k))
+        if stamps[-1][0] - stamps[0][0] > args.tp_seconds and stamps[-1][2] < total:
+            raise _BudgetSpent
+
+    with torch.inference_mode():
+        try:
+            tiled_forward(lambda t: forward_padded(net, t.float().div_(255)), lq, args.tp_tile, args.tp_overlap,
+                          multiple=multiple, batch=args.child_batch, device=device, out_device=torch.device('cpu'),
+                          sink=lambda *block: None, progress=progress)
+        except _BudgetSpent:
+            pass
+    sync(device)
+    (w0, c0, _), (w1, c1, k1), (wn, cn, kn) = stamps[0], stamps[1], stamps[-1]
+    steady = (kn - k1) / (wn - w1) if kn > k1 else float('nan')
+    print(json.dumps(dict(tiles_total=total, tiles_done=kn, wall=wn - w0, cpu=cn - c0, tiles_per_s=kn / (wn - w0),
+                          steady_tiles_per_s=steady, steady_cpu_s_per_tile=(cn - c1) / max(kn - k1, 1))))
+
+
+def in_child(args, mode: str, net: str, case: str, size: int, batch: int = 1) -> dict:
     cmd = [sys.executable, __file__, '--child', mode, '--child-net', net, '--child-case', case, '--child-size',
            str(size), '--config', args.config, '--batch', str(args.batch), '--device', args.device, '--tile',
-           str(args.tile), '--tile-overlap', str(args.tile_overlap)]
+           str(args.tile), '--tile-overlap', str(args.tile_overlap), '--tp-tile', str(args.tp_tile),
+           '--tp-overlap', str(args.tp_overlap), '--tp-seconds', str(args.tp_seconds), '--child-batch', str(batch)]
     if args.threads:
         cmd += ['--threads', str(args.threads)]
     if args.channels_last:
@@ -269,34 +316,52 @@ def fmt_mem(m: dict, device) -> str:
 
 
 def measure(args, nets: dict, cases, size: int, device, title: str, memory: dict) -> dict:
-    """Time and FLOPs of every net x case at LR ``size``, with ``memory`` from the children; prints a table."""
+    """Time and FLOPs of every net x case at LR ``size``, with ``memory`` from the children; prints a table.
+
+    Rounds (each net once, then the matmul) repeat until every net's per-round ratio to spandrel's HAT
+    has a spread (IQR / median) under ``--target-spread``, or the round / time budget ends.
+    """
     opt_scale = next(iter(nets.values()))[1]
     x, target = inputs(args.batch, size, opt_scale, device, args.channels_last)
     mm, mm_flops = matmul_runner(device, x.dtype, args.matmul_size)
     results = {}
     print(f'\n== {title}: LR {size}x{size}, batch {args.batch}')
     mem_col = 'peak alloc' if device.type == 'cuda' else 'peak RSS (+growth)'
-    print(f'{"case":8s} {"net":12s} {"wall ms":>10s} {"cpu ms":>10s} {"wall/spd":>8s} {"cpu/spd":>8s} '
-          f'{"GFLOP":>8s} {"GFLOP/s":>8s} {"util":>6s}  {mem_col}')
+    print(f'{"case":8s} {"net":12s} {"wall ms":>9s} {"cpu ms":>9s} {"wall/spd (spread)":>18s} '
+          f'{"cpu/spd (spread)":>17s} {"GFLOP":>7s} {"GFLOP/s":>8s} {"util":>6s}  {mem_col}')
     for case in cases:
         runners = {name: make_runner(net, case, x, target) for name, (net, _) in nets.items()}
-        times = interleaved({**runners, 'matmul': mm}, device, args.warmup, args.repeats)
-        mm_rate = mm_flops / times.pop('matmul')[0]
-        for name, run in runners.items():
-            flops = count_flops(run) if not args.no_flops else float('nan')
+        ref = 'spandrel' if 'spandrel' in runners else next(iter(runners))
+        run = interleaved_until_steady({**runners, 'matmul': mm}, device, ref, watch=set(runners),
+                                       warmup=args.warmup, min_repeats=args.repeats, max_repeats=args.max_repeats,
+                                       max_seconds=args.max_seconds, target_spread=args.target_spread,
+                                       report=lambda i, ratios, load: print(
+                                           f'  {case} round {i}: ' + ', '.join(
+                                               f'{n} {k} {r:.3f}' for (n, k), r in ratios.items()) +
+                                           f' (load {load:.1f})', flush=True))
+        med = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+               for name, ts in run['times'].items()}
+        mm_rate = mm_flops / med.pop('matmul')[0]
+        for name, fn in runners.items():
+            flops = count_flops(fn) if not args.no_flops else float('nan')
             mem = memory.get((size, case, name), {'error': 'skipped'})
-            results[(case, name)] = dict(wall=times[name][0], cpu=times[name][1], flops=flops, mem=mem,
-                                         matmul_flops_per_s=mm_rate)
-        ref = times.get('spandrel')
-        for name in runners:
+            ratio = {kind: (statistics.median(run['ratios'][(name, kind)]), spread(run['ratios'][(name, kind)]))
+                     if name != ref else (1., 0.) for kind in ('wall', 'cpu')}
+            results[(case, name)] = dict(wall=med[name][0], cpu=med[name][1], ratio=ratio, flops=flops, mem=mem,
+                                         matmul_flops_per_s=mm_rate, ref=ref, rounds=run['rounds'],
+                                         steady=run['steady'], loads=run['loads'])
             r = results[(case, name)]
-            rw = f'{r["wall"] / ref[0]:8.2f}' if ref else f'{"-":>8s}'
-            rc = f'{r["cpu"] / ref[1]:8.2f}' if ref else f'{"-":>8s}'
             rate = r['flops'] / r['wall']
-            print(f'{case:8s} {name:12s} {r["wall"] * 1e3:10.1f} {r["cpu"] * 1e3:10.1f} {rw} {rc} '
-                  f'{r["flops"] / 1e9:8.1f} {rate / 1e9:8.1f} {rate / mm_rate:6.1%}  {fmt_mem(r["mem"], device)}',
+            rw, rc = (f'{ratio[k][0]:6.3f} ({ratio[k][1]:5.1%})' for k in ('wall', 'cpu'))
+            print(f'{case:8s} {name:12s} {r["wall"] * 1e3:9.1f} {r["cpu"] * 1e3:9.1f} {rw:>18s} {rc:>17s} '
+                  f'{r["flops"] / 1e9:7.1f} {rate / 1e9:8.1f} {rate / mm_rate:6.1%}  {fmt_mem(r["mem"], device)}',
                   flush=True)
+        loads = run['loads']
         print(f'{case:8s} {"matmul":12s} {args.matmul_size}^3 {x.dtype}: {mm_rate / 1e9:.1f} GFLOP/s (same rounds)')
+        state = 'steady' if run['steady'] else f'NOT steady (wanted every spread < {args.target_spread:.0%})'
+        print(f'{case:8s} {run["rounds"]} interleaved rounds, {state}; ratios are medians of per-round ratios to '
+              f'{ref} (spread = IQR / median); load during: median {statistics.median(loads):.1f}, '
+              f'{min(loads):.1f}-{max(loads):.1f}')
     return results
 
 
@@ -408,7 +473,11 @@ def main():
     p.add_argument('--device', default='cpu', help='cpu | cuda | cuda:N')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
     p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=5, help='least interleaved rounds per case')
+    p.add_argument('--max-repeats', type=int, default=25, help='most rounds per case')
+    p.add_argument('--max-seconds', type=float, default=900, help='time budget of the rounds per case')
+    p.add_argument('--target-spread', type=float, default=0.05,
+                   help='stop when every per-round ratio to spandrel has IQR / median below this')
     p.add_argument('--nets', nargs='+', choices=NETS, default=list(NETS))
     p.add_argument('--cases', nargs='+', choices=CASES, default=list(CASES))
     p.add_argument('--use-checkpoint', action='store_true', help='also segsr with activation checkpointing')
@@ -419,11 +488,20 @@ def main():
     p.add_argument('--scene', type=int, default=1024, help='LR scene size for --scaling (0: skip)')
     p.add_argument('--tile', type=int, default=256, help='tile size (LR) of the scene')
     p.add_argument('--tile-overlap', type=int, default=32)
+    p.add_argument('--throughput', action='store_true',
+                   help='tiles/s of segsr over an LR --tp-scene, tiled, per --tile-batch (inference_mode, fresh process)')
+    p.add_argument('--tp-scene', type=int, default=1024, help='LR scene size for --throughput')
+    p.add_argument('--tp-tile', type=int, default=64, help='LR tile size for --throughput (the training patch)')
+    p.add_argument('--tp-overlap', type=int, default=16)
+    p.add_argument('--tile-batch', type=int, nargs='+', default=[1, 4], help='tiles per forward for --throughput')
+    p.add_argument('--tp-seconds', type=float, default=120, help='time budget per --tile-batch value')
+    p.add_argument('--only-throughput', action='store_true', help='skip the timing tables (with --throughput)')
     p.add_argument('--matmul-size', type=int, default=1024)
     p.add_argument('--no-memory', action='store_true', help='skip the child processes (memory)')
     p.add_argument('--no-flops', action='store_true')
     p.add_argument('--profile', action='store_true', help='torch.profiler breakdown of segsr (forward and train)')
-    p.add_argument('--child', choices=['memory', 'scene'], help=argparse.SUPPRESS)
+    p.add_argument('--child', choices=['memory', 'scene', 'throughput'], help=argparse.SUPPRESS)
+    p.add_argument('--child-batch', type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument('--child-net', help=argparse.SUPPRESS)
     p.add_argument('--child-case', help=argparse.SUPPRESS)
     p.add_argument('--child-size', type=int, help=argparse.SUPPRESS)
@@ -431,7 +509,8 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        return (child_memory if args.child == 'memory' else child_scene)(args)
+        return dict(memory=child_memory, scene=child_scene, throughput=child_throughput)[args.child](args)
+    load_before = os.getloadavg()
 
     device = torch.device(args.device)
     opt = network_options(args.config)
@@ -460,10 +539,13 @@ def main():
         for name in ('segsr_ckpt', 'segsr_compiled'):
             if name in nets:
                 nets[name][0].load_state_dict(g)
-    load = os.getloadavg()
     params = {n: sum(p.numel() for p in net.parameters()) / 1e6 for n, (net, _) in nets.items()}
     print(f'config {args.config} x{opt["upscale"]}, {device}, {torch.get_num_threads()} threads, torch '
-          f'{torch.__version__}, {os.cpu_count()} CPUs, load {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}')
+          f'{torch.__version__}, {os.cpu_count()} CPUs, load before {load_before[0]:.1f} {load_before[1]:.1f} '
+          f'{load_before[2]:.1f} (1/5/15 min)')
+    if device.type == 'cpu' and load_before[0] > 0.5:
+        print(f'WARNING: the machine is busy (load {load_before[0]:.1f} before this run): other jobs share these '
+              'CPUs; times will be inflated and noisy (ratios of interleaved rounds stay usable)')
     print('params (M): ' + ', '.join(f'{n} {v:.2f}' for n, v in params.items()))
     x, target = inputs(args.batch, args.lr_size, opt['upscale'], device, args.channels_last)
     check_outputs(nets, x, target)
@@ -473,8 +555,10 @@ def main():
             profile_breakdown(nets['segsr'][0], x, target, device, case, args.repeats)
         return
 
-    for size in sizes:
-        measure(args, nets, args.cases, size, device, f'{args.config} config', memory)
+    results = {}
+    if not args.only_throughput:
+        for size in sizes:
+            results[size] = measure(args, nets, args.cases, size, device, f'{args.config} config', memory)
     if scene is not None:
         name, r = 'segsr' if 'segsr' in names else names[0], scene
         if 'error' in r:
@@ -486,8 +570,39 @@ def main():
                   f'tiles')
             print(f'wall {r["wall"]:.1f} s, cpu {r["cpu"]:.1f} s, {r["wall"] / mpix:.1f} s per output Mpixel; '
                   f'{fmt_mem(r, device)}')
+    if args.throughput:
+        del nets  # the children get the memory
+        print(f'\n== scene throughput: segsr, LR {args.tp_scene}x{args.tp_scene} scene, tile {args.tp_tile} overlap '
+              f'{args.tp_overlap}, torch.inference_mode, LoRA merged, blending included (fresh process each)')
+        for b in args.tile_batch:
+            r = in_child(args, 'throughput', 'segsr', 'forward', args.tp_scene, batch=b)
+            if 'error' in r:
+                print(f'tile batch {b}: failed: {r["error"]}')
+                continue
+            part = 'whole scene' if r['tiles_done'] == r['tiles_total'] else \
+                f'{r["tiles_done"]} of {r["tiles_total"]} tiles ({args.tp_seconds:.0f} s budget)'
+            print(f'tile batch {b}: {r["steady_tiles_per_s"]:.3f} tiles/s after the first batch '
+                  f'({r["tiles_per_s"]:.3f} with it; {r["steady_cpu_s_per_tile"]:.2f} CPU s per tile), over {part}; '
+                  f'whole scene ~{r["tiles_total"] / r["steady_tiles_per_s"] / 60:.1f} min; '
+                  f'load {os.getloadavg()[0]:.1f}', flush=True)
     load = os.getloadavg()
-    print(f'\nload at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}')
+    print(f'\nload before: {load_before[0]:.1f} {load_before[1]:.1f} {load_before[2]:.1f} (1/5/15 min); at the end: '
+          f'{load[0]:.1f} {load[1]:.1f} {load[2]:.1f}; {os.cpu_count()} CPUs, {torch.get_num_threads()} threads')
+    for size, res in results.items():
+        for case in args.cases:
+            for name in ('segsr', 'hat'):
+                r = res.get((case, name))
+                if r is None or r['ref'] == name:
+                    continue
+                (w, ws), (c, cs) = r['ratio']['wall'], r['ratio']['cpu']
+                print(f'SUMMARY LR {size} {case:7s} {name:5s} / {r["ref"]}: wall {w:.3f} (spread {ws:.1%}), '
+                      f'cpu {c:.3f} (spread {cs:.1%}), {r["rounds"]} rounds, '
+                      f'{"steady" if r["steady"] else "NOT steady"}, load during {statistics.median(r["loads"]):.1f}')
+    busy = load_before[0] > 0.5 or load[0] > torch.get_num_threads() + 0.5
+    if device.type == 'cpu' and busy:
+        print(f'WARNING: the machine was busy (load {load_before[0]:.1f} before, {load[0]:.1f} at the end, for '
+              f'{os.cpu_count()} CPUs and {torch.get_num_threads()} threads here): absolute times are inflated; '
+              'the per-round ratios are the figures to quote, with their spread')
 
 
 if __name__ == '__main__':

@@ -19,11 +19,11 @@ import subprocess
 import sys
 import time
 
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR, TINY_HAT  # noqa: E402
+
 NETS = {
-    'edsr': dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=16, num_block=4, num_units=2, upscale=4),
-    'hat': dict(type='SeGSR_HAT', upscale=4, in_chans=3, img_size=16, window_size=4, compress_ratio=2,
-                squeeze_factor=4, conv_scale=0.01, overlap_ratio=0.5, img_range=1., depths=[1, 1], embed_dim=16,
-                num_heads=[2, 2], mlp_ratio=2, upsampler='pixelshuffle', resi_connection='1conv'),
+    'edsr': dict(TINY_EDSR, num_feat=16, num_block=4),
+    'hat': dict(type='SeGSR_HAT', **TINY_HAT),
 }
 
 

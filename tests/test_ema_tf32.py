@@ -11,7 +11,7 @@ from segsr_basicsr.models.segsr_model import parse_finite_check_freq, parse_tf32
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 GUIDED_HAT = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
-TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run `pytest -m cuda` there)')
 
 

@@ -14,7 +14,7 @@ from basicsr.utils import tensor2img
 from segsr_basicsr.infer import main
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
-TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
 
 
 @pytest.fixture

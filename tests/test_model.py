@@ -14,7 +14,7 @@ from segsr_basicsr.archs.edsr_arch import SeGSR_EDSR
 from segsr_basicsr.io.checkpoint import load_checkpoint
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
-TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
 
 
 if 'SeGSRTestFrozenEDSR' not in ARCH_REGISTRY:

@@ -22,7 +22,7 @@ rasterio = pytest.importorskip('rasterio')
 from rasterio.enums import ColorInterp  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
-TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
 TRANSFORM = from_origin(500000.0, 4200000.0, 10.0, 10.0)  # 10 m pixels, UTM 33N
 
 

@@ -28,7 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segsr_basicsr.archs.modulation import SemanticModulation, modulation_scale_shift
+
 FEATURE_LAYOUTS = ('tokens', 'image')
+#: inference: most bytes of modulation scale/shift maps computed in one batched call (training: all K)
+MODULATION_BATCH_BYTES = 64 << 20
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -84,7 +88,6 @@ class GuidedBackbone(nn.Module):
             raise ValueError(f'network_g.guidance must be a mapping of guidance options (or null for no guidance), '
                              f'got {guidance!r}; e.g. guidance: {{clip_model: ViT-B-16, clip_pretrained: openai}}')
         from segsr_basicsr.archs.guidance import SemanticGuidance
-        from segsr_basicsr.archs.modulation import SemanticModulation
         self.guidance = SemanticGuidance(num_units=len(self.sr_units), upscale=self.upscale, **guidance)
         self.modulations = nn.ModuleList(
             SemanticModulation(self.unit_channels, self.guidance.map_channels,
@@ -108,6 +111,20 @@ class GuidedBackbone(nn.Module):
         finally:
             self.unmerge_lora()
 
+    def _modulation_scale_shift(self, maps: List[torch.Tensor], first: int) -> list:
+        """(scale, shift) pairs of units ``first``, ``first + 1``, ... from one grouped conv per layer.
+
+        All remaining units at once when training (autograd keeps them all anyway); in inference as
+        many as fit in MODULATION_BATCH_BYTES, so a big tile batch holds one unit's maps, not K.
+        """
+        count = len(maps) - first
+        if not torch.is_grad_enabled():
+            b, _, h, w = maps[first].shape
+            per_unit = b * h * w * 2 * self.unit_channels * maps[first].element_size()
+            count = max(1, min(count, MODULATION_BATCH_BYTES // per_unit))
+        units = range(first, first + count)
+        return modulation_scale_shift([self.modulations[k] for k in units], torch.cat([maps[k] for k in units], 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) LR in [0, 1] -> (B, 3, H*s, W*s); any H, W."""
         h, w = x.shape[-2:]
@@ -116,9 +133,12 @@ class GuidedBackbone(nn.Module):
         if self.record_semantic_maps:
             self.semantic_maps = None if maps is None else [m.detach() for m in maps]
         feat, ctx = self.forward_head(x)
+        scale_shift = []  # (1 + gamma_k, beta_k) of the units ahead, computed a batch of units at a time
         for k in range(len(self.sr_units)):
             feat = self.forward_unit(k, feat, ctx)
             if maps is not None:
-                feat = self.modulations[k](feat, maps[k], self.feature_layout)
+                if not scale_shift:
+                    scale_shift = self._modulation_scale_shift(maps, k)
+                feat = self.modulations[k].modulate(feat, *scale_shift.pop(0), self.feature_layout)
         out = self.forward_tail(feat, ctx)
         return out[..., :h * self.upscale, :w * self.upscale]

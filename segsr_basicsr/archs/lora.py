@@ -35,9 +35,11 @@ class _LowRankUpdate(nn.Module):
     def base_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
-    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., in) -> (..., out): the low-rank update on the activations (cheaper than on W for few tokens)."""
-        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.lora_scale
+    def add_lora_delta(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out + (alpha / r) B A dropout(x) for x (..., in), out (..., out): the low-rank update on the activations
+        (cheaper than on W for few tokens), accumulated into ``out`` by one GEMM (scale and sum fused)."""
+        low = F.linear(self.lora_dropout(x), self.lora_A).flatten(0, -2)  # (tokens, r)
+        return torch.addmm(out.flatten(0, -2), low, self.lora_B.t(), alpha=self.lora_scale).view(out.shape)
 
     def delta_weight(self) -> torch.Tensor:
         """(out, in) = (alpha / r) B A."""
@@ -85,7 +87,7 @@ class LoRALinear(_LowRankUpdate):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.linear(x, self.weight, self.bias)
-        return out if self.merged else out + self.lora_delta(x)
+        return out if self.merged else self.add_lora_delta(out, x)
 
     def extra_repr(self) -> str:
         return f'in={self.in_features}, out={self.out_features}, rank={self.lora_A.shape[0]}, merged={self.merged}'
@@ -124,7 +126,7 @@ class LoRASelfAttention(_LowRankUpdate):
         b, n, c = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         if not self.merged:
-            qkv = qkv + self.lora_delta(x)
+            qkv = self.add_lora_delta(qkv, x)
         q, k, v = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         if attn_mask is not None:
             attn_mask = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else attn_mask

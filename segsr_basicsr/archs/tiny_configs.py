@@ -12,3 +12,6 @@ TINY_HAT = dict(
 
 #: guidance on a 2-layer, 64-wide open_clip ViT with random weights (shipped config)
 TINY_GUIDANCE = dict(clip_model='SeGSR-Tiny-ViT', clip_pretrained=None, lora_rank=4, lora_alpha=4)
+
+#: a 2-unit EDSR adapter (BasicSR's EDSR inside): the cheapest guided-capable backbone, for I/O-heavy tests
+TINY_EDSR = dict(type='SeGSR_EDSR', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, num_units=2, upscale=4)
