@@ -12,7 +12,7 @@ DOC_MENTION = re.compile(r'\b(docs/[\w./-]+\.md)(#[\w-]+)?')
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation dropped, spaces -> hyphens."""
-    text = re.sub(r'[`*_]', '', heading.strip().lower())
+    text = re.sub(r'[`*]', '', heading.strip().lower())
     return re.sub(r'[^\w\- ]', '', text).replace(' ', '-')
 
 
