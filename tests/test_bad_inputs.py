@@ -201,11 +201,6 @@ def test_the_shipped_option_files_pass_the_checks(tmp_path, monkeypatch):
 # final output name. Train/test rows point path:pretrain_network_g at a truncated checkpoint: a network
 # built (and its weights read) before the check would fail with "Cannot read checkpoint" instead, so the
 # expected preflight message proves the error came before the network.
-import contextlib  # noqa: E402
-import io  # noqa: E402
-import runpy  # noqa: E402
-import sys  # noqa: E402
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -383,17 +378,9 @@ def test_preflight_refuses_before_any_work(row, setup, tmp_path, monkeypatch, ca
 # ----------------------------------------------------------------------------- datasets_prep scripts
 def _call(script, *args):
     """Run a datasets_prep script as __main__ in this process (no ~3 s subprocess start)."""
-    out, err, code = io.StringIO(), io.StringIO(), 0
-    argv = sys.argv
-    sys.argv = [str(PREP / script), *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            runpy.run_path(str(PREP / script), run_name='__main__')
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+    from test_data_prep import call
+    r = call(script, *args, check=False)
+    return r.returncode, r.stdout, r.stderr
 
 
 def _hr_folder(d, n=3, h=32, w=32):
