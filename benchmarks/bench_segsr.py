@@ -212,20 +212,26 @@ def child_memory(args) -> None:
     print(json.dumps(dict(base_mb=base, peak_mb=peak)))
 
 
-def child_scene(args) -> None:
-    """In a fresh process: one scene through segsr_basicsr.infer.super_resolve (tiled), time and peak memory."""
+def _scene_child_setup(args):
+    """(device, network options, eval net with LoRA merged as segsr-infer has it, an LR scene of blocky noise)."""
     import numpy as np
-
-    from segsr_basicsr.infer import count_tiles, super_resolve
     device = torch.device(args.device)
     opt = network_options(args.config)
     torch.manual_seed(0)
     net = build(args.child_net, opt, device).eval()
     if callable(getattr(net, 'merge_lora', None)):
         net.merge_lora()
-    n, s = args.child_size, opt['upscale']
+    n = args.child_size
     rng = np.random.default_rng(0)  # blocky noise: content does not change the cost
     scene = np.repeat(np.repeat(rng.integers(0, 256, (n // 8, n // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    return device, opt, net, scene
+
+
+def child_scene(args) -> None:
+    """In a fresh process: one scene through segsr_basicsr.infer.super_resolve (tiled), time and peak memory."""
+    from segsr_basicsr.infer import count_tiles, super_resolve
+    device, opt, net, scene = _scene_child_setup(args)
+    n, s = args.child_size, opt['upscale']
     base = rss_mb()
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
@@ -252,20 +258,12 @@ def child_throughput(args) -> None:
     with LoRA merged, as ``segsr-infer`` runs them. Stops after ``--tp-seconds``; the first batch is a
     warm-up and is left out of the steady rate.
     """
-    import numpy as np
 
     from segsr_basicsr.infer import count_tiles
     from segsr_basicsr.models.segsr_model import forward_padded
     from segsr_basicsr.utils.tiling import tiled_forward
-    device = torch.device(args.device)
-    opt = network_options(args.config)
-    torch.manual_seed(0)
-    net = build(args.child_net, opt, device).eval()
-    if callable(getattr(net, 'merge_lora', None)):
-        net.merge_lora()
+    device, opt, net, scene = _scene_child_setup(args)
     n, multiple = args.child_size, getattr(net, 'size_multiple', 1)
-    rng = np.random.default_rng(0)  # blocky noise: content does not change the cost
-    scene = np.repeat(np.repeat(rng.integers(0, 256, (n // 8, n // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
     lq = torch.from_numpy(scene).permute(2, 0, 1).unsqueeze(0)
     total = count_tiles(n, n, args.tp_tile, args.tp_overlap, multiple)
     stamps = [(time.perf_counter(), time.process_time(), 0)]

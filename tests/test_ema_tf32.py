@@ -11,25 +11,13 @@ from segsr_basicsr.models.segsr_model import parse_finite_check_freq, parse_tf32
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 GUIDED_HAT = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
-from segsr_basicsr.archs.tiny_configs import TINY_EDSR  # noqa: E402
+import tests.test_model  # noqa: E402
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (run `pytest -m cuda` there)')
 
 
 def make_opt(tmp_path, network=None, num_gpu=0, logger=None, **train):
-    exp = tmp_path / 'exp'
-    for k in ('models', 'training_states', 'visualization'):
-        (exp / k).mkdir(parents=True, exist_ok=True)
-    return {
-        'name': 'unit', 'model_type': 'SeGSRModel', 'scale': 4, 'num_gpu': num_gpu, 'dist': False, 'rank': 0,
-        'world_size': 1, 'is_train': True, 'manual_seed': 0, 'network_g': dict(network or TINY_EDSR),
-        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'experiments_root': str(exp),
-                 'models': str(exp / 'models'), 'training_states': str(exp / 'training_states'),
-                 'visualization': str(exp / 'visualization'), 'log': str(exp)},
-        'train': {'ema_decay': 0.9, 'optim_g': {'type': 'Adam', 'lr': 1e-3},
-                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
-                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}, **train},
-        'logger': logger or {'print_freq': 100, 'save_checkpoint_freq': 1000},
-    }
+    """test_model's option dict, with EMA 0.9."""
+    return tests.test_model.make_opt(tmp_path, network, num_gpu, logger, **{'ema_decay': 0.9, **train})
 
 
 def batch(n=2, size=12, nan=False):

@@ -35,10 +35,11 @@ if 'SeGSRTestFrozenEDSR' not in ARCH_REGISTRY:
             return feat * self.lora_scale, ctx
 
 
-def make_opt(tmp_path, network=None, **train):
+def make_opt(tmp_path, network=None, num_gpu=0, logger=None, **train):
+    """A complete SeGSRModel option dict (``train`` entries override the training section)."""
     exp = tmp_path / 'exp'
     opt = {
-        'name': 'unit', 'model_type': 'SeGSRModel', 'scale': 4, 'num_gpu': 0, 'dist': False, 'rank': 0,
+        'name': 'unit', 'model_type': 'SeGSRModel', 'scale': 4, 'num_gpu': num_gpu, 'dist': False, 'rank': 0,
         'world_size': 1, 'is_train': True, 'manual_seed': 0,
         'network_g': dict(network or TINY_EDSR),
         'path': {'pretrain_network_g': None, 'strict_load_g': True, 'experiments_root': str(exp),
@@ -49,6 +50,7 @@ def make_opt(tmp_path, network=None, **train):
                   'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0}, **train},
         'val': {'save_img': False, 'suffix': None,
                 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4, 'test_y_channel': True}}},
+        'logger': logger or {'print_freq': 100, 'save_checkpoint_freq': 1000},
     }
     for k in ('models', 'training_states', 'visualization'):
         (exp / k).mkdir(parents=True, exist_ok=True)
