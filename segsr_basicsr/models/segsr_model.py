@@ -45,7 +45,7 @@ def parse_amp(value, where: str):
     if value in (None, False, 'none', 'None', 'fp32', 'float32'):
         return None
     if value not in AMP_DTYPES:
-        raise ValueError(f'{where}: amp must be one of bf16, fp16 or none, got {value!r}')
+        raise OptionError(f'{where}: amp must be one of bf16, fp16 or none, got {value!r}')
     return AMP_DTYPES[value]
 
 
@@ -61,7 +61,7 @@ def parse_tf32(value, device: torch.device) -> bool:
     if value is None:
         return device.type == 'cuda'
     if not isinstance(value, bool):
-        raise ValueError(f'train.tf32 must be true, false or ~ (on for CUDA), got {value!r}')
+        raise OptionError(f'train.tf32 must be true, false or ~ (on for CUDA), got {value!r}')
     return value
 
 
@@ -84,7 +84,7 @@ def parse_finite_check_freq(value, device: torch.device, print_freq) -> int:
             return 1
         return int(print_freq) if isinstance(print_freq, (int, float)) and print_freq >= 1 else 100
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'train.finite_check_freq must be an integer >= 1 (iterations), got {value!r}')
+        raise OptionError(f'train.finite_check_freq must be an integer >= 1 (iterations), got {value!r}')
     return value
 
 
@@ -261,7 +261,7 @@ class SeGSRModel(SRModel):
         self.amp_dtype = parse_amp(train_opt.get('amp'), 'train.amp')
         self.grad_clip = train_opt.get('grad_clip')
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
-            raise ValueError(f'train.grad_clip must be a positive max gradient norm or ~, got {self.grad_clip!r}')
+            raise OptionError(f'train.grad_clip must be a positive max gradient norm or ~, got {self.grad_clip!r}')
         self.tf32 = parse_tf32(train_opt.get('tf32'), self.device)
         if self.device.type == 'cuda':
             set_tf32(self.tf32)
@@ -319,7 +319,7 @@ class SeGSRModel(SRModel):
         mult = optim_opt.pop('clip_lr_mult', None)
         mult = train_opt.get('guidance_lr_mult', 1.0) if mult is None else mult
         if not (isinstance(mult, (int, float)) and mult >= 0):
-            raise ValueError(f'train.guidance_lr_mult must be a number >= 0, got {mult!r}')
+            raise OptionError(f'train.guidance_lr_mult must be a number >= 0, got {mult!r}')
         lr = optim_opt.pop('lr')
         net = self.get_bare_model(self.net_g)
         main, clip, frozen = [], [], 0
@@ -344,7 +344,7 @@ class SeGSRModel(SRModel):
         """Any torch.optim optimizer by name (BasicSR 1.4.2 knows only Adam)."""
         cls = getattr(torch.optim, optim_type, None)
         if cls is None or not isinstance(cls, type) or not issubclass(cls, torch.optim.Optimizer):
-            raise ValueError(f'train.optim_g.type: {optim_type!r} is not a torch.optim optimizer')
+            raise OptionError(f'train.optim_g.type: {optim_type!r} is not a torch.optim optimizer')
         return cls(params, lr, **kwargs)
 
     # ----------------------------------------------------------------- one step
