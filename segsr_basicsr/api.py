@@ -13,46 +13,21 @@ checkpoints take ``opt='train.yml'``. Everything goes through the feathered tile
 filled before the network sees them and stay invalid in the output.
 """
 import copy
-import math
+import os
 import queue
-import sys
 import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from segsr_basicsr.errors import InferError
-
-#: extra checkpoint entry: {'network_g': {...}, 'scale': s}; BasicSR's loaders read only params*
-META_KEY = 'segsr_network'
-
-
-class SceneWarning(UserWarning):
-    """Something about a scene the user should know (all nodata, metadata dropped)."""
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def _plain(obj):
-    """YAML/OrderedDict option trees -> dicts/lists/scalars that ``torch.load(weights_only=True)`` accepts."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
-def network_metadata(opt) -> dict:
-    """``{META_KEY: {network_g, scale}}`` to add to a saved net_g checkpoint (self-describing)."""
-    net_opt = _plain(opt['network_g'])
-    scale = opt.get('scale') or net_opt.get('upscale')
-    return {META_KEY: {'network_g': net_opt, 'scale': int(scale) if scale else None}}
+from segsr_basicsr.errors import InferError, SceneWarning
+from segsr_basicsr.io.checkpoint import META_KEY
+from segsr_basicsr.utils.engine import Engine
+from segsr_basicsr.utils.options import parse_amp, tile_spec
+from segsr_basicsr.utils.preflight import check_device
+from segsr_basicsr.utils.progress import Progress
 
 
 def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ensemble=False) -> 'SeGSRUpscaler':
@@ -65,10 +40,9 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
     from basicsr.archs import build_network
 
     from segsr_basicsr.io.checkpoint import load_checkpoint, pick_state_dict
-    from segsr_basicsr.models.segsr_model import parse_amp
-    from segsr_basicsr.utils.options import load_yaml
+    from segsr_basicsr.io.option_file import load_yaml
 
-    device = resolve_device(device)
+    device = check_device(device)
     ckpt = load_checkpoint(path)
     meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
     if opt is not None:
@@ -98,104 +72,7 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
     return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
 
 
-def resolve_device(name):
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, 'auto'):
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if str(name).startswith('cuda') and not torch.cuda.is_available():
-        raise InferError(f'--device {name}: CUDA is not available here; use --device cpu (or auto).')
-    return torch.device(name)
-
-
-def infer_scale(net, device):
-    """Scale of a plain BasicSR arch without ``upscale``: run it once on a small input."""
-    with torch.no_grad():
-        return net(torch.zeros(1, 3, 16, 16, device=device)).shape[-1] // 16
-
-
-# ----------------------------------------------------------------------------- progress
-class Progress:
-    """Tiles and megapixels done, rate and ETA: a tqdm bar on a terminal, else a plain line every ``every`` s."""
-
-    def __init__(self, total_tiles, lr_pixels, desc, every=5.0, stream=None, enabled=True):
-        self.total, self.mp, self.desc, self.every = total_tiles, lr_pixels / 1e6, desc, every
-        self.stream = stream or sys.stderr
-        self.done, self.t0, self.last = 0, time.monotonic(), time.monotonic()
-        self.bar = None
-        self.enabled = enabled
-        if enabled and getattr(self.stream, 'isatty', lambda: False)():
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_tiles, unit='tile', desc=desc, file=self.stream, dynamic_ncols=True)
-
-    def _status(self):
-        el = time.monotonic() - self.t0
-        mp = self.mp * self.done / max(self.total, 1)
-        rate = mp / el if el > 0 else 0.0
-        eta = (self.total - self.done) * el / self.done if self.done else float('nan')
-        eta_s = time.strftime('%H:%M:%S', time.gmtime(eta)) if math.isfinite(eta) else '?'
-        return mp, rate, eta_s
-
-    def __call__(self, n):
-        self.done += n
-        if not self.enabled:
-            return
-        mp, rate, eta = self._status()
-        if self.bar is not None:
-            self.bar.set_postfix_str(f'{mp:.1f}/{self.mp:.1f} MP, {rate:.2f} MP/s', refresh=False)
-            self.bar.update(n)
-        elif time.monotonic() - self.last >= self.every:
-            self.last = time.monotonic()
-            print(f'{self.desc}: {self.done}/{self.total} tiles, {mp:.1f}/{self.mp:.1f} MP, {rate:.2f} MP/s, '
-                  f'ETA {eta}', file=self.stream, flush=True)
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
 # ----------------------------------------------------------------------------- threads
-class _Prefetcher:
-    """Reads the tiles in the order the tiler asks for them on a thread, ``depth`` ahead."""
-
-    def __init__(self, read, windows, depth):
-        self.read, self.windows, self.i = read, windows, 0
-        self.q = queue.Queue(maxsize=max(depth, 1))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._work, name='segsr-reader', daemon=True)
-        self.thread.start()
-
-    def _work(self):
-        for win in self.windows:
-            if self.stop.is_set():
-                return
-            try:
-                item = (self.read(*win), None)
-            except BaseException as e:  # noqa: BLE001 - handed to the consumer
-                item = (None, e)
-            while not self.stop.is_set():
-                try:
-                    self.q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if item[1] is not None:
-                return
-
-    def get(self, y0, y1, x0, x1):
-        if self.i >= len(self.windows) or self.windows[self.i] != (y0, y1, x0, x1):
-            raise RuntimeError(f'tile {(y0, y1, x0, x1)} requested out of the planned order (bug)')
-        self.i += 1
-        data, err = self.q.get()
-        if err is not None:
-            raise err
-        return data
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-
-
 class _Writer:
     """Runs ``fn(*args)`` jobs in order on a thread (GDAL compresses and writes while the network computes)."""
 
@@ -228,121 +105,30 @@ class _Writer:
             raise self.error
 
 
-class _LazyScene:
-    """Stands in for the (1, C, H, W) LR tensor in :func:`tiled_forward`: slicing reads the window."""
-
-    def __init__(self, h, w, channels, fetch):
-        self.shape = (1, channels, h, w)
-        self.device = torch.device('cpu')
-        self.fetch = fetch
-
-    def __getitem__(self, idx):
-        ys, xs = idx[2], idx[3]
-        return torch.from_numpy(self.fetch(ys.start, ys.stop, xs.start, xs.stop))[None]
-
-
-def tile_windows(h, w, tile, overlap, multiple):
-    """(y0, y1, x0, x1) of every tile in the order :func:`tiled_forward` visits them."""
-    from segsr_basicsr.utils.tiling import tile_starts
-    tile = math.ceil(tile / multiple) * multiple
-    th, tw = min(tile, h), min(tile, w)
-    return [(y, y + th, x, x + tw) for y in tile_starts(h, th, overlap, multiple)
-            for x in tile_starts(w, tw, overlap, multiple)]
-
-
 # ----------------------------------------------------------------------------- the model
 class SeGSRUpscaler:
-    """A network in eval mode plus everything needed to run it on arrays and rasters of any size."""
+    """A network in eval mode plus everything needed to run it on arrays and rasters of any size.
+
+    A thin layer over :class:`~segsr_basicsr.utils.engine.Engine` (the one inference path): this class
+    adds dtype/band/mask handling for arrays and the GeoTIFF writing for rasters.
+    """
 
     def __init__(self, net, device='cpu', amp=None, scale=None, name='network', self_ensemble=False):
-        self.net, self.device, self.amp, self.name = net, resolve_device(device), amp, name
-        self.self_ensemble = bool(self_ensemble)
-        self.scale = scale or getattr(net, 'upscale', None) or infer_scale(net, self.device)
-        self.multiple = getattr(net, 'size_multiple', 1)
+        self.engine = Engine(net, check_device(device), amp, self_ensemble, scale)
+        self.net, self.device, self.amp, self.name = net, self.engine.device, amp, name
+        self.self_ensemble, self.scale = self.engine.self_ensemble, self.engine.scale
+        self.multiple = self.engine.multiple
 
     @property
     def num_maps(self):
         """Semantic maps per image (one per SR unit), 0 for networks without guidance."""
-        if getattr(self.net, 'guidance', None) is None or not hasattr(self.net, 'record_semantic_maps'):
-            return 0
-        return len(self.net.sr_units)
+        return self.engine.num_maps
 
-    # ------------------------------------------------------------------ engine
-    def _run(self, scene, tile, overlap, batch, sink, record_maps=False, progress=None, prefetch=True):
-        """Stream ``scene`` (a :class:`~segsr_basicsr.io.raster.ChannelScene`) through the tiler into ``sink``.
-
-        Output 0 handed to the sink: float32 (1, 3 + E + 1, h*s, w*s) = SR in [0, 1]-units, bicubic
-        extra bands, nearest-upsampled alpha/valid channel; outputs 1.. : semantic maps (1, E, h, w).
-        Tiles without a valid pixel are not run through the network. Returns the tile count.
-        """
-        from segsr_basicsr.models.segsr_model import autocast, forward_padded
-        from segsr_basicsr.utils.self_ensemble import self_ensemble
-        from segsr_basicsr.utils.tiling import tiled_forward
-
-        h, w, s, net = scene.height, scene.width, self.scale, self.net
-        if tile:
-            size, ov = int(tile), min(int(overlap), int(tile) - 1)
-        else:
-            size, ov = max(h, w), 0
-        windows = tile_windows(h, w, size, ov, self.multiple)
-        channels = 3 + scene.n_extra + 1
-        map_channels = []
-
-        def fn(t):
-            n, _, th, tw = t.shape
-            run = (t[:, -1] > 0).flatten(1).any(1)
-            if record_maps and not map_channels:
-                run[:] = True  # the first batch tells the maps' shape
-            every = bool(run.all())
-            if every or bool(run.any()):
-                x = t[:, :3] if every else t[run, :3]
-                with autocast(self.device, self.amp):
-                    if self.self_ensemble:  # per tile: the 8 views of the tile, each through the whole net
-                        res = self_ensemble(lambda v: forward_padded(net, v, record_maps), x)
-                    else:
-                        res = forward_padded(net, x, record_maps)
-                res = res if isinstance(res, tuple) else (res, )
-                if record_maps and not map_channels:
-                    map_channels.extend(m.shape[1] for m in res[1:])
-                if every:
-                    sr, maps = res[0].float(), list(res[1:])
-                else:  # tiles without a valid pixel stay zero
-                    sr = t.new_zeros(n, 3, th * s, tw * s)
-                    sr[run] = res[0].float()
-                    maps = [m.new_zeros(n, *m.shape[1:]).index_put_((run, ), m) for m in res[1:]]
-            else:
-                sr = t.new_zeros(n, 3, th * s, tw * s)
-                maps = [t.new_zeros(n, c, th, tw) for c in map_channels]
-            parts = [sr]
-            if channels > 4:
-                parts.append(F.interpolate(t[:, 3:-1], scale_factor=s, mode='bicubic', align_corners=False))
-            parts.append(F.interpolate(t[:, -1:], scale_factor=s, mode='nearest'))
-            out = torch.cat(parts, 1)
-            return (out, *maps) if record_maps else out
-
-        source = _Prefetcher(scene.read, windows, depth=2 * batch + 2) if prefetch else None
-        lazy = _LazyScene(h, w, channels, source.get if source else scene.read)
-        if record_maps:
-            net.record_semantic_maps = True
-        try:
-            with torch.no_grad():
-                tiled_forward(fn, lazy, size, ov, multiple=self.multiple, batch=batch, device=self.device,
-                              out_device=torch.device('cpu'), sink=sink, progress=progress)
-        finally:
-            if source is not None:
-                source.close()
-            if record_maps:
-                net.record_semantic_maps = False
-                net.semantic_maps = None
-        return len(windows)
-
-    def count_tiles(self, h, w, tile, overlap):
-        if not tile:
-            return 1
-        return len(tile_windows(h, w, tile, min(overlap, tile - 1), self.multiple))
+    def count_tiles(self, h, w, tile, overlap=None):
+        return len(self.engine.windows(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile')))
 
     # ------------------------------------------------------------------ arrays
-    def upscale(self, img, tile=256, overlap=32, batch=1, max_value=None, mask=None, return_maps=False,
+    def upscale(self, img, tile=256, overlap=None, batch=1, max_value=None, mask=None, return_maps=False,
                 progress=None):
         """Super-resolve an in-memory image.
 
@@ -377,11 +163,12 @@ class SeGSRUpscaler:
                     maps.append(np.empty((block.shape[1], img.shape[0], img.shape[1]), np.float32))
                 maps[i - 1][:, r0:r1, c0:c1] = block[0].numpy()
 
-        self._run(scene, tile, overlap, batch, sink, return_maps, progress, prefetch=False)
+        spec = tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
+        self.engine.upscale_scene(scene, sink, spec, return_maps, progress, prefetch=False)
         return (out, maps) if return_maps else out
 
     # ------------------------------------------------------------------ rasters
-    def upscale_file(self, src, dst, tile=256, overlap=32, batch=1, bands=None, max_value=None, stretch=None,
+    def upscale_file(self, src, dst, tile=256, overlap=None, batch=1, bands=None, max_value=None, stretch=None,
                      cog=False, no_geo=False, maps_dst=None, progress=True):
         """Super-resolve a GDAL raster (GeoTIFF, COG, JP2, VRT, ...) into a tiled GeoTIFF ``dst``, streaming.
 
@@ -407,8 +194,6 @@ class SeGSRUpscaler:
         return stats
 
     def _stream_scene(self, scene, dst, tile, overlap, batch, cog, no_geo, maps_dst, progress):
-        import os
-
         from segsr_basicsr.io import raster as R
         from segsr_basicsr.io.atomic import atomic_write, temp_sibling
 
@@ -423,7 +208,8 @@ class SeGSRUpscaler:
             raise InferError(f'{self.name}: has {self.num_maps} semantic map(s) (SR units), got {len(maps_dst)} '
                              'map outputs.')
         n_tiles = self.count_tiles(scene.height, scene.width, tile, overlap)
-        bar = None if callable(progress) else Progress(n_tiles, scene.height * scene.width, scene.path.name,
+        bar = None if callable(progress) else Progress(n_tiles, scene.path.name, 'tiles', every=5.0,
+                                                       megapixels=scene.height * scene.width / 1e6,
                                                        enabled=bool(progress))
         maps_tmp = [temp_sibling(p, keep_suffix=True) for p in maps_dst]
 
@@ -448,7 +234,8 @@ class SeGSRUpscaler:
                             maps_writers[i] = R.BlockWriter(maps_tmp[i - 1], prof, {}, name=str(maps_dst[i - 1]))
                         worker.submit(maps_writers[i].add, r0, c0, block[0].numpy().copy())
 
-                self._run(scene, tile, overlap, batch, sink, record, progress if callable(progress) else bar)
+                spec = tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
+                self.engine.upscale_scene(scene, sink, spec, record, progress if callable(progress) else bar)
                 worker.close()
                 writer.close()
                 for m in maps_writers.values():

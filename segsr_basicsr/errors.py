@@ -1,4 +1,4 @@
-"""One family of user-facing errors.
+"""One family of user-facing errors (and the one warning type for scenes).
 
 Every error a user can fix (a bad option, a missing or damaged file, an image that
 breaks the input rules) is a :class:`SeGSRError` whose message is one line naming
@@ -9,7 +9,8 @@ exception it replaced, so ``except ValueError`` / ``except RuntimeError`` in
 user code keeps working.
 """
 
-__all__ = ['SeGSRError', 'OptionError', 'CheckpointError', 'DataError', 'ImageError', 'InferError', 'TileError']
+__all__ = ['SeGSRError', 'OptionError', 'CheckpointError', 'DataError', 'ImageError', 'InferError', 'TileError',
+           'SceneWarning']
 
 
 class SeGSRError(Exception):
@@ -38,3 +39,7 @@ class InferError(SeGSRError, ValueError):
 
 class TileError(SeGSRError, RuntimeError):
     """A tile failed during tiled inference (the message names it)."""
+
+
+class SceneWarning(UserWarning):
+    """Something about a scene the user should know (all nodata, metadata dropped)."""

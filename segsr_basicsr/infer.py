@@ -3,7 +3,7 @@
     segsr-infer --model net_g_latest.pth --input scene.tif --output results/ --tile 256 --tile-batch 4
 
 Checkpoints written by training name their network; older ones need the option file
-(``-opt options/test/HAT/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
+(``-opt options/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
 VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimised,
 with overviews) that keeps the georeferencing, band layout, dtype, nodata and alpha;
 memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and
@@ -20,10 +20,13 @@ from pathlib import Path
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
 import numpy as np
 
-from segsr_basicsr.api import Progress, SceneWarning, SeGSRUpscaler, load_model, resolve_device  # noqa: F401
-from segsr_basicsr.errors import InferError
+from segsr_basicsr.api import load_model
+from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, read_image, write_image
 from segsr_basicsr.io.raster import RASTER_EXTS
+from segsr_basicsr.utils.options import check_tile, tile_spec
+from segsr_basicsr.utils.preflight import check_device
+from segsr_basicsr.utils.progress import Progress
 
 INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 #: default tile (LR pixels) for streamed rasters; images default to one whole-image pass
@@ -109,22 +112,6 @@ def check_plain_tiff(path, no_geo):
                          "(pip install 'segsr_basicsr[geo]'). Or pass --no-geo to write a plain TIFF.")
 
 
-# ----------------------------------------------------------------------------- kept for callers of 0.1
-def super_resolve(net, img_bgr, device, tile=None, overlap=32, batch=1, amp=None, save_maps=False, progress=None,
-                  scale=None):
-    """uint8 BGR (H, W, 3) -> SR uint8 BGR (H*s, W*s, 3) [views], and K maps (E, H, W) when ``save_maps``."""
-    model = SeGSRUpscaler(net, device, amp, scale)
-    res = model.upscale(img_bgr[..., ::-1], tile=tile, overlap=overlap, batch=batch, return_maps=save_maps,
-                        progress=progress)
-    sr, maps = res if save_maps else (res, [])
-    return sr[..., ::-1], maps
-
-
-def count_tiles(h, w, tile, overlap, multiple):
-    from segsr_basicsr.api import tile_windows
-    return len(tile_windows(h, w, tile, min(overlap, tile - 1), multiple)) if tile else 1
-
-
 # ----------------------------------------------------------------------------- CLI
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog='segsr-infer', description=__doc__.split('\n\n')[0],
@@ -155,15 +142,13 @@ def parse_args(argv=None):
     p.add_argument('--self-ensemble', action='store_true',
                    help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
     add_image_args(p)
-    args = p.parse_args(argv)
-    if args.tile_overlap is None:
-        args.tile_overlap = min(32, (args.tile or RASTER_TILE) // 4)
-    if args.tile is not None and (args.tile < 0 or (args.tile and not 0 <= args.tile_overlap < args.tile)):
-        p.error(f'--tile {args.tile} --tile-overlap {args.tile_overlap}: need tile > 0 and 0 <= overlap < tile '
-                '(or --tile 0 for no tiling)')
-    if args.tile_batch < 1:
-        p.error('--tile-batch must be >= 1')
-    return args
+    return p.parse_args(argv)
+
+
+def tile_args(args, raster: bool):
+    """--tile/--tile-overlap/--tile-batch -> TileSpec (rasters default to RASTER_TILE, images to no tiling)."""
+    size = (RASTER_TILE if raster else None) if args.tile is None else args.tile
+    return tile_spec({'size': size, 'overlap': args.tile_overlap, 'batch': args.tile_batch}, '--tile')
 
 
 def _run_file(model, args, src, out, map_paths):
@@ -171,8 +156,8 @@ def _run_file(model, args, src, out, map_paths):
     s = model.scale
     progress = not args.no_progress
     if streams(src):
-        tile = RASTER_TILE if args.tile is None else args.tile
-        st = model.upscale_file(src, out, tile=tile, overlap=args.tile_overlap, batch=args.tile_batch,
+        tile = tile_args(args, raster=True)
+        st = model.upscale_file(src, out, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
                                 bands=args.bands, max_value=args.max_value, stretch=args.stretch, cog=args.cog,
                                 no_geo=args.no_geo, maps_dst=map_paths or None, progress=progress)
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
@@ -185,9 +170,11 @@ def _run_file(model, args, src, out, map_paths):
     from segsr_basicsr.utils.visualize import semantic_overlays
     img = read_image(src, **image_kwargs(args))
     h, w = img.shape[:2]
-    bar = Progress(model.count_tiles(h, w, args.tile, args.tile_overlap), h * w, src.name, enabled=progress)
+    tile = tile_args(args, raster=False)
+    bar = Progress(model.count_tiles(h, w, tile.size, tile.overlap), src.name, 'tiles', megapixels=h * w / 1e6,
+                   every=5.0, enabled=progress)
     try:
-        res = model.upscale(img[..., ::-1], tile=args.tile or None, overlap=args.tile_overlap, batch=args.tile_batch,
+        res = model.upscale(img[..., ::-1], tile=tile.size, overlap=tile.overlap, batch=tile.batch,
                             return_maps=bool(map_paths), progress=bar)
     finally:
         bar.close()
@@ -204,14 +191,15 @@ def main(argv=None):
 
     args = parse_args(argv)
     with exit_on_user_error('segsr-infer'):
+        for raster in (False, True):  # the tile options, checked before anything is read
+            tile_args(args, raster)
         files = list_inputs(args.input)
-        resolve_device(args.device)
+        check_device(args.device)
         plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
         model = load_model(args.model, args.device, opt=args.opt, param_key=args.param_key,
                            amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble)
         if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
-            from segsr_basicsr.utils.preflight import check_tile
-            check_tile(args.tile, args.tile_overlap, model.multiple, '--tile', 'the window of the network,')
+            check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
         num_maps = 0
         if args.save_maps:
             num_maps = model.num_maps

@@ -119,10 +119,16 @@ def test_bad_tile_options_are_named(kw, msg):
 
 
 def test_tile_option_forms():
-    from segsr_basicsr.utils.tiling import parse_tile_opt
-    assert parse_tile_opt(None) == (None, 0)
-    assert parse_tile_opt(128) == (128, 16)  # `--force_yml val:tile=128`
-    assert parse_tile_opt({'size': 64, 'overlap': 8}) == (64, 8)
-    assert parse_tile_opt({'size': None}) == (None, 0)
-    with pytest.raises(ValueError, match=r"tile option must look like \{size: 128, overlap: 16\}, got \{'sise'"):
-        parse_tile_opt({'sise': 64})
+    """One parser for val.tile, --tile and the API; one default overlap (32, at most a quarter of the tile)."""
+    from segsr_basicsr.errors import OptionError
+    from segsr_basicsr.utils.options import tile_spec
+    from segsr_basicsr.utils.tiling import TileSpec
+    assert tile_spec(None) == TileSpec()
+    assert tile_spec(128) == TileSpec(128, 32)  # `--force_yml val:tile=128`
+    assert tile_spec(64) == TileSpec(64, 16)
+    assert tile_spec({'size': 64, 'overlap': 8}) == TileSpec(64, 8)
+    assert tile_spec({'size': None}) == TileSpec()
+    with pytest.raises(OptionError, match=r"val:tile: unknown key 'sise' \(did you mean 'size'\?\)"):
+        tile_spec({'sise': 64})
+    with pytest.raises(OptionError, match=r'val:tile overlap 64 must be smaller than the tile size 64'):
+        tile_spec({'size': 64, 'overlap': 64})

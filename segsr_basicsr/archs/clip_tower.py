@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
+from segsr_basicsr.errors import OptionError
+
 CLIP_CONFIG_DIR = Path(__file__).resolve().parent / 'clip_configs'
 open_clip.add_model_config(CLIP_CONFIG_DIR)  # registers SeGSR-Tiny-ViT (tests, offline demo)
 
@@ -56,34 +58,34 @@ class CLIPVisual(NamedTuple):
 def resolve_clip_model(clip_model) -> str:
     """open_clip model name for ``clip_model`` (a name, or a model-config .json that gets registered)."""
     if not isinstance(clip_model, str) or not clip_model:
-        raise ValueError(f'guidance.clip_model must be an open_clip model name ({_EXAMPLES}) or a path to an '
+        raise OptionError(f'guidance.clip_model must be an open_clip model name ({_EXAMPLES}) or a path to an '
                          f'open_clip model-config .json, got {clip_model!r}')
     if clip_model.startswith('local-dir:'):
-        raise ValueError(f'guidance.clip_model: {clip_model!r}: local-dir: sources are not supported; pass the '
+        raise OptionError(f'guidance.clip_model: {clip_model!r}: local-dir: sources are not supported; pass the '
                          'model name (or hf-hub:org/name) as clip_model and the weights file in that folder '
                          '(open_clip_pytorch_model.bin / .safetensors) as clip_pretrained: the folder\'s '
                          f'{HF_CONFIG_NAME} then decides quick_gelu')
     if clip_model.endswith('.json'):
         path = Path(clip_model).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f'guidance.clip_model: model-config file {clip_model!r} does not exist')
+            raise OptionError(f'guidance.clip_model: model-config file {clip_model!r} does not exist')
         cfg = json.loads(path.read_text())
         if not all(k in cfg for k in ('embed_dim', 'vision_cfg', 'text_cfg')):
             hint = "; it looks like an HF open_clip_config.json: save its 'model_cfg' part as the .json" \
                 if 'model_cfg' in cfg else ''
-            raise ValueError(f'guidance.clip_model: {clip_model!r} is not an open_clip model config '
+            raise OptionError(f'guidance.clip_model: {clip_model!r} is not an open_clip model config '
                              f'(needs the keys embed_dim, vision_cfg and text_cfg){hint}')
         name = path.stem
         known = open_clip.get_model_config(name)
         if known is None:
             open_clip.add_model_config(path)
         elif known != cfg:
-            raise ValueError(f'guidance.clip_model: {clip_model!r} would register as {name!r}, which is already a '
+            raise OptionError(f'guidance.clip_model: {clip_model!r} would register as {name!r}, which is already a '
                              'different open_clip model config; rename the file')
         return name
     name = clip_model.replace('/', '-')
     if open_clip.get_model_config(name) is None:
-        raise ValueError(f'guidance.clip_model: {clip_model!r} is not an open_clip model ({_EXAMPLES}; see '
+        raise OptionError(f'guidance.clip_model: {clip_model!r} is not an open_clip model ({_EXAMPLES}; see '
                          'open_clip.list_models()) nor a path to an open_clip model-config .json')
     return name
 
@@ -91,7 +93,7 @@ def resolve_clip_model(clip_model) -> str:
 def _check_vit_config(name: str, cfg: dict) -> None:
     vision = cfg['vision_cfg']
     if vision.get('timm_model_name') or isinstance(vision.get('layers'), (list, tuple)):
-        raise ValueError(f'guidance.clip_model: {name!r} is not an open_clip ViT (timm or ResNet image tower); '
+        raise OptionError(f'guidance.clip_model: {name!r} is not an open_clip ViT (timm or ResNet image tower); '
                          f'SeG-SR needs a ViT with a class token and patch tokens ({_EXAMPLES})')
 
 
@@ -99,7 +101,7 @@ def _check_vit(name: str, visual: nn.Module) -> None:
     ok = (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == 'tok'
           and visual.proj is not None)
     if not ok:
-        raise ValueError(f'guidance.clip_model: {name!r} has no plain ViT image tower (class-token pooling, '
+        raise OptionError(f'guidance.clip_model: {name!r} has no plain ViT image tower (class-token pooling, '
                          f'projection, no attentional pooling); use a standard open_clip ViT ({_EXAMPLES})')
 
 
@@ -155,7 +157,7 @@ def folder_model_config(path: str) -> Tuple[Optional[str], Optional[dict]]:
     try:
         cfg = json.loads(Path(cfg_path).read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f'guidance: {cfg_path} (beside the CLIP weights) is not valid JSON ({err}); fix or remove '
+        raise OptionError(f'guidance: {cfg_path} (beside the CLIP weights) is not valid JSON ({err}); fix or remove '
                          'it, or set guidance.quick_gelu: true/false') from err
     return cfg_path, cfg.get('model_cfg', cfg)
 
@@ -163,7 +165,7 @@ def folder_model_config(path: str) -> Tuple[Optional[str], Optional[dict]]:
 def check_quick_gelu(value) -> None:
     """``value`` must be 'auto', True or False (not 1, 'yes', ...)."""
     if not (isinstance(value, bool) or value == 'auto'):
-        raise ValueError(f'guidance.quick_gelu must be auto, true or false, got {value!r}')
+        raise OptionError(f'guidance.quick_gelu must be auto, true or false, got {value!r}')
 
 
 def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag: Optional[str], tag_cfg: dict,
@@ -221,9 +223,9 @@ def _hf_hub_source(clip_model: str, clip_pretrained) -> Tuple[str, dict, dict, s
     from open_clip.pretrained import download_pretrained_from_hf
     model_id = clip_model[len(HF_HUB_PREFIX):].strip('/')
     if model_id.count('/') != 1:
-        raise ValueError(f'guidance.clip_model: {clip_model!r} must be hf-hub:org/name')
+        raise OptionError(f'guidance.clip_model: {clip_model!r} must be hf-hub:org/name')
     if clip_pretrained is not None:
-        raise ValueError(f'guidance.clip_pretrained must be null with clip_model: {clip_model} (the weights come '
+        raise OptionError(f'guidance.clip_pretrained must be null with clip_model: {clip_model} (the weights come '
                          f'from that repo), got {clip_pretrained!r}')
     try:
         cfg_path = download_pretrained_from_hf(model_id, filename=HF_CONFIG_NAME)
@@ -232,7 +234,7 @@ def _hf_hub_source(clip_model: str, clip_pretrained) -> Tuple[str, dict, dict, s
         raise _hf_hub_missing(model_id, err) from err
     hf_cfg = json.loads(Path(cfg_path).read_text())
     if 'model_cfg' not in hf_cfg:
-        raise ValueError(f'guidance.clip_model: {cfg_path} of {clip_model} has no model_cfg; it is not an open_clip '
+        raise OptionError(f'guidance.clip_model: {cfg_path} of {clip_model} has no model_cfg; it is not an open_clip '
                          'model repo')
     return clip_model, hf_cfg['model_cfg'], hf_cfg.get('preprocess_cfg', {}), weights
 
@@ -249,7 +251,7 @@ def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVis
         if clip_pretrained is None:
             source = 'random'
         elif not isinstance(clip_pretrained, str) or not clip_pretrained:
-            raise ValueError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or '
+            raise OptionError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or '
                              f'a local checkpoint path, got {clip_pretrained!r}')
         elif open_clip.get_pretrained_cfg(name, clip_pretrained):
             source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
@@ -257,7 +259,7 @@ def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVis
             source, path = 'file', os.path.expanduser(clip_pretrained)
         else:
             tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ValueError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag '
+            raise OptionError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag '
                              f'of {name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
     _check_vit_config(name, cfg)
     if source == 'tag':

@@ -20,6 +20,8 @@ from torch import nn
 from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, build_clip_visual, check_quick_gelu
 from segsr_basicsr.archs.lora import add_lora_to_vit, lora_layers
 from segsr_basicsr.archs.modulation import MODULATION_INITS
+from segsr_basicsr.errors import OptionError
+from segsr_basicsr.io.option_file import suggest
 
 #: the paper's settings (ViT-B/16 OpenAI CLIP, LoRA r=32 alpha=32 dropout=0.05 on qkv/c_fc/c_proj, tau=100);
 #: quick_gelu 'auto' takes the activation from the weights' source; modulation_init: see docs/deviations.md
@@ -37,7 +39,7 @@ def _number(value, key, minimum, integer=False, open_min=False, below=None):
         what = 'an integer' if integer else 'a number'
         rng = f'> {minimum}' if open_min else f'>= {minimum}'
         rng += f' and < {below}' if below is not None else ''
-        raise ValueError(f'guidance.{key} must be {what} {rng}, got {value!r} '
+        raise OptionError(f'guidance.{key} must be {what} {rng}, got {value!r} '
                          f'(the paper uses {GUIDANCE_DEFAULTS[key]!r})')
     return value
 
@@ -46,10 +48,12 @@ def guidance_options(options: dict) -> dict:
     """Options of a ``network_g.guidance`` block, validated, with the paper's values for keys not given."""
     unknown = sorted(set(options) - set(GUIDANCE_DEFAULTS))
     if unknown:
-        raise ValueError(f'guidance: unknown key(s) {unknown}; known keys: {list(GUIDANCE_DEFAULTS)}')
+        raise OptionError(f'guidance.{unknown[0]} is not a guidance option{suggest(unknown[0], GUIDANCE_DEFAULTS)}; '
+                          f'known: {", ".join(GUIDANCE_DEFAULTS)}')
     opts = {**GUIDANCE_DEFAULTS, **options}
     if opts['tune'] not in TUNE_MODES:
-        raise ValueError(f"guidance.tune must be one of {TUNE_MODES}, got {opts['tune']!r}")
+        raise OptionError(f"guidance.tune must be one of {', '.join(TUNE_MODES)}, got {opts['tune']!r}"
+                          f"{suggest(opts['tune'], TUNE_MODES)}")
     _number(opts['lora_rank'], 'lora_rank', 1, integer=True)
     _number(opts['lora_alpha'], 'lora_alpha', 0, open_min=True)
     _number(opts['lora_dropout'], 'lora_dropout', 0, below=1)
@@ -57,8 +61,8 @@ def guidance_options(options: dict) -> dict:
     _number(opts['logit_scale'], 'logit_scale', 0, open_min=True)
     check_quick_gelu(opts['quick_gelu'])
     if opts['modulation_init'] not in MODULATION_INITS:
-        raise ValueError(f'guidance.modulation_init must be one of {MODULATION_INITS}, '
-                         f"got {opts['modulation_init']!r}")
+        raise OptionError(f"guidance.modulation_init must be one of {', '.join(MODULATION_INITS)}, got "
+                          f"{opts['modulation_init']!r}{suggest(opts['modulation_init'], MODULATION_INITS)}")
     return opts
 
 
@@ -141,7 +145,7 @@ class SemanticGuidance(nn.Module):
         super().__init__()
         opts = guidance_options(options)
         if isinstance(num_units, bool) or not isinstance(num_units, int) or num_units < 1:
-            raise ValueError(f'SemanticGuidance needs num_units >= 1 SR units, got {num_units!r}')
+            raise OptionError(f'SemanticGuidance needs num_units >= 1 SR units, got {num_units!r}')
         self.options = opts
         self.num_units, self.upscale = num_units, upscale
         self.map_channels = e = opts['embeddings_per_unit']

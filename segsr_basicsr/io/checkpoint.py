@@ -18,8 +18,30 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.io.atomic import atomic_write
 
-__all__ = ['atomic_save', 'save_with_retry', 'load_checkpoint', 'pick_state_dict', 'load_state_dict', 'strip_module_prefix',
+__all__ = ['META_KEY', 'network_metadata', 'atomic_save', 'save_with_retry', 'load_checkpoint', 'pick_state_dict', 'load_state_dict', 'strip_module_prefix',
            'get_rng_states', 'set_rng_states']
+
+#: extra checkpoint entry: {'network_g': {...}, 'scale': s}; BasicSR's loaders read only params*
+META_KEY = 'segsr_network'
+
+
+def _plain(obj):
+    """YAML/OrderedDict option trees -> dicts/lists/scalars that ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def network_metadata(opt) -> dict:
+    """``{META_KEY: {network_g, scale}}`` to add to a saved net_g checkpoint (self-describing)."""
+    net_opt = _plain(opt['network_g'])
+    scale = opt.get('scale') or net_opt.get('upscale')
+    return {META_KEY: {'network_g': net_opt, 'scale': int(scale) if scale else None}}
+
 
 #: entries tried, in order, when no param_key is given (BasicSR writes both; EMA is the better net)
 DEFAULT_PARAM_KEYS = ('params_ema', 'params')

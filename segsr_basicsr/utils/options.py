@@ -1,136 +1,23 @@
-"""Safe option files: YAML without Python object tags, ``--force_yml`` without eval, early clear errors.
+"""The one option contract: every user-facing key of an option file, read and checked once.
 
-basicsr parses option files with ``yaml.Loader`` (which runs ``!!python/object/apply`` tags) and
-applies ``--force_yml key=value`` through ``exec``. The compat layer routes both through here.
+:func:`validate_options` runs before BasicSR builds anything or writes a file (``segsr_basicsr.train``
+/ ``.test`` call it first); an error names the key path, the value, what is allowed and, for a
+misspelt key or value, the nearest valid one. The same parsers (:func:`tile_spec`, :func:`parse_amp`,
+...) serve the model and the command line, so a rule lives in one place. Files and folders named by
+options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this pass.
 """
 import difflib
+import inspect
 import os
 import re
-from collections import OrderedDict
-
-import yaml
 
 from segsr_basicsr.errors import OptionError
+from segsr_basicsr.io.option_file import apply_overrides, load_yaml, suggest
+from segsr_basicsr.utils.tiling import TileSpec, default_overlap
 
-__all__ = ['OptionError', 'SafeOrderedLoader', 'load_option_file', 'parse_override', 'apply_overrides',
-           'apply_aliases', 'unknown_top_level_keys', 'validate_options', 'KNOWN_TOP_LEVEL_KEYS']
-
-
-_KEY = re.compile(r'^[A-Za-z0-9_.\-]+$')
-
-
-
-
-class SafeOrderedLoader(getattr(yaml, 'CSafeLoader', yaml.SafeLoader)):
-    """yaml.SafeLoader (standard tags only, e.g. ``!!float``) that keeps mapping order like basicsr's loader."""
-
-
-def _construct_ordered(loader, node):
-    loader.flatten_mapping(node)
-    return OrderedDict(loader.construct_pairs(node))
-
-
-SafeOrderedLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_ordered)
-
-
-def load_yaml(path):
-    """Parse ``path`` safely; a Python tag or a syntax error raises OptionError naming the file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        hint = ' (it is a folder)' if os.path.isdir(path) else ''
-        raise OptionError(f'Option file not found: {path}{hint}. Pass an existing YAML file with -opt, '
-                          'e.g. -opt options/train/HAT/train_SeGSR_HAT_x4.yml.')
-    with open(path, 'r', encoding='utf-8') as f:
-        try:
-            data = yaml.load(f, Loader=SafeOrderedLoader)
-        except yaml.constructor.ConstructorError as e:
-            raise OptionError(f'Refusing option file {path}: {_one_line(e.problem)} ({_mark(e)}). Option files may '
-                              'only contain plain YAML values; Python object tags (!!python/...) are never '
-                              'executed. Remove the tag.') from None
-        except yaml.YAMLError as e:
-            raise OptionError(f'Option file {path} is not valid YAML ({_mark(e)}): '
-                              f'{_one_line(getattr(e, "problem", None) or e)}') from None
-    if not isinstance(data, dict):
-        raise OptionError(f'Option file {path} must be a YAML mapping (key: value lines), '
-                          f'got {type(data).__name__}.')
-    return data
-
-
-def _one_line(text):
-    return ' '.join(str(text).split())
-
-
-def _mark(err):
-    mark = getattr(err, 'problem_mark', None)
-    return f'line {mark.line + 1}, column {mark.column + 1}' if mark is not None else 'unknown position'
-
-
-def parse_override_value(text):
-    """Same value rules as basicsr's ``_postprocess_yml_value``, but lists are parsed as YAML, never eval'ed."""
-    low = text.lower()
-    if text == '~' or low == 'none':
-        return None
-    if low in ('true', 'false'):
-        return low == 'true'
-    if text.startswith('!!float'):
-        try:
-            return float(text[len('!!float'):])
-        except ValueError:
-            raise OptionError(f'--force_yml value {text!r} is not a float.') from None
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    if text.startswith('['):
-        try:
-            value = yaml.load(text, Loader=SafeOrderedLoader)
-        except yaml.YAMLError as e:
-            raise OptionError(f'--force_yml list value {text!r} is not a valid YAML list: '
-                              f'{_one_line(getattr(e, "problem", None) or e)}') from None
-        if not isinstance(value, list):
-            raise OptionError(f'--force_yml value {text!r} should be a list like [1, 2].')
-        return value
-    return text
-
-
-def parse_override(entry):
-    """``'train:optim_g:lr=2e-4'`` -> (['train', 'optim_g', 'lr'], 0.0002)."""
-    if entry.count('=') < 1:
-        raise OptionError(f'--force_yml entry {entry!r} has no "=": write section:key=value, '
-                          'e.g. train:total_iter=1000.')
-    keys, value = entry.split('=', 1)
-    keys = [k.strip() for k in keys.strip().split(':')]
-    if not all(keys):
-        raise OptionError(f'--force_yml entry {entry!r} has an empty key: write section:key=value.')
-    bad = [k for k in keys if not _KEY.match(k)]
-    if bad:
-        raise OptionError(f'--force_yml entry {entry!r}: {bad[0]!r} is not an option key (letters, digits, _ . -).')
-    return keys, parse_override_value(value.strip())
-
-
-def apply_overrides(opt, entries, source='the option file'):
-    """Set each ``a:b:c=value`` in ``opt``; every parent key must exist (like basicsr), the leaf may be new."""
-    for entry in entries or []:
-        keys, value = parse_override(entry)
-        node = opt
-        for depth, key in enumerate(keys[:-1]):
-            if isinstance(node, list) and key.isdigit() and int(key) < len(node):
-                node = node[int(key)]
-                continue
-            if not isinstance(node, dict) or key not in node:
-                where = ':'.join(keys[:depth + 1])
-                raise OptionError(f'--force_yml {entry!r}: key {where!r} does not exist in {source}'
-                                  f'{_suggest(key, node)}. Overrides can only change existing sections.')
-            node = node[key]
-        leaf = keys[-1]
-        if isinstance(node, list) and leaf.isdigit() and int(leaf) < len(node):
-            node[int(leaf)] = value
-        elif isinstance(node, dict):
-            node[leaf] = value
-        else:
-            raise OptionError(f'--force_yml {entry!r}: {":".join(keys[:-1])!r} in {source} is not a section.')
-    return opt
+__all__ = ['load_option_file', 'validate_options', 'unknown_top_level_keys', 'apply_aliases', 'tile_spec',
+           'check_tile', 'parse_amp', 'parse_tf32', 'parse_finite_check_freq', 'parse_grad_clip',
+           'parse_guidance_lr_mult', 'choice', 'KNOWN_TOP_LEVEL_KEYS', 'AMP_DTYPES']
 
 
 def load_option_file(path, overrides=None):
@@ -196,19 +83,12 @@ def apply_aliases(opt, path='the option file'):
     return opt
 
 
-def _suggest(key, mapping):
-    if not isinstance(mapping, dict):
-        return ''
-    close = difflib.get_close_matches(str(key), [str(k) for k in mapping], n=1)
-    return f' (did you mean {close[0]!r}?)' if close else ''
-
-
 _TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
 
 
 def _require(opt, key, types, where, path, hint=''):
     if key not in opt:
-        raise OptionError(f'{path}: missing key {where + key!r}{_suggest(key, opt)}.{hint}')
+        raise OptionError(f'{path}: missing key {where + key!r}{suggest(key, opt)}.{hint}')
     value = opt[key]
     types = types if isinstance(types, tuple) else (types, )
     if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
@@ -238,30 +118,295 @@ def _registered(registry, name, what, path, where):
                           'Check the spelling (our names start with SeGSR) and that segsr_basicsr is imported.')
 
 
+# ----------------------------------------------------------------------------- value parsers
+def choice(value, allowed, where):
+    """``value`` if it is one of ``allowed``, else OptionError naming the nearest allowed value."""
+    if value in allowed:
+        return value
+    shown = ', '.join(str(a) for a in allowed)
+    raise OptionError(f'{where} must be one of {shown}, got {value!r}{suggest(value, allowed)}.')
+
+
+def _whole(value, where, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) \
+            or value < minimum:
+        raise OptionError(f'{where} must be a whole number >= {minimum}, got {value!r}.')
+    return int(value)
+
+
+TILE_KEYS = ('size', 'overlap', 'margin', 'batch')
+
+
+def tile_spec(value, where='val:tile') -> TileSpec:
+    """``val.tile`` (an int, ``{size, overlap, margin, batch}``, or ~) or the CLI's --tile -> TileSpec."""
+    if value is None or value is False or value == 0:
+        return TileSpec()
+    if not isinstance(value, dict):
+        value = {'size': value}
+    unknown = [k for k in value if k not in TILE_KEYS]
+    if unknown:
+        raise OptionError(f'{where}: unknown key {unknown[0]!r}{suggest(unknown[0], TILE_KEYS)}; '
+                          'write {size: 256, overlap: 32}.')
+    if value.get('size') is None:
+        return TileSpec()
+    size = _whole(value['size'], f'{where} size', 1)
+    overlap = value.get('overlap')
+    overlap = default_overlap(size) if overlap is None else _whole(overlap, f'{where} overlap', 0)
+    if overlap >= size:
+        raise OptionError(f'{where} overlap {overlap} must be smaller than the tile size {size}.')
+    margin = value.get('margin')
+    if margin is not None and (_whole(margin, f'{where} margin', 0) * 2 > overlap):
+        raise OptionError(f'{where} margin must be between 0 and overlap/2 ({overlap // 2}), got {margin!r}.')
+    batch = _whole(value.get('batch', 1), f'{where} batch', 1)
+    return TileSpec(size, overlap, margin, batch)
+
+
+def check_tile(spec: TileSpec, window: int, origin: str, window_name='the network window'):
+    """A tile must be a multiple of the network's window (else each tile is padded, the window grid
+    shifts from tile to tile and the overlap is lost: visible seams), and leave a step after the overlap."""
+    if not spec.size:
+        return
+    size, overlap = spec.size, spec.overlap if spec.overlap is not None else default_overlap(spec.size)
+    if size % window:
+        raise OptionError(f'{origin} size {size} is not a multiple of {window_name} {window}; '
+                          f'it would be rounded up and the overlap lost. Use {window * max(1, round(size / window))}.')
+    if not overlap + window <= size:
+        raise OptionError(f'{origin} overlap {overlap} leaves no step on a tile of {size} with window '
+                          f'{window}; need overlap <= size - window ({size - window}).')
+
+
+#: autocast dtypes by option value; None/none/fp32 mean full precision
+AMP_DTYPES = {'bf16': 'bfloat16', 'bfloat16': 'bfloat16', 'fp16': 'float16', 'float16': 'float16'}
+_NO_AMP = (None, False, 'none', 'None', 'fp32', 'float32')
+
+
+def parse_amp(value, where: str):
+    """'bf16' | 'fp16' | None/'none'/False -> torch dtype or None."""
+    import torch
+    if value in _NO_AMP:
+        return None
+    return getattr(torch, AMP_DTYPES[choice(value, tuple(AMP_DTYPES) + ('none', ), where)])
+
+
+def parse_tf32(value, device_type: str) -> bool:
+    """``train.tf32``: true/false, or ~ (default): on for CUDA (Ampere and newer run fp32 matmuls on tensor cores)."""
+    if value is None:
+        return device_type == 'cuda'
+    if not isinstance(value, bool):
+        raise OptionError(f'train.tf32 must be true, false or ~ (on for CUDA), got {value!r}')
+    return value
+
+
+def parse_finite_check_freq(value, device_type: str, print_freq) -> int:
+    """``train.finite_check_freq``: host checks of the non-finite flag every N iterations (besides saves/validation).
+
+    Default: every iteration on CPU (free there), every ``logger.print_freq`` on CUDA (those steps sync anyway).
+    """
+    if value is None:
+        if device_type != 'cuda':
+            return 1
+        return int(print_freq) if isinstance(print_freq, (int, float)) and print_freq >= 1 else 100
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError(f'train.finite_check_freq must be an integer >= 1 (iterations), got {value!r}')
+    return value
+
+
+def parse_grad_clip(value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+        raise OptionError(f'train.grad_clip must be a positive max gradient norm or ~, got {value!r}')
+    return value
+
+
+def parse_guidance_lr_mult(value):
+    value = 1.0 if value is None else value
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+        raise OptionError(f'train.guidance_lr_mult must be a number >= 0, got {value!r}')
+    return value
+
+
+def _flag(section, key, where):
+    value = section.get(key, False)
+    if value is not None and not isinstance(value, bool):
+        raise OptionError(f'{where}{key} must be true or false, got {value!r}.')
+    return bool(value)
+
+
+# ----------------------------------------------------------------------------- sections
+def _arch_params(cls):
+    """Keyword names an arch's __init__ accepts (following ``**kwargs`` to its base class), or None for any."""
+    names = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get('__init__')
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names - {'self'}
+        if klass is object:
+            return None
+    return None
+
+
+def check_network(opt, path):
+    """network_g: a registered arch, keys its constructor takes, ``upscale`` = ``scale``, the guidance block."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    network = _require(opt, 'network_g', dict, '', path)
+    arch = _require(network, 'type', str, 'network_g:', path)
+    _registered(ARCH_REGISTRY, arch, 'arch', path, 'network_g:type')
+    accepted = _arch_params(ARCH_REGISTRY.get(arch))
+    for key in network:
+        if accepted is not None and key != 'type' and key not in accepted:
+            raise OptionError(f'{path}: network_g:{key} is not an option of {arch}'
+                              f'{suggest(key, sorted(accepted))}.')
+    scale, up = opt.get('scale'), network.get('upscale', network.get('scale'))  # RRDBNet calls it scale
+    if up is not None and scale is not None and up != scale:
+        raise OptionError(f'{path}: scale is {scale} but network_g:upscale is {up}; the network would make '
+                          f'x{up} images for x{scale} data. Set both to the same value.')
+    guidance = network.get('guidance')
+    if guidance is not None:
+        if not isinstance(guidance, dict):
+            raise OptionError(f'{path}: network_g:guidance must be a section of guidance options or ~, '
+                              f'got {guidance!r}.')
+        from segsr_basicsr.archs.guidance import guidance_options
+        try:
+            guidance_options(guidance)
+        except OptionError as e:
+            raise OptionError(f'{path}: network_g:{e}') from None
+
+#: keys of ``val`` that BasicSR's SRModel and SeGSRModel read
+VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'self_ensemble', 'amp')
+
+
+def check_val(opt, path, is_train):
+    """val: known keys, val_freq, flags, amp, tile (against the network's window), metrics' crop_border."""
+    if opt.get('val') is None:
+        if not is_train:
+            raise OptionError(f'{path}: testing needs a "val:" section (save_img, metrics).')
+        return
+    val = _require(opt, 'val', dict, '', path)
+    for key in val:
+        if key not in VAL_KEYS:
+            raise OptionError(f'{path}: val:{key} is not a validation option{suggest(key, VAL_KEYS)}; known: '
+                              f'{", ".join(VAL_KEYS)}.')
+    if is_train:
+        _positive_int(val, 'val_freq', 'val:', path)
+    for key in ('save_img', 'pbar', 'self_ensemble'):
+        _flag(val, key, f'{path}: val:')
+    parse_amp(val.get('amp'), f'{path}: val:amp')
+    hat = opt.get('tile') if isinstance(opt.get('tile'), dict) else None
+    origin = (f"{path}: tile (tile_size {hat.get('tile_size')} + 2 * tile_pad {hat.get('tile_pad', 0)}, HAT's form "
+              'of val:tile)') if hat else f'{path}: val:tile'
+    window = opt['network_g'].get('window_size') or 1
+    check_tile(tile_spec(val.get('tile'), origin), window, origin, 'network_g:window_size')
+    metrics = val.get('metrics') or {}
+    if not isinstance(metrics, dict):
+        raise OptionError(f'{path}: val:metrics must be a section (name: {{type: calculate_psnr, ...}}).')
+    for name, metric in metrics.items():
+        _require(metrics, name, dict, 'val:metrics:', path)
+        crop = metric.get('crop_border', 0)
+        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
+            raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
+
+
+def check_train(opt, path):
+    """train and logger: counts, amp, tf32, grad_clip, guidance_lr_mult, the optimizer's name."""
+    train = _require(opt, 'train', dict, '', path)
+    _positive_int(train, 'total_iter', 'train:', path)
+    parse_amp(train.get('amp'), f'{path}: train:amp')
+    try:
+        parse_tf32(train.get('tf32'), 'cpu')
+        parse_finite_check_freq(train.get('finite_check_freq'), 'cpu', None)
+        parse_grad_clip(train.get('grad_clip'))
+        parse_guidance_lr_mult(train.get('guidance_lr_mult'))
+    except OptionError as e:
+        raise OptionError(f'{path}: {e}') from None
+    optim = train.get('optim_g')
+    if isinstance(optim, dict) and 'type' in optim:
+        import torch
+        names = [n for n, c in vars(torch.optim).items()
+                 if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
+        choice(optim['type'], names, f'{path}: train:optim_g:type')
+    logger = _require(opt, 'logger', dict, '', path)
+    _positive_int(logger, 'print_freq', 'logger:', path)
+    _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+
+
+_SPLIT_DIR = re.compile(r'^(?P<root>.*?)/?(?P<split>[^/]+)/(?P<kind>HR|LR)(_x(?P<scale>\d+))?(?P<lmdb>\.lmdb)?/?$')
+
+
+def prep_command(folder: str) -> str:
+    """The datasets_prep command that makes ``folder`` (docs/datasets.md), or where to read how."""
+    m = _SPLIT_DIR.match(folder.replace(os.sep, '/'))
+    if not m:
+        return 'prepare it as docs/datasets.md shows (datasets_prep/), or fix the path'
+    root, split, scale = m['root'] or '.', m['split'], m['scale']
+    hr = f'{root}/{split}/HR'
+    make = (f'python datasets_prep/split_dataset.py --src YOUR_DOWNLOADED_DATASET --out {root} --ratios 8 1 1 '
+            '--seed 0')
+    if scale and os.path.isdir(hr):
+        make = f'python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
+    elif scale:
+        make += f', then python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
+    if m['lmdb']:
+        make += (f', then python datasets_prep/make_lmdb.py {root}/{split}/HR_x{scale} '
+                 f'{root}/{split}/LR_x{scale}')
+    return f'make it with: {make} (docs/datasets.md)'
+
+
 def _check_dataroots(dataset, where, path):
     for key, value in dataset.items():
         if not (key.startswith('dataroot') or key == 'meta_info_file') or value is None:
             continue
-        if isinstance(value, (list, tuple)):
-            values = value
-        else:
-            values = [value]
-        for v in values:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
             if not isinstance(v, str):
                 raise OptionError(f'{path}: {where}{key} must be a path, got {v!r}.')
             if not os.path.exists(os.path.expanduser(v)):
                 raise OptionError(f'{path}: {where}{key} = {v!r} does not exist (looked in {os.getcwd()} for a '
-                                  'relative path). Prepare the dataset (see datasets_prep/) or fix the path.')
+                                  f'relative path); {prep_command(v)}.')
+
+
+def check_dataset(dataset, phase, path, scale, is_train):
+    """One ``datasets:<phase>`` section: phase name, type, dataroots, counts, gt_size, max_value, backend."""
+    from basicsr.utils.registry import DATASET_REGISTRY
+    where = f'datasets:{phase}:'
+    if not isinstance(dataset, dict):
+        raise OptionError(f'{path}: {where[:-1]!r} must be a section, got {dataset!r}.')
+    kind, allowed = phase.split('_')[0], ('train', 'val') if is_train else ('test', 'val')
+    if kind not in allowed:
+        raise OptionError(f'{path}: dataset phase {phase!r} is not recognised{suggest(kind, allowed)}; use '
+                          f'{" / ".join(a + "[_name]" for a in allowed)}.')
+    _require(dataset, 'name', str, where, path)
+    _registered(DATASET_REGISTRY, _require(dataset, 'type', str, where, path), 'dataset', path, where + 'type')
+    if kind == 'train':
+        _positive_int(dataset, 'batch_size_per_gpu', where, path)
+        _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
+        gt_size = dataset.get('gt_size')
+        if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
+            raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
+                              f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
+    max_value = dataset.get('max_value')
+    if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
+                                  or not max_value > 0):
+        raise OptionError(f'{path}: {where}max_value must be a number > 0 (the value that maps to white, e.g. '
+                          f'65535 or 4095), got {max_value!r}.')
+    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
+    roots = [dataset.get('dataroot_gt'), dataset.get('dataroot_lq')]
+    if backend == 'disk' and any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
+        raise OptionError(f'{path}: {where[:-1]} points at an LMDB with io_backend disk; '
+                          'set io_backend: {type: lmdb}.')
+    if dataset['type'] == 'PairedImageDataset' and not scale:
+        raise OptionError(f"{path}: {where[:-1]} is a PairedImageDataset but the option file has no 'scale'.")
+    _check_dataroots(dataset, where, path)
 
 
 def validate_options(opt, path, is_train=True):
-    """Check what basicsr would otherwise crash on later with a bare KeyError/ZeroDivisionError."""
+    """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
     import torch
-    from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, MODEL_REGISTRY
+    from basicsr.utils.registry import MODEL_REGISTRY
 
     _require(opt, 'name', str, '', path)
-    model_type = _require(opt, 'model_type', str, '', path)
-    _registered(MODEL_REGISTRY, model_type, 'model', path, 'model_type')
+    _registered(MODEL_REGISTRY, _require(opt, 'model_type', str, '', path), 'model', path, 'model_type')
     num_gpu = opt.get('num_gpu', None)
     if num_gpu is None:
         raise OptionError(f"{path}: missing key 'num_gpu'. Use num_gpu: auto (all visible GPUs, 0 on a CPU machine).")
@@ -271,11 +416,8 @@ def validate_options(opt, path, is_train=True):
         if num_gpu > 0 and not torch.cuda.is_available():
             raise OptionError(f'{path}: num_gpu is {num_gpu} but CUDA is not available on this machine. '
                               'Set num_gpu: 0 or num_gpu: auto to run on the CPU.')
-    if 'scale' in opt:
-        _positive_int(opt, 'scale', '', path)
-    network = _require(opt, 'network_g', dict, '', path)
-    arch = _require(network, 'type', str, 'network_g:', path)
-    _registered(ARCH_REGISTRY, arch, 'arch', path, 'network_g:type')
+    scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
+    check_network(opt, path)
     paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key, value in paths.items():
         if key.startswith('pretrain_network') and value is not None:
@@ -284,32 +426,11 @@ def validate_options(opt, path, is_train=True):
     datasets = _require(opt, 'datasets', dict, '', path)
     if not datasets:
         raise OptionError(f"{path}: 'datasets' is empty.")
+    if is_train and 'train' not in datasets:
+        raise OptionError(f"{path}: 'datasets' has no 'train' section{suggest('train', datasets)}.")
     for phase, dataset in datasets.items():
-        where = f'datasets:{phase}:'
-        if not isinstance(dataset, dict):
-            raise OptionError(f'{path}: {where[:-1]!r} must be a section, got {dataset!r}.')
-        kind = phase.split('_')[0]
-        allowed = ('train', 'val') if is_train else ('test', 'val')
-        if kind not in allowed:
-            raise OptionError(f'{path}: dataset phase {phase!r} is not recognised; use '
-                              f'{" / ".join(a + "[_name]" for a in allowed)}.')
-        _require(dataset, 'name', str, where, path)
-        dtype = _require(dataset, 'type', str, where, path)
-        _registered(DATASET_REGISTRY, dtype, 'dataset', path, where + 'type')
-        _check_dataroots(dataset, where, path)
-        if kind == 'train':
-            _positive_int(dataset, 'batch_size_per_gpu', where, path)
-            _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
+        check_dataset(dataset, str(phase), path, scale, is_train)
     if is_train:
-        if 'train' not in datasets:
-            raise OptionError(f"{path}: 'datasets' has no 'train' section.")
-        train = _require(opt, 'train', dict, '', path)
-        _positive_int(train, 'total_iter', 'train:', path)
-        logger = _require(opt, 'logger', dict, '', path)
-        _positive_int(logger, 'print_freq', 'logger:', path)
-        _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
-        if opt.get('val') is not None:
-            _positive_int(_require(opt, 'val', dict, '', path), 'val_freq', 'val:', path)
-    else:
-        _require(opt, 'val', dict, '', path, ' Testing needs a "val:" section (save_img, metrics).')
+        check_train(opt, path)
+    check_val(opt, path, is_train)
     return opt

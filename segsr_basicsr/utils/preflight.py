@@ -11,6 +11,7 @@ network is built or a file is written. :func:`check_run` does that for ``segsr_b
 (done / total, rate) every few seconds when stderr is a log file.
 """
 import errno
+import re
 import os
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from segsr_basicsr.errors import DataError, ImageError, OptionError
 
-__all__ = ['progress', 'readable_images', 'image_size', 'check_writable', 'check_network_options', 'check_datasets',
+__all__ = ['progress', 'readable_images', 'image_size', 'check_writable', 'check_datasets',
            'check_run', 'PROGRESS_SECONDS_ENV']
 
 #: seconds between two progress lines when stderr is not a terminal
@@ -160,63 +161,7 @@ def check_writable(folder, what='output folder'):
     return folder
 
 
-# ----------------------------------------------------------------------------- options
-def _int_opt(value, where, path, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) \
-            or value < minimum:
-        raise OptionError(f'{path}: {where} must be a whole number >= {minimum}, got {value!r}.')
-    return int(value)
-
-
-def check_tile(size, overlap, window, origin, window_name='the network window'):
-    """A tile must be a multiple of the network's window (else each tile is padded, the window grid
-    shifts from tile to tile and the overlap is lost: visible seams), and leave a step after the overlap."""
-    if size % window:
-        raise OptionError(f'{origin} size {size} is not a multiple of {window_name} {window}; '
-                          f'it would be rounded up and the overlap lost. Use {window * max(1, round(size / window))}.')
-    if not overlap + window <= size:
-        raise OptionError(f'{origin} overlap {overlap} leaves no step on a tile of {size} with window '
-                          f'{window}; need overlap <= size - window ({size - window}).')
-
-
-def check_network_options(opt, path):
-    """Cross-checks BasicSR only meets deep inside the first step: ``scale`` against every network's
-    ``upscale``, and ``val.tile`` against the network's window."""
-    scale = opt.get('scale')
-    for key, net in opt.items():
-        if not (key.startswith('network_') and isinstance(net, dict)):
-            continue
-        up = net.get('upscale', net.get('scale'))  # BasicSR's RRDBNet calls it scale
-        if up is not None and scale is not None and up != scale:
-            raise OptionError(f'{path}: scale is {scale} but {key}:{"upscale" if "upscale" in net else "scale"} is '
-                              f'{up}; the network would make '
-                              f'x{up} images for x{scale} data. Set both to the same value.')
-    val = opt.get('val') if isinstance(opt.get('val'), dict) else {}
-    tile = val.get('tile')
-    if tile is None or tile is False:
-        return
-    from segsr_basicsr.utils.tiling import parse_tile_opt
-    hat = opt.get('tile') if isinstance(opt.get('tile'), dict) else None
-    origin = (f"tile (tile_size {hat.get('tile_size')} + 2 * tile_pad {hat.get('tile_pad', 0)}, HAT's form of "
-              'val:tile)') if hat else 'val:tile'
-    try:
-        size, overlap = parse_tile_opt(tile)
-    except (ValueError, TypeError) as e:
-        raise OptionError(f'{path}: {origin}: {e}.') from None
-    if size is None:
-        return
-    size = _int_opt(size, f'{origin} size', path, 1)
-    overlap = _int_opt(overlap, f'{origin} overlap', path, 0)
-    window = (opt.get('network_g') or {}).get('window_size') or 1
-    check_tile(size, overlap, window, f'{path}: {origin}', 'network_g:window_size')
-    if isinstance(tile, dict):
-        margin = tile.get('margin')
-        if margin is not None and not (isinstance(margin, int) and 0 <= 2 * margin <= overlap):
-            raise OptionError(f'{path}: {origin} margin must be an integer between 0 and overlap/2, got {margin!r}.')
-        if 'batch' in tile:
-            _int_opt(tile['batch'], f'{origin} batch', path, 1)
-
-
+# ----------------------------------------------------------------------------- datasets
 def _crop_need(opt, path):
     """Smallest GT side the configured metrics accept: PSNR needs a pixel left after ``crop_border`` on
     each side; SSIM's 11x11 Gaussian window needs 11."""
@@ -225,16 +170,13 @@ def _crop_need(opt, path):
     for name, metric in metrics.items():
         if not isinstance(metric, dict):
             continue
-        crop = metric.get('crop_border', 0)
-        if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
-            raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
+        crop = metric.get('crop_border', 0)  # an integer >= 0 (utils.options.check_val)
         side = 2 * crop + (11 if 'ssim' in str(metric.get('type', '')).lower() else 1)
         if side > need:
             need, why = side, f'val:metrics:{name} (crop_border {crop})'
     return need, why
 
 
-# ----------------------------------------------------------------------------- datasets
 def check_datasets(opt, path, is_train):
     """List and header-read every input of every folder dataset; check GT/LQ pairing by name and count,
     ``LQ * scale == GT``, the training patch size and the metrics' minimum size."""
@@ -244,27 +186,11 @@ def check_datasets(opt, path, is_train):
     for phase, ds in (opt.get('datasets') or {}).items():
         where = f'datasets:{phase}'
         train = phase.split('_')[0] == 'train'
-        max_value = ds.get('max_value')
-        if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
-                                      or not max_value > 0):
-            raise OptionError(f'{path}: {where}:max_value must be a number > 0 (the value that maps to white, e.g. '
-                              f'65535 or 4095), got {max_value!r}.')
         if (ds.get('io_backend') or {}).get('type', 'disk') != 'disk' or ds.get('meta_info_file'):
             continue
-        gt_size = ds.get('gt_size')
-        if train and gt_size is not None:
-            gt_size = _int_opt(gt_size, f'{where}:gt_size', path, 1)
-            if scale and gt_size % scale:
-                raise OptionError(f'{path}: {where}:gt_size {gt_size} is not a multiple of scale {scale}; the LR '
-                                  f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
-        roots = [ds.get('dataroot_gt'), ds.get('dataroot_lq')]
-        if any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
-            raise OptionError(f'{path}: {where} points at an LMDB with io_backend disk; '
-                              'set io_backend: {type: lmdb}.')
+        gt_size = int(ds['gt_size']) if ds.get('gt_size') else None
         dtype = ds.get('type')
         paired = dtype == 'PairedImageDataset'
-        if paired and not scale:
-            raise OptionError(f"{path}: {where} is a PairedImageDataset but the option file has no 'scale'.")
         folders = {k: ds[k] for k in ('dataroot_gt', 'dataroot_lq') if isinstance(ds.get(k), str)}
         sizes = {}
         for key, folder in folders.items():
@@ -331,6 +257,29 @@ def check_run(opt, path, is_train):
     """The whole pass for train/test, after :func:`~segsr_basicsr.utils.options.validate_options`:
     option cross-checks, every dataset input, and that the outputs can be written (./experiments,
     ./tb_logger, ./results under the current directory, BasicSR's layout)."""
-    check_network_options(opt, path)
     check_datasets(opt, path, is_train)
     check_writable(os.path.join(os.getcwd(), 'experiments' if is_train else 'results'), 'output folder')
+
+
+# ----------------------------------------------------------------------------- devices
+_DEVICE = re.compile(r'^(cpu|cuda(:\d+)?)$')
+
+
+def check_device(name, where='--device'):
+    """'auto' | None | 'cpu' | 'cuda' | 'cuda:N' | torch.device -> torch.device, or one line saying what exists."""
+    import torch
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    text = str(name).strip().lower()
+    if not _DEVICE.match(text):
+        raise OptionError(f'{where} {name!r} is not a device name: use cpu, cuda, cuda:N or auto.')
+    if text.startswith('cuda'):
+        if not torch.cuda.is_available():
+            raise OptionError(f'{where} {name}: CUDA is not available here; use {where} cpu (or auto).')
+        index, count = int(text.partition(':')[2] or 0), torch.cuda.device_count()
+        if index >= count:
+            raise OptionError(f'{where} {name}: this machine has {count} CUDA device(s) (cuda:0 to '
+                              f'cuda:{count - 1}); pick one of them.')
+    return torch.device(text)

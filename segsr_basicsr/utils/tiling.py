@@ -1,4 +1,4 @@
-"""Tiled inference for scenes too large for one forward pass.
+"""The tile grid and the feathered blend: cut an LR image into tiles, put the SR tiles back together.
 
 The LR image is cut into overlapping tiles of one size (so they batch), each tile
 is super-resolved, and the outputs are blended with feathered weights that are
@@ -13,8 +13,11 @@ Memory: tiles are processed in rows; an output pixel is handed to a ``sink``
 (or copied into the returned tensor) as soon as no later tile touches it, so
 besides the network's activations on one tile (batch) only about one tile and a
 strip of ``overlap`` rows across the scene are held in float.
+
+This module knows nothing about networks: :mod:`segsr_basicsr.utils.engine` runs one through it.
 """
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -22,8 +25,33 @@ import torch
 from segsr_basicsr.errors import TileError
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+Sink = Callable[[int, int, int, int, int, torch.Tensor], None]
+
+#: the one default overlap between tiles (LR pixels), at most a quarter of the tile
+DEFAULT_OVERLAP = 32
 
 
+def default_overlap(tile: int) -> int:
+    """Overlap used when none is given: :data:`DEFAULT_OVERLAP`, at most a quarter of ``tile``."""
+    return min(DEFAULT_OVERLAP, int(tile) // 4)
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How to tile: ``size`` LR pixels (None: the whole image in one pass), ``overlap`` (None: the
+    default), ``margin`` (None: overlap // 4) and ``batch`` tiles per forward pass."""
+    size: Optional[int] = None
+    overlap: Optional[int] = None
+    margin: Optional[int] = None
+    batch: int = 1
+
+    def resolve(self, h: int, w: int) -> Tuple[int, int, int]:
+        """(tile, overlap, margin) for an h x w image; the whole image is one tile of max(h, w)."""
+        if not self.size:
+            return max(h, w), 0, 0
+        overlap = default_overlap(self.size) if self.overlap is None else self.overlap
+        margin = overlap // 4 if self.margin is None else self.margin
+        return self.size, overlap, margin
 
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List[int]:
@@ -42,11 +70,41 @@ def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List
     return sorted(set(starts))
 
 
-def _axis_weights(starts: List[int], size: int, length: int, scale: int, overlap: int, margin: int,
-                  device) -> List[torch.Tensor]:
+def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> Tuple[int, int, List[int], List[int]]:
+    """The one tile grid: (tile height, tile width, row starts, column starts) for an h x w image.
+
+    ``tile`` is rounded up to ``multiple`` and clipped to the image.
+    """
+    multiple = max(int(multiple), 1)
+    tile = math.ceil(tile / multiple) * multiple
+    th, tw = min(tile, h), min(tile, w)
+    return th, tw, tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
+
+
+def tile_windows(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> List[Tuple[int, int, int, int]]:
+    """(y0, y1, x0, x1) of every tile in the order :func:`tiled_forward` visits them."""
+    th, tw, ys, xs = tile_grid(h, w, tile, overlap, multiple)
+    return [(y, y + th, x, x + tw) for y in ys for x in xs]
+
+
+def check_tile_args(tile: int, overlap: int, margin: int, batch: int) -> None:
+    """Programming-error checks of :func:`tiled_forward`'s arguments (users get OptionError earlier)."""
+    if tile <= 0:
+        raise ValueError(f'tile size must be positive, got {tile}')
+    if not 0 <= overlap < tile:
+        raise ValueError(f'tile overlap must be in [0, tile size={tile}), got {overlap}')
+    if not 0 <= 2 * margin <= overlap:
+        raise ValueError(f'tile margin must be between 0 and half the overlap ({overlap}), got {margin}')
+    if batch < 1:
+        raise ValueError(f'tile batch must be >= 1, got {batch}')
+
+
+def axis_weights(starts: List[int], size: int, length: int, scale: int, overlap: int, margin: int,
+                 device=None) -> List[torch.Tensor]:
     """Per-tile 1-D blend weights at output resolution, normalised to sum to one over tiles.
 
-    Returns one tensor of ``size * scale`` weights per start.
+    Returns one tensor of ``size * scale`` weights per start: 0 within ``margin`` LR pixels of an
+    inner tile edge, then a linear ramp over ``overlap - 2 * margin`` pixels, then 1.
     """
     u = (torch.arange(size * scale, device=device, dtype=torch.float64) + 0.5) / scale  # LR coordinate in tile
     ramp = overlap - 2 * margin
@@ -73,64 +131,108 @@ def _axis_weights(starts: List[int], size: int, length: int, scale: int, overlap
     return [(w / total[s * scale:(s + size) * scale]).float() for s, w in zip(starts, raw)]
 
 
-def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
-                  lq: torch.Tensor,
-                  tile: int,
-                  overlap: int = 16,
-                  *,
-                  margin: Optional[int] = None,
-                  multiple: int = 1,
-                  batch: int = 1,
-                  device: Optional[torch.device] = None,
-                  out_device: Optional[torch.device] = None,
-                  sink: Optional[Callable[[int, int, int, int, int, torch.Tensor], None]] = None,
-                  progress: Optional[Callable[[int], None]] = None) -> Optional[Outputs]:
+class _OutputBlend:
+    """One output of the network (SR image, or one semantic map) being blended at its own scale.
+
+    Holds the window of the current tile row (rows [top, bot), columns from ``win_x0``), the
+    previous row's lower overlap (``carry``) and this row's (``below``); hands final pixels to ``put``.
+    """
+
+    def __init__(self, index, scale, channels, grid, size, out_device, put, weights):
+        self.i, self.s, self.c, self.grid = index, scale, channels, grid
+        self.b, self.h, self.w = size
+        self.dev, self.put = out_device, put
+        self.wy, self.wx = weights
+        self.carry = None
+
+    def start_row(self, r):
+        th, _, ys, _ = self.grid
+        s, y0 = self.s, ys[r]
+        self.r, self.top, self.bot = r, y0 * s, (y0 + th) * s
+        self.done_y = (ys[r + 1] if r + 1 < len(ys) else self.h) * s
+        self.win_x0 = 0
+        self.win = torch.zeros(self.b, self.c, self.bot - self.top, 0, device=self.dev)
+        self.below = torch.zeros(self.b, self.c, self.bot - self.done_y, self.w * s, device=self.dev)
+
+    def add(self, c, block):
+        """Add tile ``c`` of the current row, (B, C, th*s, tw*s) float32, then emit what is final."""
+        _, tw, _, xs = self.grid
+        s = self.s
+        xa, xb = xs[c] * s, (xs[c] + tw) * s
+        win_x1 = self.win_x0 + self.win.shape[-1]
+        if xb > win_x1:  # widen the window, starting from what the previous row left there
+            ext = self.win.new_zeros(self.b, self.c, self.bot - self.top, xb - win_x1)
+            if self.carry is not None:
+                ext[:, :, :self.carry.shape[2]] = self.carry[..., win_x1:xb]
+            self.win = torch.cat([self.win, ext], dim=3)
+        lo = xa - self.win_x0
+        self.win[..., lo:lo + tw * s] += block * (self.wy[self.r][:, None] * self.wx[c][None, :])
+        self.flush((xs[c + 1] if c + 1 < len(xs) else self.w) * s)
+
+    def flush(self, upto):
+        """Columns [win_x0, upto) of the current tile row are final: emit them, keep their lower overlap."""
+        n = upto - self.win_x0
+        if n <= 0:
+            return
+        cols = self.win[..., :n]
+        final = self.done_y - self.top
+        self.put(self.i, self.top, self.done_y, self.win_x0, upto, cols[:, :, :final])
+        self.below[..., self.win_x0:upto] = cols[:, :, final:]
+        self.win, self.win_x0 = self.win[..., n:], upto
+
+    def end_row(self):
+        self.carry, self.below = self.below, None
+
+
+def _run_tiles(fn, lq, grid, r, cols, h, w):
+    """``fn`` on the tiles ``cols`` of tile row ``r``, a failure re-raised as :class:`TileError` naming them."""
+    th, tw, ys, _ = grid
+    y0 = ys[r]
+    tiles = torch.cat([lq[:, :, y0:y0 + th, x0:x0 + tw] for x0 in cols])
+    try:
+        out = fn(tiles)
+    except Exception as e:  # noqa: BLE001 - re-raised with the position
+        pos = ', '.join(f'x {x0}:{x0 + tw}' for x0 in cols)
+        raise TileError(f'tiled inference failed on tile row {r + 1}/{len(ys)} (LR rows {y0}:{y0 + th}; '
+                        f'columns {pos}) of a {h}x{w} image: {type(e).__name__}: {e}') from e
+    return (True, (out, )) if isinstance(out, torch.Tensor) else (False, tuple(out))
+
+
+def _output_scale(o, th, tw):
+    s = o.shape[-2] // th
+    if s < 1 or o.shape[-2] != s * th or o.shape[-1] != s * tw:
+        raise TileError(f'tile output of shape {tuple(o.shape)} is not an integer multiple of the tile size {th}x{tw}')
+    return s
+
+
+def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile: int, overlap: int = DEFAULT_OVERLAP,
+                  *, margin: Optional[int] = None, multiple: int = 1, batch: int = 1,
+                  device: Optional[torch.device] = None, out_device: Optional[torch.device] = None,
+                  sink: Optional[Sink] = None, progress: Optional[Callable[[int], None]] = None) -> Optional[Outputs]:
     """Run ``fn`` over overlapping tiles of ``lq`` (B, C, H, W) and blend the results.
 
-    ``fn`` maps a batch of tiles (n*B, C, h, w) on ``device`` to one tensor
-    (n*B, C', h*s, w*s) or a tuple of them, each with its own integer scale s
-    (e.g. the SR image at x4 and semantic maps at x1).
-    ``tile``/``overlap``/``margin`` are LR pixels; ``tile`` is rounded up to
-    ``multiple``; ``margin`` (default ``overlap // 4``) is the band at inner tile
-    edges that gets zero weight. ``batch`` tiles of a tile row go through ``fn`` at once.
+    ``fn`` maps a batch of tiles (n*B, C, h, w) on ``device`` to one tensor (n*B, C', h*s, w*s) or a
+    tuple of them, each with its own integer scale s (e.g. SR at x4 and semantic maps at x1).
+    ``tile``/``overlap``/``margin`` are LR pixels; ``tile`` is rounded up to ``multiple``; ``margin``
+    (default ``overlap // 4``) is the band at inner tile edges that gets zero weight. ``batch`` tiles
+    of a tile row go through ``fn`` at once. ``lq`` may be any object with ``shape`` and 4-D slicing.
 
-    Without ``sink`` returns the blended output(s), float32 on ``out_device``
-    (default: ``lq.device``). With ``sink``, every output pixel is handed over
-    exactly once, as soon as no later tile touches it:
-    ``sink(output_index, row0, row1, col0, col1, block)`` with block
-    (B, C', row1-row0, col1-col0), and nothing is returned. Held in float then:
-    about one tile plus a strip of ``overlap`` rows across the scene.
+    Without ``sink`` returns the blended output(s), float32 on ``out_device`` (default: ``lq.device``).
+    With ``sink``, every output pixel is handed over exactly once, as soon as no later tile touches it:
+    ``sink(output_index, row0, row1, col0, col1, block)`` with block (B, C', row1-row0, col1-col0).
     A failing tile raises :class:`TileError` naming its position.
     """
-    if tile <= 0:
-        raise ValueError(f'tile size must be positive, got {tile}')
-    if not 0 <= overlap < tile:
-        raise ValueError(f'tile overlap must be in [0, tile size={tile}), got {overlap}')
-    if margin is None:
-        margin = overlap // 4
-    if not 0 <= 2 * margin <= overlap:
-        raise ValueError(f'tile margin must be between 0 and half the overlap ({overlap}), got {margin}')
-    if batch < 1:
-        raise ValueError(f'tile batch must be >= 1, got {batch}')
-    multiple = max(int(multiple), 1)
-    tile = math.ceil(tile / multiple) * multiple
+    margin = overlap // 4 if margin is None else margin
+    check_tile_args(tile, overlap, margin, batch)
     device = lq.device if device is None else device
     out_device = lq.device if out_device is None else out_device
-
     b, _, h, w = lq.shape
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
-
-    scales: Optional[List[int]] = None
-    wy: Dict[int, List[torch.Tensor]] = {}
-    wx: Dict[int, List[torch.Tensor]] = {}
+    grid = tile_grid(h, w, tile, overlap, multiple)
+    th, tw, ys, xs = grid
+    blends: List[_OutputBlend] = []
     results: List[torch.Tensor] = []
+    weights: Dict[int, tuple] = {}
     single = False
-    # Per output, the pixels still being accumulated:
-    #   win   rows [top, bot) of the current tile row, columns [win_x0, ...) (about one tile);
-    #   carry rows [top, prev bot) of every column: the previous tile row's bottom overlap;
-    #   below rows [done_y, bot) that the next tile row will add to (becomes the next carry).
-    states: List[dict] = []
 
     def put(i, r0, r1, c0, c1, block):
         if sink is not None:
@@ -138,87 +240,33 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs],
         else:
             results[i][:, :, r0:r1, c0:c1] = block
 
-    def flush(i, upto):
-        """Columns [win_x0, upto) of the current tile row are final: emit them, keep their lower overlap."""
-        st = states[i]
-        n = upto - st['win_x0']
-        if n <= 0:
-            return
-        cols = st['win'][..., :n]
-        final = st['done_y'] - st['top']
-        put(i, st['top'], st['done_y'], st['win_x0'], upto, cols[:, :, :final])
-        st['below'][..., st['win_x0']:upto] = cols[:, :, final:]
-        st['win'], st['win_x0'] = st['win'][..., n:], upto
+    def make_blends(out):
+        for i, o in enumerate(out):
+            s = _output_scale(o, th, tw)
+            if s not in weights:
+                weights[s] = (axis_weights(ys, th, h, s, overlap, margin, out_device),
+                              axis_weights(xs, tw, w, s, overlap, margin, out_device))
+            blends.append(_OutputBlend(i, s, o.shape[1], grid, (b, h, w), out_device, put, weights[s]))
+            if sink is None:
+                results.append(torch.empty(b, o.shape[1], h * s, w * s, device=out_device))
 
-    for r, y0 in enumerate(ys):
+    for r in range(len(ys)):
         for c0 in range(0, len(xs), batch):
             cols = xs[c0:c0 + batch]
-            tiles = torch.cat([lq[:, :, y0:y0 + th, x0:x0 + tw] for x0 in cols]).to(device)
-            try:
-                out = fn(tiles)
-            except Exception as e:  # noqa: BLE001 - re-raised with the position
-                pos = ', '.join(f'x {x0}:{x0 + tw}' for x0 in cols)
-                raise TileError(f'tiled inference failed on tile row {r + 1}/{len(ys)} (LR rows {y0}:{y0 + th}; '
-                                f'columns {pos}) of a {h}x{w} image: {type(e).__name__}: {e}') from e
-            if isinstance(out, torch.Tensor):
-                single, out = True, (out, )
-            if scales is None:
-                scales = []
-                for o in out:
-                    s = o.shape[-2] // th
-                    if s < 1 or o.shape[-2] != s * th or o.shape[-1] != s * tw:
-                        raise TileError(f'tile output of shape {tuple(o.shape)} is not an integer multiple '
-                                        f'of the tile size {th}x{tw}')
-                    scales.append(s)
-                    wy.setdefault(s, _axis_weights(ys, th, h, s, overlap, margin, out_device))
-                    wx.setdefault(s, _axis_weights(xs, tw, w, s, overlap, margin, out_device))
-                    states.append({'carry': None, 'channels': o.shape[1]})
-                    if sink is None:
-                        results.append(torch.empty(b, o.shape[1], h * s, w * s, device=out_device))
-            for i, (o, s) in enumerate(zip(out, scales)):
-                st = states[i]
-                if c0 == 0:  # a new tile row
-                    top, bot = y0 * s, (y0 + th) * s
-                    done_y = (ys[r + 1] if r + 1 < len(ys) else h) * s
-                    st.update(top=top, bot=bot, done_y=done_y, win_x0=0,
-                              win=torch.zeros(b, st['channels'], bot - top, 0, device=out_device),
-                              below=torch.zeros(b, st['channels'], bot - done_y, w * s, device=out_device))
+            single, out = _run_tiles(lambda t: fn(t.to(device)), lq, grid, r, cols, h, w)
+            if not blends:
+                make_blends(out)
+            for blend, o in zip(blends, out):
+                if c0 == 0:
+                    blend.start_row(r)
                 o = o.to(out_device, torch.float32)
-                for j, x0 in enumerate(cols):
-                    c = c0 + j
-                    xa, xb = x0 * s, (x0 + tw) * s
-                    win_x1 = st['win_x0'] + st['win'].shape[-1]
-                    if xb > win_x1:  # widen the window, starting from what the previous row left there
-                        ext = st['win'].new_zeros(b, st['channels'], st['bot'] - st['top'], xb - win_x1)
-                        if st['carry'] is not None:
-                            ext[:, :, :st['carry'].shape[2]] = st['carry'][..., win_x1:xb]
-                        st['win'] = torch.cat([st['win'], ext], dim=3)
-                    wgt = wy[s][r][:, None] * wx[s][c][None, :]
-                    lo = xa - st['win_x0']
-                    st['win'][..., lo:lo + tw * s] += o[j * b:(j + 1) * b] * wgt
-                    flush(i, (xs[c + 1] if c + 1 < len(xs) else w) * s)
-            del out, tiles
+                for j in range(len(cols)):
+                    blend.add(c0 + j, o[j * b:(j + 1) * b])
+            del out
             if progress is not None:
                 progress(len(cols))
-        for st in states:  # this row's lower overlap is the next row's start
-            st['carry'], st['below'] = st['below'], None
-
+        for blend in blends:
+            blend.end_row()
     if sink is not None:
         return None
     return results[0] if single else tuple(results)
-
-
-def parse_tile_opt(tile) -> Tuple[Optional[int], int]:
-    """``{size, overlap}`` / int / None from an option file -> (size or None, overlap)."""
-    if tile is None or tile is False:
-        return None, 0
-    if isinstance(tile, int):
-        return tile, min(16, tile // 4)
-    if isinstance(tile, dict):
-        unknown = set(tile) - {'size', 'overlap', 'batch', 'margin'}
-        if 'size' not in tile or unknown:
-            raise ValueError(f'tile option must look like {{size: 128, overlap: 16}}, got {tile!r}')
-        if tile['size'] is None:
-            return None, 0
-        return int(tile['size']), int(tile.get('overlap', min(16, int(tile['size']) // 4)))
-    raise ValueError(f'tile option must be an int or {{size: ..., overlap: ...}}, got {tile!r}')

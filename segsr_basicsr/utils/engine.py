@@ -1,0 +1,225 @@
+"""The one inference engine: a network on an LR tensor or a streamed scene, tile by tile.
+
+Validation, ``segsr_basicsr.test``, ``segsr-infer`` and :class:`~segsr_basicsr.api.SeGSRUpscaler`
+all run a network through :class:`Engine`, so the same checkpoint, image, tile and self-ensemble
+setting give the same pixels everywhere. Per tile batch the engine: pads to the network's window
+(:func:`forward_padded`), runs it under autocast, averages the 8 self-ensemble views *of the tile*
+(per tile, so a scene of any size streams; without tiles the tile is the image), records the
+semantic maps, and leaves tiles without a valid pixel out. The tiles are cut and blended by
+:func:`~segsr_basicsr.utils.tiling.tiled_forward`.
+
+Every input is a stack of channels (B, 3 + E + 1, H, W): RGB in [0, 1], E extra bands (bicubic,
+not seen by the network) and a last valid/alpha channel (> 0 where the pixel is valid).
+"""
+import contextlib
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from segsr_basicsr.archs.guided import pad_to_multiple
+from segsr_basicsr.utils.self_ensemble import self_ensemble
+from segsr_basicsr.utils.tiling import TileSpec, tile_windows, tiled_forward
+
+__all__ = ['Engine', 'TileSpec', 'autocast', 'forward_padded', 'probe_scale']
+
+
+def autocast(device: torch.device, dtype):
+    """torch.autocast on ``device``'s type, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def forward_padded(net, x: torch.Tensor, record_maps: bool = False):
+    """(B,3,H,W) -> SR (B,3,H*s,W*s) [, K maps (B,E,H,W)]: pads to ``net.size_multiple`` and crops.
+
+    GuidedBackbones pad internally too (then this pad is a no-op); plain BasicSR
+    archs that need a multiple (SwinIR-like) get it here.
+    """
+    h, w = x.shape[-2:]
+    x = pad_to_multiple(x, getattr(net, 'size_multiple', 1))
+    out = net(x)
+    s = out.shape[-2] // x.shape[-2]
+    out = out[..., :h * s, :w * s]
+    if not record_maps:
+        return out
+    maps = getattr(net, 'semantic_maps', None) or []
+    return (out, *[m[..., :h, :w].float() for m in maps])
+
+
+def probe_scale(net, device) -> int:
+    """Scale of a plain BasicSR arch without ``upscale``: run it once on a small input."""
+    with torch.no_grad():
+        return net(torch.zeros(1, 3, 16, 16, device=device)).shape[-1] // 16
+
+
+class Engine:
+    """A network and how to run it: device, autocast dtype, self-ensemble. Tiling is per call."""
+
+    def __init__(self, net, device='cpu', amp=None, self_ensemble: bool = False, scale: Optional[int] = None):
+        self.net, self.device, self.amp = net, torch.device(device), amp
+        self.self_ensemble = bool(self_ensemble)
+        self.multiple = getattr(net, 'size_multiple', 1)
+        self.scale = scale or getattr(net, 'upscale', None) or probe_scale(net, self.device)
+
+    @property
+    def num_maps(self) -> int:
+        """Semantic maps per image (one per SR unit), 0 for networks without guidance."""
+        if getattr(self.net, 'guidance', None) is None or not hasattr(self.net, 'record_semantic_maps'):
+            return 0
+        return len(self.net.sr_units)
+
+    def windows(self, h: int, w: int, tile: TileSpec) -> list:
+        """(y0, y1, x0, x1) of every tile of an h x w image, in the order they run."""
+        size, overlap, _ = tile.resolve(h, w)
+        return tile_windows(h, w, size, overlap, self.multiple)
+
+    # ------------------------------------------------------------------ the network on one batch of tiles
+    def forward(self, x: torch.Tensor, record_maps: bool = False) -> tuple:
+        """(n, 3, h, w) on the device -> (SR (n, 3, h*s, w*s), *maps (n, E, h, w)); self-ensemble per tile."""
+        with autocast(self.device, self.amp):
+            if self.self_ensemble:
+                res = self_ensemble(lambda v: forward_padded(self.net, v, record_maps), x)
+            else:
+                res = forward_padded(self.net, x, record_maps)
+        return res if isinstance(res, tuple) else (res, )
+
+    def _tile_fn(self, record_maps: bool):
+        """The function the tiler calls: channels (n, 3 + E + 1, h, w) -> (SR + E + valid at x s, *maps)."""
+        s, map_channels = self.scale, []
+
+        def fn(t):
+            n, _, th, tw = t.shape
+            run = (t[:, -1] > 0).flatten(1).any(1)
+            if record_maps and not map_channels:
+                run[:] = True  # the first batch tells the maps' shape
+            sr = t.new_zeros(n, 3, th * s, tw * s)
+            maps = [t.new_zeros(n, c, th, tw) for c in map_channels]
+            if bool(run.any()):
+                every = bool(run.all())
+                res = self.forward(t[:, :3] if every else t[run, :3], record_maps)
+                if record_maps and not map_channels:
+                    map_channels.extend(m.shape[1] for m in res[1:])
+                    maps = [m.new_zeros(n, *m.shape[1:]) for m in res[1:]]
+                sr[run] = res[0].to(sr.dtype)  # tiles without a valid pixel stay zero
+                for m, r in zip(maps, res[1:]):
+                    m[run] = r.to(m.dtype)
+            parts = [sr]
+            if t.shape[1] > 4:
+                parts.append(F.interpolate(t[:, 3:-1], scale_factor=s, mode='bicubic', align_corners=False))
+            parts.append(F.interpolate(t[:, -1:], scale_factor=s, mode='nearest'))
+            out = torch.cat(parts, 1)
+            return (out, *maps) if record_maps else out
+
+        return fn
+
+    @contextmanager
+    def _inference(self, record_maps: bool):
+        """eval + no_grad (+ map recording) for the block; the network's mode is restored after."""
+        net = self.net
+        was_training, record = net.training, record_maps and hasattr(net, 'record_semantic_maps')
+        net.eval()
+        if record:
+            net.record_semantic_maps = True
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            if record:
+                net.record_semantic_maps = False
+                net.semantic_maps = None
+            net.train(was_training)
+
+    def _tiled(self, source, tile: TileSpec, record_maps, progress, sink, out_device):
+        h, w = source.shape[-2:]
+        size, overlap, margin = tile.resolve(h, w)
+        with self._inference(record_maps):
+            return tiled_forward(self._tile_fn(record_maps), source, size, overlap, margin=margin,
+                                 multiple=self.multiple, batch=tile.batch, device=self.device,
+                                 out_device=out_device, sink=sink, progress=progress)
+
+    # ------------------------------------------------------------------ entry points
+    def upscale_tensor(self, lq: torch.Tensor, tile: TileSpec = TileSpec(), record_maps: bool = False,
+                       progress: Optional[Callable[[int], None]] = None):
+        """(B, 3, H, W) in [0, 1] -> SR float32 (B, 3, H*s, W*s) on ``lq``'s device, and with
+        ``record_maps`` the list of K maps (B, E, H, W) (empty for a network without guidance)."""
+        b, _, h, w = lq.shape
+        stack = torch.cat([lq, lq.new_ones(b, 1, h, w)], 1)
+        out = self._tiled(stack, tile, record_maps, progress, None, lq.device)
+        out = out if isinstance(out, tuple) else (out, )
+        sr = out[0][:, :3]
+        return (sr, list(out[1:])) if record_maps else sr
+
+    def upscale_scene(self, scene, sink, tile: TileSpec = TileSpec(), record_maps: bool = False,
+                      progress: Optional[Callable[[int], None]] = None, prefetch: bool = True) -> int:
+        """Stream ``scene`` (``height``, ``width``, ``n_extra``, ``read(y0, y1, x0, x1)`` -> float32
+        (3 + E + 1, h, w)) through the tiler into ``sink`` (see :func:`tiled_forward`). Output 0 is
+        (1, 3 + E + 1, h*s, w*s): SR, bicubic extra bands, nearest valid channel; 1..: maps. Returns the tile count."""
+        h, w = scene.height, scene.width
+        windows = self.windows(h, w, tile)
+        reader = _Prefetcher(scene.read, windows, depth=2 * tile.batch + 2) if prefetch else None
+        lazy = _LazyScene(h, w, 3 + scene.n_extra + 1, reader.get if reader else scene.read)
+        try:
+            self._tiled(lazy, tile, record_maps, progress, sink, torch.device('cpu'))
+        finally:
+            if reader is not None:
+                reader.close()
+        return len(windows)
+
+
+class _LazyScene:
+    """Stands in for the (1, C, H, W) LR tensor in :func:`tiled_forward`: slicing reads the window."""
+
+    def __init__(self, h, w, channels, fetch):
+        self.shape = (1, channels, h, w)
+        self.device = torch.device('cpu')
+        self.fetch = fetch
+
+    def __getitem__(self, idx):
+        ys, xs = idx[2], idx[3]
+        return torch.from_numpy(self.fetch(ys.start, ys.stop, xs.start, xs.stop))[None]
+
+
+class _Prefetcher:
+    """Reads the tiles in the order the tiler asks for them on a thread, ``depth`` ahead."""
+
+    def __init__(self, read, windows: List[tuple], depth: int):
+        self.read, self.windows, self.i = read, windows, 0
+        self.q = queue.Queue(maxsize=max(depth, 1))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name='segsr-reader', daemon=True)
+        self.thread.start()
+
+    def _work(self):
+        for win in self.windows:
+            if self.stop.is_set():
+                return
+            try:
+                item = (self.read(*win), None)
+            except BaseException as e:  # noqa: BLE001 - handed to the consumer
+                item = (None, e)
+            while not self.stop.is_set():
+                try:
+                    self.q.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[1] is not None:
+                return
+
+    def get(self, y0, y1, x0, x1):
+        if self.i >= len(self.windows) or self.windows[self.i] != (y0, y1, x0, x1):
+            raise RuntimeError(f'tile {(y0, y1, x0, x1)} requested out of the planned order (bug)')
+        self.i += 1
+        data, err = self.q.get()
+        if err is not None:
+            raise err
+        return data
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
