@@ -30,12 +30,15 @@ from segsr_basicsr.utils.preflight import check_device
 from segsr_basicsr.utils.progress import Progress
 
 
-def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ensemble=False) -> 'SeGSRUpscaler':
+def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ensemble=False,
+               merge_lora=False) -> 'SeGSRUpscaler':
     """Checkpoint (+ option file for checkpoints without :data:`META_KEY`) -> :class:`SeGSRUpscaler`.
 
     ``device``: 'auto' | 'cpu' | 'cuda[:N]' | torch.device; ``param_key``: params_ema (default when
     present) or params; ``amp``: None | 'bf16' | 'fp16' autocast; ``self_ensemble``: average the 8
-    flips/rotations of every tile, each through the whole network (8x the time).
+    flips/rotations of every tile, each through the whole network (8x the time); ``merge_lora``: fold
+    the CLIP LoRA adapters into their weights (a little faster; outputs then differ from validation's
+    at float-rounding level, so off by default: every entry point gives the same pixels).
     """
     from basicsr.archs import build_network
 
@@ -66,7 +69,7 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
                          f'{len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, '
                          f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}. '
                          'Use the option file the model was trained with.')
-    if callable(getattr(net, 'merge_lora', None)):  # GuidedBackbone: fold CLIP LoRA into its weights
+    if merge_lora and callable(getattr(net, 'merge_lora', None)):  # fold CLIP LoRA into its weights
         net.merge_lora()
     net = net.to(device).eval()
     return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)

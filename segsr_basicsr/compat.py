@@ -130,6 +130,7 @@ def _patch_options():
     import basicsr.test
     import basicsr.train
     import basicsr.utils.options as options
+    from segsr_basicsr.io.option_file import SafeOrderedLoader
     from segsr_basicsr.utils import options as safe
 
     def make_ordered_yaml(orig):
@@ -140,7 +141,7 @@ def _patch_options():
             _, dumper = orig()
             overrides = list(_pending_overrides or [])
 
-            class OverridingLoader(safe.SafeOrderedLoader):
+            class OverridingLoader(SafeOrderedLoader):
 
                 def __init__(self, stream):
                     self.source = getattr(stream, 'name', 'the option file')

@@ -139,6 +139,8 @@ def parse_args(argv=None):
                    '--max-value; inverted on output, so the dtype and range are kept')
     p.add_argument('--no-geo', action='store_true', help='write rasters without georeferencing')
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
+    p.add_argument('--merge-lora', action='store_true', help='fold CLIP LoRA into its weights: a little faster, '
+                   'pixels may then differ by one level from validation/test (docs/inference.md)')
     p.add_argument('--self-ensemble', action='store_true',
                    help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
     add_image_args(p)
@@ -197,7 +199,8 @@ def main(argv=None):
         check_device(args.device)
         plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
         model = load_model(args.model, args.device, opt=args.opt, param_key=args.param_key,
-                           amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble)
+                           amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble,
+                           merge_lora=args.merge_lora)
         if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
             check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
         num_maps = 0

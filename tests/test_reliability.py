@@ -10,7 +10,7 @@ import torch
 
 from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.io.checkpoint import atomic_save, load_checkpoint
-from segsr_basicsr.utils.options import parse_override_value
+from segsr_basicsr.io.option_file import parse_override_value
 from test_ddp import rank_outputs, torchrun
 from tiny_configs import TINY_GUIDANCE, TINY_HAT
 from train_opts import LOSS_LINE, SAVE_HOOK_ENV, exp_logs, losses, run_train, train_opt, write_opt, write_pairs

@@ -15,7 +15,9 @@ from torch import nn
 
 import segsr_basicsr  # noqa: F401,I001
 from basicsr.archs import build_network
-from segsr_basicsr.api import META_KEY, SceneWarning, SeGSRUpscaler, load_model, network_metadata
+from segsr_basicsr.api import SeGSRUpscaler, load_model
+from segsr_basicsr.errors import SceneWarning
+from segsr_basicsr.io.checkpoint import META_KEY, network_metadata
 from segsr_basicsr.infer import main
 
 rasterio = pytest.importorskip('rasterio')
@@ -447,9 +449,9 @@ def test_semantic_maps_of_a_raster_are_georeferenced_geotiffs_on_the_lr_grid(tmp
 
 def test_progress_without_a_terminal_prints_plain_lines_with_tiles_megapixels_and_eta():
     import io
-    from segsr_basicsr.api import Progress
+    from segsr_basicsr.utils.progress import Progress
     stream = io.StringIO()
-    bar = Progress(10, 4_000_000, 'scene.tif', every=0, stream=stream)
+    bar = Progress(10, 'scene.tif', 'tiles', megapixels=4.0, every=0, stream=stream)
     bar(5)
     bar.close()
     line = stream.getvalue().strip()
@@ -458,7 +460,7 @@ def test_progress_without_a_terminal_prints_plain_lines_with_tiles_megapixels_an
 
 def test_api_self_ensemble_is_the_mean_of_the_eight_transforms_through_the_network(ckpt):
     """segsr-infer --self-ensemble / load_model(..., self_ensemble=True): per tile, the 8 views averaged."""
-    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.engine import forward_padded
     from segsr_basicsr.utils.self_ensemble import dihedral, dihedral_inverse
     _, net = ckpt
     img = np.random.default_rng(3).random((12, 14, 3)).astype(np.float32)

@@ -98,9 +98,14 @@ class Radiometry:
             np.float32, copy=False)
 
     def inverse(self, sr):
-        """(3, h, w) float [0, 1] -> float values in the input's units (not rounded)."""
+        """(3, h, w) float [0, 1] -> float values in the input's units (not rounded).
+
+        Clamped maps (8-bit, ``max_value``) compute in float32 like BasicSR's tensor2img, so validation
+        images and inference outputs round to the same integers."""
         if self.clamp:
-            sr = np.clip(sr, 0, 1)
+            sr = np.clip(sr.astype(np.float32, copy=False), 0, 1)
+            span, lo = (self.hi - self.lo).astype(np.float32), self.lo.astype(np.float32)
+            return sr * span[:, None, None] + lo[:, None, None]
         return sr * (self.hi - self.lo)[:, None, None] + self.lo[:, None, None]
 
 

@@ -139,16 +139,14 @@ TILE_KEYS = ('size', 'overlap', 'margin', 'batch')
 
 def tile_spec(value, where='val:tile') -> TileSpec:
     """``val.tile`` (an int, ``{size, overlap, margin, batch}``, or ~) or the CLI's --tile -> TileSpec."""
-    if value is None or value is False or value == 0:
-        return TileSpec()
     if not isinstance(value, dict):
         value = {'size': value}
     unknown = [k for k in value if k not in TILE_KEYS]
     if unknown:
         raise OptionError(f'{where}: unknown key {unknown[0]!r}{suggest(unknown[0], TILE_KEYS)}; '
                           'write {size: 256, overlap: 32}.')
-    if value.get('size') is None:
-        return TileSpec()
+    if value.get('size') is None or value.get('size') is False or value.get('size') == 0:
+        return TileSpec()  # 0 / ~: the whole image in one pass
     size = _whole(value['size'], f'{where} size', 1)
     overlap = value.get('overlap')
     overlap = default_overlap(size) if overlap is None else _whole(overlap, f'{where} overlap', 0)
