@@ -601,8 +601,9 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
     from basicsr.utils.options import ordered_yaml
     opt = yaml.load(text, Loader=ordered_yaml()[0])
     assert opt['val']['tile'] == {'size': 80, 'overlap': 16} and opt['tile'] == {'tile_size': 64, 'tile_pad': 8}
-    from segsr_basicsr.utils.tiling import parse_tile_opt
-    assert parse_tile_opt(opt['val']['tile']) == (80, 16)
+    from segsr_basicsr.utils.options import tile_spec
+    from segsr_basicsr.utils.tiling import TileSpec
+    assert tile_spec(opt['val']['tile']) == TileSpec(80, 16)
 
 
 def test_unknown_top_level_key_warns_with_the_nearest_name(setup, tmp_path, monkeypatch, capsys):

@@ -7,7 +7,8 @@ import torch
 
 import segsr_basicsr  # noqa: F401,I001  (compat first, then registers everything)
 from basicsr.models import build_model
-from segsr_basicsr.models.segsr_model import parse_finite_check_freq, parse_tf32, set_tf32
+from segsr_basicsr.models.segsr_model import set_tf32
+from segsr_basicsr.utils.options import parse_finite_check_freq, parse_tf32
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 GUIDED_HAT = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
@@ -88,7 +89,7 @@ def test_fused_ema_equals_the_per_tensor_loop_exactly(tmp_path, decay):
 
 # ----------------------------------------------------------------------------- TF32
 def test_tf32_option_parsing():
-    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    cpu, cuda = 'cpu', 'cuda'  # device types
     assert parse_tf32(None, cuda) is True and parse_tf32(None, cpu) is False
     assert parse_tf32(False, cuda) is False and parse_tf32(True, cpu) is True
     with pytest.raises(ValueError, match=r"train.tf32 must be true, false or ~.*'yes'"):
@@ -121,7 +122,7 @@ def test_tf32_on_cpu_changes_nothing_and_says_so(tmp_path, caplog):
 
 # ----------------------------------------------------------------------------- host syncs
 def test_finite_check_freq_defaults_and_bad_values():
-    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    cpu, cuda = 'cpu', 'cuda'  # device types
     assert parse_finite_check_freq(None, cpu, 100) == 1  # a CPU "sync" is free: check every step
     assert parse_finite_check_freq(None, cuda, 50) == 50  # CUDA: on the steps BasicSR logs
     assert parse_finite_check_freq(None, cuda, None) == 100

@@ -292,8 +292,10 @@ def test_scene_larger_than_the_tile_streams_with_a_small_memory_budget(tmp_path,
         finally:
             tracemalloc.stop()
         assert st['tiles'] >= (h // 32) * 4
-    full = 3 * (640 * 4) * (120 * 4)
-    assert peaks[640] < 1.25 * peaks[160] and peaks[640] < 0.5 * full, (peaks, full)
+    full = {h: 3 * (h * 4) * (120 * 4) for h in peaks}  # bytes of the whole output, which is never held
+    # holding the output would grow the peak by the whole output's growth; streaming grows it by a few
+    # small Python objects per tile row (measured: ~0.09 of it)
+    assert peaks[640] - peaks[160] < 0.2 * (full[640] - full[160]) and peaks[640] < 0.5 * full[640], (peaks, full)
     ref = model.upscale(np.moveaxis(data, 0, -1), tile=32, overlap=8)
     with rasterio.open(tmp_path / 'tall640_x4.tif') as out:
         assert np.array_equal(np.moveaxis(out.read(), 0, -1), ref)

@@ -154,7 +154,7 @@ def tile_spec(value, where='val:tile') -> TileSpec:
         raise OptionError(f'{where} overlap {overlap} must be smaller than the tile size {size}.')
     margin = value.get('margin')
     if margin is not None and (_whole(margin, f'{where} margin', 0) * 2 > overlap):
-        raise OptionError(f'{where} margin must be between 0 and overlap/2 ({overlap // 2}), got {margin!r}.')
+        raise OptionError(f'{where} margin must be an integer between 0 and overlap/2, got {margin!r}.')
     batch = _whole(value.get('batch', 1), f'{where} batch', 1)
     return TileSpec(size, overlap, margin, batch)
 
@@ -280,7 +280,7 @@ def check_val(opt, path, is_train):
     """val: known keys, val_freq, flags, amp, tile (against the network's window), metrics' crop_border."""
     if opt.get('val') is None:
         if not is_train:
-            raise OptionError(f'{path}: testing needs a "val:" section (save_img, metrics).')
+            raise OptionError(f'{path}: Testing needs a "val:" section (save_img, metrics).')
         return
     val = _require(opt, 'val', dict, '', path)
     for key in val:
