@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from segsr_basicsr.errors import OptionError
+from segsr_basicsr.errors import CheckpointError, OptionError
 
 CLIP_CONFIG_DIR = Path(__file__).resolve().parent / 'clip_configs'
 open_clip.add_model_config(CLIP_CONFIG_DIR)  # registers SeGSR-Tiny-ViT (tests, offline demo)
@@ -127,7 +127,7 @@ def load_clip_checkpoint(model: nn.Module, path: str, name: str) -> None:
         else:
             open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
     except Exception as err:
-        raise RuntimeError(f'guidance: could not load the CLIP checkpoint {path!r} into open_clip model {name!r}: '
+        raise CheckpointError(f'guidance: could not load the CLIP checkpoint {path!r} into open_clip model {name!r}: '
                            f'{err}\nCheck that guidance.clip_model is the architecture of this checkpoint '
                            "(e.g. a RemoteCLIP-ViT-B-32 file needs clip_model: ViT-B-32).") from err
 
@@ -207,10 +207,10 @@ def decide_quick_gelu(choice, name: str, cfg: dict, source: str, tag: Optional[s
     return quick, f"guidance: CLIP activation {'QuickGELU' if quick else 'GELU'} (auto: {said}); {override}"
 
 
-def _hf_hub_missing(model_id: str, err: Exception) -> RuntimeError:
+def _hf_hub_missing(model_id: str, err: Exception) -> CheckpointError:
     from huggingface_hub import constants
     offline = ' (HF_HUB_OFFLINE is set)' if constants.HF_HUB_OFFLINE else ''
-    return RuntimeError(
+    return CheckpointError(
         f'guidance.clip_model: hf-hub:{model_id} is not in the Hugging Face cache {constants.HF_HUB_CACHE} and could '
         f'not be downloaded{offline}: on a machine with internet run `huggingface-cli download {model_id}` (or '
         f"python -c \"import open_clip; open_clip.create_model('hf-hub:{model_id}')\") and copy its folder "
@@ -239,6 +239,28 @@ def _hf_hub_source(clip_model: str, clip_pretrained) -> Tuple[str, dict, dict, s
     return clip_model, hf_cfg['model_cfg'], hf_cfg.get('preprocess_cfg', {}), weights
 
 
+def clip_source(clip_model, clip_pretrained) -> Tuple[str, dict, str, dict, Optional[str]]:
+    """(open_clip name, model config, 'random' | 'tag' | 'file', tag config, local path) of a non-hf-hub
+    source, checked without downloading anything: the option check runs it before any work."""
+    name = resolve_clip_model(clip_model)
+    cfg, tag_cfg, path = open_clip.get_model_config(name), {}, None
+    if clip_pretrained is None:
+        source = 'random'
+    elif not isinstance(clip_pretrained, str) or not clip_pretrained:
+        raise OptionError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or '
+                          f'a local checkpoint path, got {clip_pretrained!r}')
+    elif open_clip.get_pretrained_cfg(name, clip_pretrained):
+        source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
+    elif os.path.isfile(os.path.expanduser(clip_pretrained)):
+        source, path = 'file', os.path.expanduser(clip_pretrained)
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise OptionError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag '
+                          f'of {name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
+    _check_vit_config(name, cfg)
+    return name, cfg, source, tag_cfg, path
+
+
 def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVisual:
     """Build the open_clip ViT image tower of ``clip_model`` with weights from ``clip_pretrained`` (see module doc)."""
     tag_cfg, path, hf_preprocess = {}, None, {}
@@ -246,27 +268,13 @@ def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVis
         name, cfg, hf_preprocess, path = _hf_hub_source(clip_model, clip_pretrained)
         source = 'hf-hub'
     else:
-        name = resolve_clip_model(clip_model)
-        cfg = open_clip.get_model_config(name)
-        if clip_pretrained is None:
-            source = 'random'
-        elif not isinstance(clip_pretrained, str) or not clip_pretrained:
-            raise OptionError('guidance.clip_pretrained must be null (random weights), an open_clip pretrained tag or '
-                             f'a local checkpoint path, got {clip_pretrained!r}')
-        elif open_clip.get_pretrained_cfg(name, clip_pretrained):
-            source, tag_cfg = 'tag', open_clip.get_pretrained_cfg(name, clip_pretrained)
-        elif os.path.isfile(os.path.expanduser(clip_pretrained)):
-            source, path = 'file', os.path.expanduser(clip_pretrained)
-        else:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise OptionError(f'guidance.clip_pretrained: {clip_pretrained!r} is neither an open_clip pretrained tag '
-                             f'of {name!r} (available: {tags or "none"}) nor an existing local checkpoint file')
+        name, cfg, source, tag_cfg, path = clip_source(clip_model, clip_pretrained)
     _check_vit_config(name, cfg)
     if source == 'tag':
         try:
             path = open_clip.download_pretrained(tag_cfg)
         except Exception as err:
-            raise RuntimeError(
+            raise CheckpointError(
                 f"guidance: could not download the CLIP weights '{clip_pretrained}' of {name} ({err}). Offline? "
                 'Fetch the open_clip checkpoint on a machine with internet (open_clip.create_model'
                 f"('{name}', pretrained='{clip_pretrained}') caches it under ~/.cache/huggingface) and pass the "
@@ -274,7 +282,7 @@ def build_clip_visual(clip_model, clip_pretrained, quick_gelu='auto') -> CLIPVis
                 f"guidance.quick_gelu: {str(bool(tag_cfg.get('quick_gelu', False))).lower()} (this tag's "
                 'activation; HF_HUB_OFFLINE=1 makes open_clip use its cache without retrying the network)') from err
         if is_torchscript_archive(path):
-            raise RuntimeError(f"guidance: clip_pretrained '{clip_pretrained}' resolved to the TorchScript archive "
+            raise CheckpointError(f"guidance: clip_pretrained '{clip_pretrained}' resolved to the TorchScript archive "
                                f'{path} (it contains code); SeG-SR loads one only from an explicit local path: '
                                f'set guidance.clip_pretrained: {path} if you trust it')
     folder_cfg = folder_model_config(path) if source == 'file' else (None, None)

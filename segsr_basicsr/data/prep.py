@@ -334,3 +334,26 @@ def run_cli(main):
     from segsr_basicsr.utils.cli import exit_on_user_error
     with exit_on_user_error(Path(sys.argv[0]).name):
         main()
+
+
+# ----------------------------------------------------------------------------- what makes a dataset folder
+_SPLIT_DIR = re.compile(r'^(?P<root>.*?)/?(?P<split>[^/]+)/(?P<kind>HR|LR)(_x(?P<scale>\d+))?(?P<lmdb>\.lmdb)?/?$')
+
+
+def prep_command(folder: str) -> str:
+    """The datasets_prep command that makes ``folder`` (docs/datasets.md), or where to read how."""
+    m = _SPLIT_DIR.match(folder.replace(os.sep, '/'))
+    if not m:
+        return 'prepare it as docs/datasets.md shows (datasets_prep/), or fix the path'
+    root, split, scale = m['root'] or '.', m['split'], m['scale']
+    hr = f'{root}/{split}/HR'
+    make = (f'python datasets_prep/split_dataset.py --src YOUR_DOWNLOADED_DATASET --out {root} --ratios 8 1 1 '
+            '--seed 0')
+    if scale and os.path.isdir(hr):
+        make = f'python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
+    elif scale:
+        make += f', then python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
+    if m['lmdb']:
+        make += (f', then python datasets_prep/make_lmdb.py {root}/{split}/HR_x{scale} '
+                 f'{root}/{split}/LR_x{scale}')
+    return f'make it with: {make} (docs/datasets.md)'

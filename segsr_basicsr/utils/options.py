@@ -9,7 +9,6 @@ options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this 
 import difflib
 import inspect
 import os
-import re
 
 from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import apply_overrides, load_yaml, suggest
@@ -56,6 +55,19 @@ def unknown_top_level_keys(opt):
 
 
 def apply_aliases(opt, path='the option file'):
+    """The spellings BasicSR/HAT users bring, made ours, and BasicSR's silent requirements given defaults:
+    HAT's top-level ``tile`` becomes ``val.tile`` (:func:`_hat_tile`), and ``val.save_img`` defaults to
+    false (BasicSR's test pipeline reads ``opt['val']['save_img']`` and fails with a KeyError without it)."""
+    if not isinstance(opt, dict):
+        return opt
+    if isinstance(opt.get('val'), dict):
+        opt['val'].setdefault('save_img', False)
+    if opt.get('tile') is not None:
+        _hat_tile(opt, path)
+    return opt
+
+
+def _hat_tile(opt, path):
     """Accept HAT's top-level ``tile: {tile_size, tile_pad}`` as ``val.tile``.
 
     HAT cuts tiles of ``tile_size`` and pads each by ``tile_pad`` on every side, so the network sees
@@ -63,8 +75,6 @@ def apply_aliases(opt, path='the option file'):
     ``val.tile: {size: tile_size + 2 * tile_pad, overlap: 2 * tile_pad}`` in our tiler (which blends the
     shared strip instead of cropping it). ``tile`` stays in ``opt`` so HAT's own model still finds it.
     """
-    if not isinstance(opt, dict) or opt.get('tile') is None:
-        return opt
     tile = opt['tile']
     if not isinstance(tile, dict) or 'tile_size' not in tile or set(tile) - {'tile_size', 'tile_pad'}:
         raise OptionError(f'{path}: top-level tile must look like HAT\'s {{tile_size: 512, tile_pad: 32}}, '
@@ -76,11 +86,10 @@ def apply_aliases(opt, path='the option file'):
             raise OptionError(f'{path}: tile:{name} must be an integer >= {low}, got {value!r}.')
     val = opt.get('val')
     if not isinstance(val, dict):
-        return opt  # no validation section: nothing tiles (validate_options asks for val where it is needed)
+        return  # no validation section: nothing tiles (validate_options asks for val where it is needed)
     if val.get('tile') is not None:
         raise OptionError(f'{path}: both tile (HAT form) and val:tile are set; keep one of them.')
     val['tile'] = {'size': size + 2 * pad, 'overlap': 2 * pad}
-    return opt
 
 
 _TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
@@ -271,6 +280,36 @@ def check_network(opt, path):
             guidance_options(guidance)
         except OptionError as e:
             raise OptionError(f'{path}: network_g:{e}') from None
+    _try_build(network, arch, path)
+
+
+def _try_build(network, arch, path):
+    """Build network_g once on the CPU and drop it, so that whatever its constructor refuses (any arch, any
+    key) is one line before BasicSR creates a folder. CLIP weights named by a pretrained tag or an hf-hub
+    repo are not fetched here (the tag is checked by name); a local CLIP file is loaded, so a wrong one is
+    caught now. Costs one build (about 1-2 s for the paper's network on a CPU)."""
+    import copy
+
+    from basicsr.archs import build_network
+    net_opt = copy.deepcopy(dict(network))
+    guidance = net_opt.get('guidance')
+    if isinstance(guidance, dict):
+        from segsr_basicsr.archs.clip_tower import HF_HUB_PREFIX, clip_source
+        model, weights = guidance.get('clip_model', 'ViT-B-16'), guidance.get('clip_pretrained', 'openai')
+        if isinstance(model, str) and model.startswith(HF_HUB_PREFIX):
+            return  # needs the Hugging Face cache: checked when the network is built
+        try:
+            if clip_source(model, weights)[2] == 'tag':
+                guidance['clip_pretrained'], guidance['quick_gelu'] = None, False
+        except OptionError as e:
+            raise OptionError(f'{path}: network_g:{e}') from None
+    try:
+        build_network(net_opt)
+    except OptionError as e:
+        raise OptionError(f'{path}: network_g ({arch}): {e}') from None
+    except (ValueError, TypeError, AssertionError, KeyError, IndexError) as e:
+        raise OptionError(f'{path}: network_g ({arch}) cannot be built from these options: '
+                          f'{type(e).__name__}: {e}') from None
 
 #: keys of ``val`` that BasicSR's SRModel and SeGSRModel read
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'self_ensemble', 'amp')
@@ -330,29 +369,8 @@ def check_train(opt, path):
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
 
 
-_SPLIT_DIR = re.compile(r'^(?P<root>.*?)/?(?P<split>[^/]+)/(?P<kind>HR|LR)(_x(?P<scale>\d+))?(?P<lmdb>\.lmdb)?/?$')
-
-
-def prep_command(folder: str) -> str:
-    """The datasets_prep command that makes ``folder`` (docs/datasets.md), or where to read how."""
-    m = _SPLIT_DIR.match(folder.replace(os.sep, '/'))
-    if not m:
-        return 'prepare it as docs/datasets.md shows (datasets_prep/), or fix the path'
-    root, split, scale = m['root'] or '.', m['split'], m['scale']
-    hr = f'{root}/{split}/HR'
-    make = (f'python datasets_prep/split_dataset.py --src YOUR_DOWNLOADED_DATASET --out {root} --ratios 8 1 1 '
-            '--seed 0')
-    if scale and os.path.isdir(hr):
-        make = f'python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
-    elif scale:
-        make += f', then python datasets_prep/make_bicubic.py --input {hr} --scales {scale}'
-    if m['lmdb']:
-        make += (f', then python datasets_prep/make_lmdb.py {root}/{split}/HR_x{scale} '
-                 f'{root}/{split}/LR_x{scale}')
-    return f'make it with: {make} (docs/datasets.md)'
-
-
 def _check_dataroots(dataset, where, path):
+    from segsr_basicsr.data.prep import prep_command
     for key, value in dataset.items():
         if not (key.startswith('dataroot') or key == 'meta_info_file') or value is None:
             continue
