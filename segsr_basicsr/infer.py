@@ -25,8 +25,8 @@ from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, read_image, write_image
 from segsr_basicsr.io.raster import RASTER_EXTS
 from segsr_basicsr.utils.options import check_tile, tile_spec
-from segsr_basicsr.utils.preflight import check_device
-from segsr_basicsr.utils.progress import Progress
+from segsr_basicsr.utils.preflight import check_device, check_writable
+from segsr_basicsr.utils.progress import Progress, progress
 
 INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 #: default tile (LR pixels) for streamed rasters; images default to one whole-image pass
@@ -48,7 +48,11 @@ def streams(path):
 
 # ----------------------------------------------------------------------------- files
 def list_inputs(inputs):
+    """The files named by --input (files, folders), each once, in order; refuses what is not an image."""
     files = []
+    for text in inputs:
+        if not str(text).strip():
+            raise InferError("--input '': an empty path; name an image, raster or folder.")
     for p in map(Path, inputs):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTS)
@@ -61,6 +65,11 @@ def list_inputs(inputs):
             files.append(p)
         else:
             raise InferError(f'--input {p}: no such file or folder.')
+    seen = {}
+    for f in files:
+        if f.resolve() in seen:
+            raise InferError(f'--input names {f} twice (also as {seen[f.resolve()]}); name each input once.')
+        seen[f.resolve()] = f
     return files
 
 
@@ -69,6 +78,7 @@ def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InferError(f'--output {out_dir}: exists and is not a folder.')
+    check_writable(out_dir, '--output')
     in_dirs = {f.parent.resolve() for f in files}
     if out_dir.resolve() in in_dirs:
         raise InferError(f'--output {out_dir}: is the folder of the input image(s); results must go to another '
@@ -97,6 +107,23 @@ def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
             raise InferError(f'output exists: {", ".join(taken[:5])}{more}. Pass --overwrite to replace it, '
                              'or choose another --output.')
     return plan
+
+
+def check_inputs(files, args):
+    """Open every input the way it will be read (images decoded with the band/range options, rasters opened
+    with them) before the first output is written, so a bad file late in a folder costs no half-done run."""
+    from segsr_basicsr.io import raster as R
+    for src in progress(files, 'checking inputs', unit='files'):
+        if streams(src):
+            with R.gdal_env():
+                R.RasterScene(src, args.bands, args.max_value, args.stretch).close()
+            continue
+        if args.stretch is not None or args.cog:
+            raise InferError(f'{src}: --stretch and --cog apply to rasters read through GDAL (GeoTIFF, JP2, VRT); '
+                             'this file is read whole as an image.')
+        if src.suffix.lower() in TIFF_EXTS:
+            check_plain_tiff(src, args.no_geo)
+        read_image(src, **image_kwargs(args))
 
 
 def check_plain_tiff(path, no_geo):
@@ -164,11 +191,6 @@ def _run_file(model, args, src, out, map_paths):
                                 no_geo=args.no_geo, maps_dst=map_paths or None, progress=progress)
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
         return f'{src} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
-    if args.stretch is not None or args.cog:
-        raise InferError(f'{src}: --stretch and --cog apply to rasters read through GDAL (GeoTIFF, JP2, VRT); '
-                         'this file is read whole as an image.')
-    if src.suffix.lower() in TIFF_EXTS:
-        check_plain_tiff(src, args.no_geo)
     from segsr_basicsr.utils.visualize import semantic_overlays
     img = read_image(src, **image_kwargs(args))
     h, w = img.shape[:2]
@@ -210,6 +232,7 @@ def main(argv=None):
                 raise InferError(f'--save-maps: the network of {args.model} has no semantic guidance, so there are '
                                  'no maps to save.')
         plan = plan_outputs(files, args.output, model.scale, args.save_maps, num_maps, args.overwrite)
+        check_inputs(files, args)
         Path(args.output).mkdir(parents=True, exist_ok=True)
         for src, out, map_paths in plan:
             with warnings.catch_warnings(record=True) as caught:

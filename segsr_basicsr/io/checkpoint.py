@@ -59,6 +59,9 @@ def atomic_save(obj, path):
 def load_checkpoint(path, map_location='cpu'):
     """``torch.load(weights_only=True)`` with one-line :class:`CheckpointError` naming the file on failure."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f'Checkpoint {path} is a folder, not a file: name the .pth file in it (e.g. '
+                              f'{os.path.join(path, "net_g_latest.pth")}).')
     if not os.path.isfile(path):
         raise CheckpointError(f'Checkpoint file not found: {path}. Check the path in the option file '
                               '(path: pretrain_network_g / resume_state) or the --model argument.')

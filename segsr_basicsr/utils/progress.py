@@ -62,9 +62,7 @@ def progress(items, desc, unit='files', total=None, stream=None, every=None):
     """Iterate ``items`` while reporting through :class:`Progress`."""
     total = len(items) if total is None and hasattr(items, '__len__') else total
     bar = Progress(total, desc, unit, stream=stream, every=every)
-    try:
-        for item in items:
-            yield item
-            bar(1)
-    finally:
-        bar.close()
+    for item in items:
+        yield item
+        bar(1)
+    bar.close()  # the closing line only when all went through (an error line says the rest)
