@@ -26,7 +26,7 @@ from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.checkpoint import META_KEY
 from segsr_basicsr.utils.engine import Engine
 from segsr_basicsr.utils.options import parse_amp, tile_spec
-from segsr_basicsr.utils.preflight import check_device
+from segsr_basicsr.utils.preflight import check_device, check_file_outputs
 from segsr_basicsr.utils.progress import Progress
 
 
@@ -184,6 +184,7 @@ class SeGSRUpscaler:
 
         src, dst = Path(src), Path(dst)
         t0 = time.perf_counter()
+        check_file_outputs(src, [dst, *(maps_dst or [])])
         scene = R.RasterScene(src, bands, max_value, stretch)
         try:
             with R.gdal_env():

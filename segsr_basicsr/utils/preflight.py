@@ -283,3 +283,21 @@ def check_device(name, where='--device'):
             raise OptionError(f'{where} {name}: this machine has {count} CUDA device(s) (cuda:0 to '
                               f'cuda:{count - 1}); pick one of them.')
     return torch.device(text)
+
+
+# ----------------------------------------------------------------------------- one input, its outputs
+def check_file_outputs(src, outputs, what='output'):
+    """``src`` is an existing file and no output is it, or lies under a file, or repeats another output.
+    Raised before anything is read or written, so an input is never overwritten."""
+    src = Path(src)
+    if not src.is_file():
+        raise DataError(f'{src}: ' + ('is a folder, not a file.' if src.is_dir() else 'no such file.'))
+    seen = {src.resolve(): f'the input {src}'}
+    for out in map(Path, outputs):
+        key = out.resolve()
+        if key in seen:
+            raise DataError(f'{what} {out} is {seen[key]}; refusing to overwrite it. Choose another {what} path.')
+        seen[key] = f'also the {what} {out}'
+        if out.is_dir():
+            raise DataError(f'{what} {out} is a folder; name a file in it.')
+        check_writable(out.parent, f'{what} {out}: folder')
