@@ -21,7 +21,9 @@ _KEY = re.compile(r'^[A-Za-z0-9_.\-]+$')
 
 def suggest(key, candidates) -> str:
     """`` (did you mean 'x'?)`` for the candidate closest to ``key``, or ''."""
-    close = difflib.get_close_matches(str(key), [str(c) for c in candidates], n=1)
+    names = [str(c) for c in candidates]
+    same_case = [n for n in names if n.lower() == str(key).lower()]
+    close = same_case or difflib.get_close_matches(str(key), names, n=1)
     return f' (did you mean {close[0]!r}?)' if close else ''
 
 

@@ -339,8 +339,11 @@ def check_val(opt, path, is_train):
     metrics = val.get('metrics') or {}
     if not isinstance(metrics, dict):
         raise OptionError(f'{path}: val:metrics must be a section (name: {{type: calculate_psnr, ...}}).')
+    from basicsr.utils.registry import METRIC_REGISTRY
     for name, metric in metrics.items():
         _require(metrics, name, dict, 'val:metrics:', path)
+        _registered(METRIC_REGISTRY, _require(metric, 'type', str, f'val:metrics:{name}:', path), 'metric', path,
+                    f'val:metrics:{name}:type')
         crop = metric.get('crop_border', 0)
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
             raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
@@ -358,15 +361,37 @@ def check_train(opt, path):
         parse_guidance_lr_mult(train.get('guidance_lr_mult'))
     except OptionError as e:
         raise OptionError(f'{path}: {e}') from None
-    optim = train.get('optim_g')
-    if isinstance(optim, dict) and 'type' in optim:
-        import torch
-        names = [n for n, c in vars(torch.optim).items()
-                 if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
-        choice(optim['type'], names, f'{path}: train:optim_g:type')
+    _check_optimizer(train, path)
+    ema = train.get('ema_decay', 0)
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+        raise OptionError(f'{path}: train:ema_decay must be a number in [0, 1) (0: no EMA), got {ema!r}.')
+    _check_registered_types(train, path)
     logger = _require(opt, 'logger', dict, '', path)
     _positive_int(logger, 'print_freq', 'logger:', path)
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+
+
+def _check_optimizer(train, path):
+    import torch
+    optim = _require(train, 'optim_g', dict, 'train:', path)
+    names = [n for n, c in vars(torch.optim).items()
+             if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
+    choice(_require(optim, 'type', str, 'train:optim_g:', path), names, f'{path}: train:optim_g:type')
+    lr = _require(optim, 'lr', (int, float), 'train:optim_g:', path)
+    if not lr > 0:
+        raise OptionError(f'{path}: train:optim_g:lr must be > 0, got {lr!r}.')
+    scheduler = train.get('scheduler')
+    if isinstance(scheduler, dict):  # what BasicSR's BaseModel.setup_schedulers accepts
+        choice(scheduler.get('type'), ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR'),
+               f'{path}: train:scheduler:type')
+
+
+def _check_registered_types(train, path):
+    """Every ``train:*_opt:type`` names a BasicSR loss (BasicSR only finds out when the model is built)."""
+    from basicsr.utils.registry import LOSS_REGISTRY
+    for key, section in train.items():
+        if key.endswith('_opt') and isinstance(section, dict) and 'type' in section:
+            _registered(LOSS_REGISTRY, section['type'], 'loss', path, f'train:{key}:type')
 
 
 def _check_dataroots(dataset, where, path):
@@ -401,12 +426,15 @@ def check_dataset(dataset, phase, path, scale, is_train):
         if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
             raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
                               f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
+    for key in ('use_hflip', 'use_rot', 'use_shuffle', 'pin_memory'):
+        _flag(dataset, key, f'{path}: {where}')
+    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
+    choice(backend, ('disk', 'lmdb', 'memcached'), f'{path}: {where}io_backend:type')
     max_value = dataset.get('max_value')
     if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
                                   or not max_value > 0):
         raise OptionError(f'{path}: {where}max_value must be a number > 0 (the value that maps to white, e.g. '
                           f'65535 or 4095), got {max_value!r}.')
-    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
     roots = [dataset.get('dataroot_gt'), dataset.get('dataroot_lq')]
     if backend == 'disk' and any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
         raise OptionError(f'{path}: {where[:-1]} points at an LMDB with io_backend disk; '
@@ -421,7 +449,15 @@ def validate_options(opt, path, is_train=True):
     import torch
     from basicsr.utils.registry import MODEL_REGISTRY
 
-    _require(opt, 'name', str, '', path)
+    name = _require(opt, 'name', str, '', path)
+    if not name.strip() or name in ('.', '..') or '/' in name or os.sep in name:
+        raise OptionError(f'{path}: name {name!r} must be a plain folder name (it becomes experiments/<name> and '
+                          'results/<name>): no slashes, not empty, not . or ..')
+    seed = opt.get('manual_seed')
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
+    for key in ('strict_load_g', 'strict_load_d'):
+        _flag(opt.get('path') or {}, key, f'{path}: path:')
     _registered(MODEL_REGISTRY, _require(opt, 'model_type', str, '', path), 'model', path, 'model_type')
     num_gpu = opt.get('num_gpu', None)
     if num_gpu is None:
