@@ -663,3 +663,169 @@ def test_segsr_debug_shows_the_traceback(setup, tmp_path, monkeypatch):
     from segsr_basicsr.train import main
     with pytest.raises(DataError, match='lq/000.png is missing'):
         main(['-opt', write_opt(tmp_path / 'o.yml', _train_opt(tmp_path, setup[0] / 'ckpt' / 'good.pth'))])
+
+
+# ============================================================================= one contract (issue 20)
+# Cases nobody listed before: each must come out of the shared checks (options, paths, devices, images),
+# not from a row-specific rule. Every row: exit code 2 (or the package's error from the API), one line naming
+# the culprit, no traceback, and nothing created: no experiments/ or results/ folder, no output file.
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR, TINY_GUIDANCE  # noqa: E402
+
+
+def _guided():
+    return dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
+
+
+def _contract_train_opt(tmp_path):
+    opt = train_opt(tmp_path / 'data', name='contract', total_iter=1, network=_guided())
+    opt['val'] = {'val_freq': 1, 'save_img': False, 'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': 4}}}
+    opt['datasets']['val'] = dict(name='v', type='PairedImageDataset', dataroot_gt=str(_gt(tmp_path)),
+                                  dataroot_lq=str(_lq(tmp_path)), io_backend={'type': 'disk'})
+    return opt
+
+
+# (id, entry, opt edits, fragments)
+CONTRACT_OPTION_ROWS = [
+    ('guidance value misspelt', 'train', {'network_g:guidance:tune': 'lroa'},
+     ['network_g:guidance.tune must be one of lora, frozen, full', "did you mean 'lora'"]),
+    ('guidance key misspelt', 'train', {'network_g:guidance:lora_rnak': 4},
+     ['guidance.lora_rnak is not a guidance option', "did you mean 'lora_rank'"]),
+    ('unknown CLIP model', 'train', {'network_g:guidance:clip_model': 'ViT-B-61'},
+     ["guidance.clip_model: 'ViT-B-61' is not an open_clip model"]),
+    ('CLIP weights file missing', 'train', {'network_g:guidance:clip_pretrained': '/nowhere/clip.bin'},
+     ["'/nowhere/clip.bin' is neither an open_clip pretrained tag", 'nor an existing local checkpoint file']),
+    ('arch key misspelt', 'train', {'network_g:embed_dims': 16},
+     ['network_g:embed_dims is not an option of SeGSR_HAT', "did you mean 'embed_dim'"]),
+    ('arch refuses a value', 'train', {'network_g:window_size': 0},
+     ['network_g (SeGSR_HAT) cannot be built from these options', 'window_size=0']),
+    ('arch lists that do not match', 'train', {'network_g:depths': [1, 1, 1]},
+     ['network_g (SeGSR_HAT)', 'len(depths)=3 != len(num_heads)=2']),
+    ('validation key misspelt', 'train', {'val:save_imgs': True},
+     ['val:save_imgs is not a validation option', "did you mean 'save_img'"]),
+    ('validation amp misspelt', 'train', {'val:amp': 'bf61'}, ["val:amp must be one of", "did you mean 'bf16'"]),
+    ('optimizer name in the wrong case', 'train', {'train:optim_g:type': 'Adamw'},
+     ['train:optim_g:type must be one of', "did you mean 'AdamW'"]),
+    ('learning rate is text', 'train', {'train:optim_g:lr': 'fast'},
+     ["'train:optim_g:lr' must be an integer or a number, got 'fast'"]),
+    ('scheduler misspelt', 'train', {'train:scheduler:type': 'MultiStepLRR'},
+     ['train:scheduler:type must be one of', "did you mean 'MultiStepLR'"]),
+    ('loss misspelt', 'train', {'train:pixel_opt:type': 'L1Los'},
+     ["train:pixel_opt:type 'L1Los' is not a registered BasicSR loss", 'L1Loss']),
+    ('metric misspelt', 'train', {'val:metrics:psnr:type': 'calculate_psnrr'},
+     ["val:metrics:psnr:type 'calculate_psnrr' is not a registered BasicSR metric", 'calculate_psnr']),
+    ('seed is text', 'train', {'manual_seed': 'abc'}, ["manual_seed must be an integer >= 0 or ~ (random), got 'abc'"]),
+    ('name climbs out of experiments', 'train', {'name': '..'}, ["name '..' must be a plain folder name"]),
+    ('name with a slash', 'train', {'name': 'runs/a'}, ["name 'runs/a' must be a plain folder name"]),
+    ('EMA decay above one', 'train', {'train:ema_decay': 2}, ['train:ema_decay must be a number in [0, 1)']),
+    ('storage backend misspelt', 'train', {'datasets:train:io_backend': {'type': 'lmbd'}},
+     ['datasets:train:io_backend:type must be one of disk, lmdb, memcached', "did you mean 'lmdb'"]),
+    ('augmentation flag is text', 'train', {'datasets:train:use_hflip': 'yes'},
+     ["datasets:train:use_hflip must be true or false, got 'yes'"]),
+    ('strict loading flag is text', 'train', {'path:strict_load_g': 'yes'},
+     ["path:strict_load_g must be true or false, got 'yes'"]),
+    ('test: tile is text', 'test', {'val:tile': 'big'}, ["val:tile size must be a whole number >= 1, got 'big'"]),
+    ('test: self-ensemble is text', 'test', {'val:self_ensemble': 'yes'},
+     ["val:self_ensemble must be true or false, got 'yes'"]),
+    ('test: tile section key misspelt', 'test', {'val:tile': {'sise': 64}},
+     ["val:tile: unknown key 'sise' (did you mean 'size'?)"]),
+]
+
+
+@pytest.mark.parametrize('row', CONTRACT_OPTION_ROWS, ids=[r[0] for r in CONTRACT_OPTION_ROWS])
+def test_option_contract_refuses_before_anything_is_created(row, tmp_path, monkeypatch, capsys):
+    name, entry, edits, fragments = row
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / 'data')
+    opt = _contract_train_opt(tmp_path) if entry == 'train' else _test_opt(tmp_path, None, _guided())
+    if entry == 'test':
+        opt['path'] = {}
+    for key, value in edits.items():
+        _set(opt, key, value)
+    code = _run_opt(tmp_path, entry, opt)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith(f'segsr-{entry}: error: ')]
+    assert code == 2 and len(lines) == 1 and 'Traceback' not in err, err
+    message = lines[0]
+    for fragment in fragments:
+        assert fragment in message, f'{fragment!r} not in {message!r}'
+    assert not (tmp_path / 'experiments').exists() and not (tmp_path / 'results').exists()
+
+
+def test_test_option_file_without_save_img_runs(tmp_path, monkeypatch, capsys):
+    """BasicSR's test pipeline reads val.save_img unconditionally; ours defaults it to false."""
+    monkeypatch.chdir(tmp_path)
+    _pairs(tmp_path / 'data')
+    opt = _test_opt(tmp_path, None)
+    opt['path'], opt['model_type'] = {}, 'SRModel'
+    del opt['val']['save_img']
+    from segsr_basicsr.test import main
+    main(['-opt', write_opt(tmp_path / 'ok.yml', opt)])
+    assert list((tmp_path / 'results' / 'bad_test').glob('test_bad_test_*.log'))  # ran to its log
+    assert not list((tmp_path / 'results').rglob('*.png'))  # save_img off: no images
+
+
+@pytest.fixture(scope='module')
+def edsr_ckpt(tmp_path_factory):
+    from basicsr.archs import build_network
+
+    from segsr_basicsr.io.checkpoint import network_metadata
+    root = tmp_path_factory.mktemp('contract_ckpt')
+    net = build_network(dict(TINY_EDSR))
+    torch.save({'params': net.state_dict(), **network_metadata({'network_g': TINY_EDSR, 'scale': 4})},
+               root / 'net.pth')
+    return root / 'net.pth'
+
+
+def _inputs(d, n=3):
+    folder = d / 'in'
+    _hr_folder(folder, n=n, h=12, w=16)
+    return folder
+
+
+# (id, argv maker (tmp_path, checkpoint) -> list, fragments); outputs go to tmp_path / 'out' unless a row says
+CONTRACT_INFER_ROWS = [
+    ('output under an existing file', lambda d, c: ['--input', _inputs(d), '--output', _add(d, 'f.png') / 'f.png' / 'o'],
+     ['f.png is a file, not a folder']),
+    ('device name that is not a device', lambda d, c: ['--input', _inputs(d), '--device', 'gpu'],
+     ["--device 'gpu' is not a device name: use cpu, cuda, cuda:N or auto"]),
+    ('CUDA device on a machine without CUDA', lambda d, c: ['--input', _inputs(d), '--device', 'cuda:1'],
+     ['--device cuda:1: CUDA is not available here']),
+    ('undecodable image after good ones', lambda d, c: ['--input', _bad(_inputs(d), 'zz.png')],
+     ['in/zz.png', 'cannot be decoded']),
+    ('range mapping refused before any output', lambda d, c: ['--input', _inputs(d), '--max-value', 0],
+     ['--max-value must be > 0']),
+    ('checkpoint path is a folder', lambda d, c: ['--input', _inputs(d), '--model', c.parent],
+     ['is a folder, not a file']),
+    ('an input named twice', lambda d, c: ['--input', _inputs(d) / 'img0.png', d / 'in' / '.' / 'img0.png'],
+     ['--input names', 'twice']),
+    ('empty input path', lambda d, c: ['--input', ''], ["--input '': an empty path"]),
+    ('negative tile', lambda d, c: ['--input', _inputs(d), '--tile', -3],
+     ['--tile size must be a whole number >= 1, got -3']),
+    ('overlap as large as the tile', lambda d, c: ['--input', _inputs(d), '--tile', 8, '--tile-overlap', 8],
+     ['--tile overlap 8 must be smaller than the tile size 8']),
+    ('zero tiles per batch', lambda d, c: ['--input', _inputs(d), '--tile', 8, '--tile-batch', 0],
+     ['--tile batch must be a whole number >= 1, got 0']),
+]
+
+
+@pytest.mark.parametrize('row', CONTRACT_INFER_ROWS, ids=[r[0] for r in CONTRACT_INFER_ROWS])
+def test_infer_refuses_before_any_output(row, edsr_ckpt, tmp_path, monkeypatch, capsys):
+    from segsr_basicsr.infer import main
+    name, make_args, fragments = row
+    monkeypatch.chdir(tmp_path)
+    args = [str(a) for a in make_args(tmp_path, edsr_ckpt)]
+    if '--model' not in args:
+        args = ['--model', str(edsr_ckpt)] + args
+    if '--output' not in args:
+        args += ['--output', str(tmp_path / 'out')]
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file()}
+    with pytest.raises(SystemExit) as exc:
+        main(args + ['--no-progress'])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and 'Traceback' not in err, err
+    lines = [line for line in err.splitlines() if line.startswith('segsr-infer: error: ')]
+    assert len(lines) == 1, err
+    for fragment in fragments:
+        assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
+    assert not (tmp_path / 'out').exists()
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file()} == before  # inputs untouched

@@ -290,7 +290,7 @@ def _try_build(network, arch, path):
     caught now. Costs one build (about 1-2 s for the paper's network on a CPU)."""
     import copy
 
-    from basicsr.archs import build_network
+    from basicsr.utils.registry import ARCH_REGISTRY
     net_opt = copy.deepcopy(dict(network))
     guidance = net_opt.get('guidance')
     if isinstance(guidance, dict):
@@ -303,8 +303,8 @@ def _try_build(network, arch, path):
                 guidance['clip_pretrained'], guidance['quick_gelu'] = None, False
         except OptionError as e:
             raise OptionError(f'{path}: network_g:{e}') from None
-    try:
-        build_network(net_opt)
+    try:  # not basicsr's build_network: its log line would set up BasicSR's logger before the log file exists
+        ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     except OptionError as e:
         raise OptionError(f'{path}: network_g ({arch}): {e}') from None
     except (ValueError, TypeError, AssertionError, KeyError, IndexError) as e:
