@@ -130,14 +130,14 @@ def _patch_options():
     import basicsr.test
     import basicsr.train
     import basicsr.utils.options as options
+    from segsr_basicsr.io import option_file as safe
     from segsr_basicsr.io.option_file import SafeOrderedLoader
-    from segsr_basicsr.utils import options as safe
 
     def make_ordered_yaml(orig):
 
         def ordered_yaml():
             """basicsr's (Loader, Dumper), with a YAML *safe* loader that also applies pending --force_yml
-            and the option aliases (:func:`segsr_basicsr.utils.options.apply_aliases`)."""
+            and the option aliases (:func:`segsr_basicsr.io.option_file.apply_aliases`)."""
             _, dumper = orig()
             overrides = list(_pending_overrides or [])
 

@@ -177,7 +177,8 @@ def test_table_covers_at_least_fifteen_distinct_inputs():
 def test_the_shipped_option_files_pass_the_checks(tmp_path, monkeypatch):
     """The checks must not refuse what BasicSR accepts (e.g. ``save_checkpoint_freq: !!float 5e3``), on the
     machine each file is for: the train files ship ``num_gpu: 1`` (one GPU; more GPUs means torchrun)."""
-    from segsr_basicsr.utils.options import load_option_file, unknown_top_level_keys, validate_options
+    from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
+    from segsr_basicsr.utils.options import validate_options
     import torch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
@@ -593,7 +594,7 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
     import yaml
 
     from segsr_basicsr.compat import patch_train_loop
-    from segsr_basicsr.utils.options import load_option_file
+    from segsr_basicsr.io.option_file import load_option_file
     text = 'name: x\nval:\n  save_img: false\ntile:\n  tile_size: 64\n  tile_pad: 8\n'
     (tmp_path / 'o.yml').write_text(text)
     assert load_option_file(tmp_path / 'o.yml')['val']['tile'] == {'size': 80, 'overlap': 16}
@@ -609,7 +610,7 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
 def test_unknown_top_level_key_warns_with_the_nearest_name(setup, tmp_path, monkeypatch, capsys):
     """A typo (``vall:``) is named with the nearest known key; a custom key is only noted. Warnings, not
     errors: BasicSR ignores unknown keys and users keep their own in option files (docs/safety.md)."""
-    from segsr_basicsr.utils.options import unknown_top_level_keys
+    from segsr_basicsr.io.option_file import unknown_top_level_keys
     msgs = unknown_top_level_keys({'name': 1, 'vall': {}, 'network_g': {}, 'network_ema': {}, 'my_sweep_id': 3,
                                    'gt_usm': True})
     assert msgs == ["unknown top-level key 'vall'; did you mean 'val'?",

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from segsr_basicsr.utils.options import load_option_file
+from segsr_basicsr.io.option_file import load_option_file
 
 OPTIONS = Path(__file__).resolve().parents[1] / 'options'
 TRAIN_FILES = sorted((OPTIONS / 'train').glob('*/train_*.yml'))

@@ -1,4 +1,4 @@
-"""Option files as data: safe YAML (no Python object tags) and ``--force_yml`` without eval.
+"""Option files as data: safe YAML (no Python object tags), ``--force_yml`` without eval, HAT's spellings.
 
 basicsr parses option files with ``yaml.Loader`` (which runs ``!!python/object/apply`` tags) and
 applies ``--force_yml key=value`` through ``exec``; our entry points route both through here.
@@ -14,7 +14,7 @@ import yaml
 from segsr_basicsr.errors import OptionError
 
 __all__ = ['SafeOrderedLoader', 'load_yaml', 'parse_override_value', 'parse_override', 'apply_overrides',
-           'suggest']
+           'suggest', 'load_option_file', 'apply_aliases', 'unknown_top_level_keys', 'KNOWN_TOP_LEVEL_KEYS']
 
 _KEY = re.compile(r'^[A-Za-z0-9_.\-]+$')
 
@@ -137,3 +137,76 @@ def apply_overrides(opt, entries, source='the option file'):
         else:
             raise OptionError(f'--force_yml {entry!r}: {":".join(keys[:-1])!r} in {source} is not a section.')
     return opt
+
+
+def load_option_file(path, overrides=None):
+    """Safe-load ``path``, apply ``--force_yml`` entries and the aliases (:func:`apply_aliases`)."""
+    return apply_aliases(apply_overrides(load_yaml(path), overrides, source=os.fspath(path)), path)
+
+
+#: top-level keys BasicSR (train/test, SRModel, Real-ESRGAN's degradation settings) or this package reads;
+#: ``network_*`` sections are recognised by their prefix
+KNOWN_TOP_LEVEL_KEYS = (
+    'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size',
+    'auto_resume', 'datasets', 'path', 'train', 'val', 'logger', 'dist_params', 'find_unused_parameters',
+    'tile', 'root_path', 'resume_from',
+    # Real-ESRGAN / BasicSR RealESRGAN models keep their degradation settings at the top level
+    'high_order_degradation', 'high_order_degradation_options', 'gt_usm', 'queue_size', 'l1_gt_usm',
+    'percep_gt_usm', 'gan_gt_usm', 'gt_size', 'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range',
+    'poisson_scale_range', 'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
+    'gaussian_noise_prob2', 'noise_range2', 'poisson_scale_range2', 'gray_noise_prob2', 'jpeg_range2')
+
+
+def unknown_top_level_keys(opt):
+    """One message per top-level key that nothing reads, naming the nearest known key when one is close.
+
+    A warning, not an error: BasicSR itself ignores unknown keys, and users keep their own keys in
+    option files (notes, sweep ids); a typo (``vall:``) is still pointed out before the run starts.
+    """
+    messages = []
+    for key in opt:
+        key = str(key)
+        if key in KNOWN_TOP_LEVEL_KEYS or key.startswith('network_'):
+            continue
+        close = difflib.get_close_matches(key, KNOWN_TOP_LEVEL_KEYS + ('network_g', 'network_d'), n=1)
+        hint = f'; did you mean {close[0]!r}?' if close else ' (ignored).'
+        messages.append(f'unknown top-level key {key!r}{hint}')
+    return messages
+
+
+def apply_aliases(opt, path='the option file'):
+    """The spellings BasicSR/HAT users bring, made ours, and BasicSR's silent requirements given defaults:
+    HAT's top-level ``tile`` becomes ``val.tile`` (:func:`_hat_tile`), and ``val.save_img`` defaults to
+    false (BasicSR's test pipeline reads ``opt['val']['save_img']`` and fails with a KeyError without it)."""
+    if not isinstance(opt, dict):
+        return opt
+    if isinstance(opt.get('val'), dict):
+        opt['val'].setdefault('save_img', False)
+    if opt.get('tile') is not None:
+        _hat_tile(opt, path)
+    return opt
+
+
+def _hat_tile(opt, path):
+    """Accept HAT's top-level ``tile: {tile_size, tile_pad}`` as ``val.tile``.
+
+    HAT cuts tiles of ``tile_size`` and pads each by ``tile_pad`` on every side, so the network sees
+    ``tile_size + 2 * tile_pad`` pixels and neighbours share ``2 * tile_pad``: that is
+    ``val.tile: {size: tile_size + 2 * tile_pad, overlap: 2 * tile_pad}`` in our tiler (which blends the
+    shared strip instead of cropping it). ``tile`` stays in ``opt`` so HAT's own model still finds it.
+    """
+    tile = opt['tile']
+    if not isinstance(tile, dict) or 'tile_size' not in tile or set(tile) - {'tile_size', 'tile_pad'}:
+        raise OptionError(f'{path}: top-level tile must look like HAT\'s {{tile_size: 512, tile_pad: 32}}, '
+                          f'got {dict(tile) if isinstance(tile, dict) else tile!r}; '
+                          'or use val: {tile: {size: 576, overlap: 64}}.')
+    size, pad = tile['tile_size'], tile.get('tile_pad', 0)
+    for name, value, low in (('tile_size', size, 1), ('tile_pad', pad, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise OptionError(f'{path}: tile:{name} must be an integer >= {low}, got {value!r}.')
+    val = opt.get('val')
+    if not isinstance(val, dict):
+        return  # no validation section: nothing tiles (validate_options asks for val where it is needed)
+    if val.get('tile') is not None:
+        raise OptionError(f'{path}: both tile (HAT form) and val:tile are set; keep one of them.')
+    val['tile'] = {'size': size + 2 * pad, 'overlap': 2 * pad}

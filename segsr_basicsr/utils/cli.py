@@ -70,7 +70,8 @@ def _check_args(argv, is_train, prog='segsr'):
     """The validation pass before any work (see :mod:`segsr_basicsr.utils.preflight`): the option file,
     every input it names, the output folder. Runs before BasicSR builds a network or writes a file."""
     from segsr_basicsr.compat import split_argv
-    from segsr_basicsr.utils.options import load_option_file, unknown_top_level_keys, validate_options
+    from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
+    from segsr_basicsr.utils.options import validate_options
     from segsr_basicsr.utils.preflight import check_run
     rest, overrides = split_argv(list(argv))
     parser = argparse.ArgumentParser(add_help=False)

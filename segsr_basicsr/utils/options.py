@@ -7,89 +7,15 @@ misspelt key or value, the nearest valid one. The same parsers (:func:`tile_spec
 options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this pass.
 """
 import difflib
-import inspect
 import os
 
 from segsr_basicsr.errors import OptionError
-from segsr_basicsr.io.option_file import apply_overrides, load_yaml, suggest
+from segsr_basicsr.io.option_file import suggest
 from segsr_basicsr.utils.tiling import TileSpec, default_overlap
 
-__all__ = ['load_option_file', 'validate_options', 'unknown_top_level_keys', 'apply_aliases', 'tile_spec',
+__all__ = ['validate_options', 'tile_spec',
            'check_tile', 'parse_amp', 'parse_tf32', 'parse_finite_check_freq', 'parse_grad_clip',
            'parse_guidance_lr_mult', 'choice', 'KNOWN_TOP_LEVEL_KEYS', 'AMP_DTYPES']
-
-
-def load_option_file(path, overrides=None):
-    """Safe-load ``path``, apply ``--force_yml`` entries and the aliases (:func:`apply_aliases`)."""
-    return apply_aliases(apply_overrides(load_yaml(path), overrides, source=os.fspath(path)), path)
-
-
-#: top-level keys BasicSR (train/test, SRModel, Real-ESRGAN's degradation settings) or this package reads;
-#: ``network_*`` sections are recognised by their prefix
-KNOWN_TOP_LEVEL_KEYS = (
-    'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size',
-    'auto_resume', 'datasets', 'path', 'train', 'val', 'logger', 'dist_params', 'find_unused_parameters',
-    'tile', 'root_path', 'resume_from',
-    # Real-ESRGAN / BasicSR RealESRGAN models keep their degradation settings at the top level
-    'high_order_degradation', 'high_order_degradation_options', 'gt_usm', 'queue_size', 'l1_gt_usm',
-    'percep_gt_usm', 'gan_gt_usm', 'gt_size', 'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range',
-    'poisson_scale_range', 'gray_noise_prob', 'jpeg_range', 'second_blur_prob', 'resize_prob2', 'resize_range2',
-    'gaussian_noise_prob2', 'noise_range2', 'poisson_scale_range2', 'gray_noise_prob2', 'jpeg_range2')
-
-
-def unknown_top_level_keys(opt):
-    """One message per top-level key that nothing reads, naming the nearest known key when one is close.
-
-    A warning, not an error: BasicSR itself ignores unknown keys, and users keep their own keys in
-    option files (notes, sweep ids); a typo (``vall:``) is still pointed out before the run starts.
-    """
-    messages = []
-    for key in opt:
-        key = str(key)
-        if key in KNOWN_TOP_LEVEL_KEYS or key.startswith('network_'):
-            continue
-        close = difflib.get_close_matches(key, KNOWN_TOP_LEVEL_KEYS + ('network_g', 'network_d'), n=1)
-        hint = f'; did you mean {close[0]!r}?' if close else ' (ignored).'
-        messages.append(f'unknown top-level key {key!r}{hint}')
-    return messages
-
-
-def apply_aliases(opt, path='the option file'):
-    """The spellings BasicSR/HAT users bring, made ours, and BasicSR's silent requirements given defaults:
-    HAT's top-level ``tile`` becomes ``val.tile`` (:func:`_hat_tile`), and ``val.save_img`` defaults to
-    false (BasicSR's test pipeline reads ``opt['val']['save_img']`` and fails with a KeyError without it)."""
-    if not isinstance(opt, dict):
-        return opt
-    if isinstance(opt.get('val'), dict):
-        opt['val'].setdefault('save_img', False)
-    if opt.get('tile') is not None:
-        _hat_tile(opt, path)
-    return opt
-
-
-def _hat_tile(opt, path):
-    """Accept HAT's top-level ``tile: {tile_size, tile_pad}`` as ``val.tile``.
-
-    HAT cuts tiles of ``tile_size`` and pads each by ``tile_pad`` on every side, so the network sees
-    ``tile_size + 2 * tile_pad`` pixels and neighbours share ``2 * tile_pad``: that is
-    ``val.tile: {size: tile_size + 2 * tile_pad, overlap: 2 * tile_pad}`` in our tiler (which blends the
-    shared strip instead of cropping it). ``tile`` stays in ``opt`` so HAT's own model still finds it.
-    """
-    tile = opt['tile']
-    if not isinstance(tile, dict) or 'tile_size' not in tile or set(tile) - {'tile_size', 'tile_pad'}:
-        raise OptionError(f'{path}: top-level tile must look like HAT\'s {{tile_size: 512, tile_pad: 32}}, '
-                          f'got {dict(tile) if isinstance(tile, dict) else tile!r}; '
-                          'or use val: {tile: {size: 576, overlap: 64}}.')
-    size, pad = tile['tile_size'], tile.get('tile_pad', 0)
-    for name, value, low in (('tile_size', size, 1), ('tile_pad', pad, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise OptionError(f'{path}: tile:{name} must be an integer >= {low}, got {value!r}.')
-    val = opt.get('val')
-    if not isinstance(val, dict):
-        return  # no validation section: nothing tiles (validate_options asks for val where it is needed)
-    if val.get('tile') is not None:
-        raise OptionError(f'{path}: both tile (HAT form) and val:tile are set; keep one of them.')
-    val['tile'] = {'size': size + 2 * pad, 'overlap': 2 * pad}
 
 
 _TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
@@ -239,78 +165,6 @@ def _flag(section, key, where):
 
 
 # ----------------------------------------------------------------------------- sections
-def _arch_params(cls):
-    """Keyword names an arch's __init__ accepts (following ``**kwargs`` to its base class), or None for any."""
-    names = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get('__init__')
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {'self'}
-        if klass is object:
-            return None
-    return None
-
-
-def check_network(opt, path):
-    """network_g: a registered arch, keys its constructor takes, ``upscale`` = ``scale``, the guidance block."""
-    from basicsr.utils.registry import ARCH_REGISTRY
-    network = _require(opt, 'network_g', dict, '', path)
-    arch = _require(network, 'type', str, 'network_g:', path)
-    _registered(ARCH_REGISTRY, arch, 'arch', path, 'network_g:type')
-    accepted = _arch_params(ARCH_REGISTRY.get(arch))
-    for key in network:
-        if accepted is not None and key != 'type' and key not in accepted:
-            raise OptionError(f'{path}: network_g:{key} is not an option of {arch}'
-                              f'{suggest(key, sorted(accepted))}.')
-    scale, up = opt.get('scale'), network.get('upscale', network.get('scale'))  # RRDBNet calls it scale
-    if up is not None and scale is not None and up != scale:
-        raise OptionError(f'{path}: scale is {scale} but network_g:upscale is {up}; the network would make '
-                          f'x{up} images for x{scale} data. Set both to the same value.')
-    guidance = network.get('guidance')
-    if guidance is not None:
-        if not isinstance(guidance, dict):
-            raise OptionError(f'{path}: network_g:guidance must be a section of guidance options or ~, '
-                              f'got {guidance!r}.')
-        from segsr_basicsr.archs.guidance import guidance_options
-        try:
-            guidance_options(guidance)
-        except OptionError as e:
-            raise OptionError(f'{path}: network_g:{e}') from None
-    _try_build(network, arch, path)
-
-
-def _try_build(network, arch, path):
-    """Build network_g once on the CPU and drop it, so that whatever its constructor refuses (any arch, any
-    key) is one line before BasicSR creates a folder. CLIP weights named by a pretrained tag or an hf-hub
-    repo are not fetched here (the tag is checked by name); a local CLIP file is loaded, so a wrong one is
-    caught now. Costs one build (about 1-2 s for the paper's network on a CPU)."""
-    import copy
-
-    from basicsr.utils.registry import ARCH_REGISTRY
-    net_opt = copy.deepcopy(dict(network))
-    guidance = net_opt.get('guidance')
-    if isinstance(guidance, dict):
-        from segsr_basicsr.archs.clip_tower import HF_HUB_PREFIX, clip_source
-        model, weights = guidance.get('clip_model', 'ViT-B-16'), guidance.get('clip_pretrained', 'openai')
-        if isinstance(model, str) and model.startswith(HF_HUB_PREFIX):
-            return  # needs the Hugging Face cache: checked when the network is built
-        try:
-            if clip_source(model, weights)[2] == 'tag':
-                guidance['clip_pretrained'], guidance['quick_gelu'] = None, False
-        except OptionError as e:
-            raise OptionError(f'{path}: network_g:{e}') from None
-    try:  # not basicsr's build_network: its log line would set up BasicSR's logger before the log file exists
-        ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
-    except OptionError as e:
-        raise OptionError(f'{path}: network_g ({arch}): {e}') from None
-    except (ValueError, TypeError, AssertionError, KeyError, IndexError) as e:
-        raise OptionError(f'{path}: network_g ({arch}) cannot be built from these options: '
-                          f'{type(e).__name__}: {e}') from None
-
 #: keys of ``val`` that BasicSR's SRModel and SeGSRModel read
 VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'self_ensemble', 'amp')
 
@@ -447,7 +301,9 @@ def check_dataset(dataset, phase, path, scale, is_train):
 def validate_options(opt, path, is_train=True):
     """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
     import torch
-    from basicsr.utils.registry import MODEL_REGISTRY
+    from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
+
+    from segsr_basicsr.archs.network_options import check_network_options
 
     name = _require(opt, 'name', str, '', path)
     if not name.strip() or name in ('.', '..') or '/' in name or os.sep in name:
@@ -469,7 +325,9 @@ def validate_options(opt, path, is_train=True):
             raise OptionError(f'{path}: num_gpu is {num_gpu} but CUDA is not available on this machine. '
                               'Set num_gpu: 0 or num_gpu: auto to run on the CPU.')
     scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
-    check_network(opt, path)
+    network = _require(opt, 'network_g', dict, '', path)
+    _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
+    check_network_options(network, scale, path)
     paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key, value in paths.items():
         if key.startswith('pretrain_network') and value is not None:
