@@ -13,7 +13,7 @@ Nets (same backbone weights): ``segsr`` = our SeGSR_HAT with guidance, ``hat`` =
 our SeGSR_HAT with ``guidance: null``, ``spandrel`` = spandrel's HAT (the
 official HAT forward), and with ``--use-checkpoint`` ``segsr_ckpt`` (activation
 checkpointing per SR unit). ``--config`` is ``paper`` (network_g of
-options/train/HAT/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
+options/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
 file; CLIP weights are always random (``clip_pretrained: null``): same cost.
 
 Cases: ``forward`` = inference as ``segsr_basicsr.infer`` runs it (eval,
@@ -52,7 +52,7 @@ from timing import interleaved_until_steady, spread, sync  # benchmarks/timing.p
 from segsr_basicsr.archs.tiny_configs import TINY_GUIDANCE, TINY_HAT  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-PAPER_OPTIONS = REPO / 'options' / 'train' / 'HAT' / 'train_SeGSR_HAT_x4.yml'
+PAPER_OPTIONS = REPO / 'options' / 'train_SeGSR_HAT_x4.yml'
 #: the test-size net (segsr_basicsr/archs/tiny_configs.py): seconds on CPU
 TINY = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))
 NETS = ('segsr', 'hat', 'spandrel')

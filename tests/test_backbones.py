@@ -214,7 +214,7 @@ def test_basicsr_weights_load_into_guided_network(name):
 # --- option files ------------------------------------------------------------------------------------
 
 def load_options(name):
-    with open(REPO / 'options' / 'train' / name / f'train_SeGSR_{name}_x4.yml') as f:
+    with open(REPO / 'options' / f'train_SeGSR_{name}_x4.yml') as f:
         return yaml.load(f, Loader=ordered_yaml()[0])
 
 
