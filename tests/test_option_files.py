@@ -68,3 +68,23 @@ def test_the_lines_to_edit_are_marked(option_file):
     for key in ('dataroot_gt:', 'dataroot_lq:', 'pretrain_network_g:', 'clip_pretrained:'):
         for line in [l for l in lines if l.strip().startswith(key)]:
             assert '# EDIT' in line or '# CHOOSE' in line, f'{option_file.name}: {line.strip()!r} has no EDIT/CHOOSE mark'
+
+
+def test_the_promised_command_without_datasets_names_the_folder_and_the_command_that_makes_it(
+        tmp_path, monkeypatch, capsys):
+    """``python -m segsr_basicsr.train -opt options/train_SeGSR_HAT_x4.yml`` from a checkout without datasets:
+    one line naming the missing folder and the datasets_prep command (docs/datasets.md), nothing created."""
+    from segsr_basicsr.train import main
+    (tmp_path / 'options').symlink_to(OPTIONS)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(['-opt', 'options/train_SeGSR_HAT_x4.yml'])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith('segsr-train: error: ')]
+    assert exc.value.code == 2 and len(lines) == 1 and 'Traceback' not in err, err
+    for fragment in ("datasets:train:dataroot_gt = 'datasets/UCMerced/train/HR_x4' does not exist",
+                     'python datasets_prep/split_dataset.py', '--out datasets/UCMerced',
+                     'python datasets_prep/make_bicubic.py --input datasets/UCMerced/train/HR --scales 4',
+                     'docs/datasets.md'):
+        assert fragment in lines[0], (fragment, lines[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['options']  # no experiments/, tb_logger/

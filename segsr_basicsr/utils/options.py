@@ -315,15 +315,6 @@ def validate_options(opt, path, is_train=True):
     for key in ('strict_load_g', 'strict_load_d'):
         _flag(opt.get('path') or {}, key, f'{path}: path:')
     _registered(MODEL_REGISTRY, _require(opt, 'model_type', str, '', path), 'model', path, 'model_type')
-    num_gpu = opt.get('num_gpu', None)
-    if num_gpu is None:
-        raise OptionError(f"{path}: missing key 'num_gpu'. Use num_gpu: auto (all visible GPUs, 0 on a CPU machine).")
-    if num_gpu != 'auto':
-        if not isinstance(num_gpu, int) or isinstance(num_gpu, bool) or num_gpu < 0:
-            raise OptionError(f"{path}: 'num_gpu' must be 'auto' or an integer >= 0, got {num_gpu!r}.")
-        if num_gpu > 0 and not torch.cuda.is_available():
-            raise OptionError(f'{path}: num_gpu is {num_gpu} but CUDA is not available on this machine. '
-                              'Set num_gpu: 0 or num_gpu: auto to run on the CPU.')
     scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
     network = _require(opt, 'network_g', dict, '', path)
     _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
@@ -340,7 +331,22 @@ def validate_options(opt, path, is_train=True):
         raise OptionError(f"{path}: 'datasets' has no 'train' section{suggest('train', datasets)}.")
     for phase, dataset in datasets.items():
         check_dataset(dataset, str(phase), path, scale, is_train)
+    _check_num_gpu(opt, path)  # after the datasets: on a first run, the missing data is the news
     if is_train:
         check_train(opt, path)
     check_val(opt, path, is_train)
     return opt
+
+
+def _check_num_gpu(opt, path):
+    import torch
+    num_gpu = opt.get('num_gpu', None)
+    if num_gpu is None:
+        raise OptionError(f"{path}: missing key 'num_gpu'. Use num_gpu: auto (all visible GPUs, 0 on a CPU machine).")
+    if num_gpu != 'auto':
+        if not isinstance(num_gpu, int) or isinstance(num_gpu, bool) or num_gpu < 0:
+            raise OptionError(f"{path}: 'num_gpu' must be 'auto' or an integer >= 0, got {num_gpu!r}.")
+        if num_gpu > 0 and not torch.cuda.is_available():
+            raise OptionError(f'{path}: num_gpu is {num_gpu} but CUDA is not available on this machine. '
+                              'Set num_gpu: 0 or num_gpu: auto to run on the CPU.')
+
