@@ -22,7 +22,7 @@ class ProgressLoader:
         return len(self._loader)
 
     def __iter__(self):
-        from segsr_basicsr.utils.preflight import progress
+        from segsr_basicsr.utils.progress import progress
         name = self._loader.dataset.opt.get('name', 'set')
         return progress(self._loader, f'test {name}', unit='images', total=len(self._loader))
 

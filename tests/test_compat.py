@@ -158,7 +158,7 @@ def test_option_loader_is_safe():
 
 def test_registry_reimport_replaces_same_definition_but_refuses_a_clash():
     from basicsr.utils.registry import Registry
-    from segsr_basicsr.utils.registry import register
+    from segsr_basicsr.registry import register
     reg = Registry('probe')
 
     def make():

@@ -16,6 +16,7 @@ MAX_MODULE_LINES = 400
 LAYERS = {
     'segsr_basicsr.errors': 0,
     'segsr_basicsr.compat': 0,
+    'segsr_basicsr.registry': 0,
     'segsr_basicsr.io': 1,
     'segsr_basicsr.archs': 2,
     'segsr_basicsr.data': 3,

@@ -152,7 +152,7 @@ def test_the_feathered_ramp_is_linear_over_the_overlap_less_the_margins():
 
 def test_padding_to_the_window_is_cropped_back_exactly():
     """forward_padded pads bottom/right to size_multiple and crops: equal to padding by hand."""
-    from segsr_basicsr.archs.guided import pad_to_multiple
+    from segsr_basicsr.archs.backbone import pad_to_multiple
     net = build_network(dict(type='SeGSR_HAT', **TINY_HAT)).eval()
     x = torch.rand(1, 3, 10, 13)
     with torch.no_grad():

@@ -77,7 +77,7 @@ except AssertionError as e:
     assert 'already registered' in str(e), e
 else:
     raise AssertionError('a clashing name was accepted')
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 theirs = type('SeGSR_Probe', (nn.Module,), {'__module__': 'someone_else'})
 r.ARCH_REGISTRY.register(theirs)
 try:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import segsr_basicsr  # noqa: F401  (registers the archs)
-from segsr_basicsr.archs import guided
+from segsr_basicsr.archs import backbone as guided
 from segsr_basicsr.archs.hat_arch import SeGSR_HAT
 from segsr_basicsr.archs.lora import LoRALinear
 from segsr_basicsr.archs.modulation import SemanticModulation, modulation_scale_shift

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from segsr_basicsr.archs.guided import pad_to_multiple
+from segsr_basicsr.archs.backbone import pad_to_multiple
 from segsr_basicsr.utils.tiling import TileError, tile_starts, tiled_forward
 
 

@@ -17,13 +17,14 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 from basicsr.archs.arch_util import Upsample, to_2tuple, trunc_normal_
 from basicsr.utils.registry import ARCH_REGISTRY
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from segsr_basicsr.archs.guided import GuidedBackbone
+from segsr_basicsr.archs.backbone import GuidedBackbone
 from segsr_basicsr.archs.hat_blocks import RHAG, relative_position_index_oca, relative_position_index_sa, \
     shift_window_mask
+from segsr_basicsr.errors import OptionError
 
 #: official HAT sizes (x4 option files of XPixelGroup/HAT); pass as ``SeGSR_HAT(upscale=s, **HAT_SIZES[name])``
 HAT_SIZES = {
@@ -41,7 +42,7 @@ MASK_CACHE_SIZE = 8
 def _check_options(upscale, in_chans, img_size, patch_size, window_size, compress_ratio, squeeze_factor,
                    overlap_ratio, embed_dim, depths, num_heads, upsampler, resi_connection):
     def fail(msg):
-        raise ValueError(f'SeGSR_HAT: {msg}')
+        raise OptionError(f'SeGSR_HAT: {msg}')
 
     if not isinstance(upscale, int) or upscale < 1 or (upscale & (upscale - 1) and upscale != 3):
         fail(f'upscale={upscale!r} is not supported; use 1, 3 or a power of two (2, 4, 8)')
@@ -146,7 +147,7 @@ class SeGSR_HAT(GuidedBackbone):
         self.init_guidance(guidance)
         # under guidance the official SeG-SR skips HAT's final LayerNorm (guided_final_norm: false); we keep it
         if not isinstance(guided_final_norm, bool):
-            raise ValueError(f'SeGSR_HAT: guided_final_norm must be true or false, got {guided_final_norm!r}')
+            raise OptionError(f'SeGSR_HAT: guided_final_norm must be true or false, got {guided_final_norm!r}')
         self.final_norm = guidance is None or guided_final_norm
         if not self.final_norm:
             self.norm.requires_grad_(False)  # unused, as in the official code: kept for its keys, not trained

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segsr_basicsr.errors import OptionError
+
 __all__ = ['LoRALinear', 'LoRASelfAttention', 'add_lora_to_vit', 'lora_layers']
 
 
@@ -22,7 +24,7 @@ class _LowRankUpdate(nn.Module):
 
     def _init_lora(self, in_features: int, out_features: int, rank: int, alpha: float, dropout: float) -> None:
         if rank < 1:
-            raise ValueError(f'LoRA rank must be >= 1, got {rank}')
+            raise OptionError(f'LoRA rank must be >= 1, got {rank}')
         weight = self.base_weight
         self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=weight.device, dtype=weight.dtype))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=weight.device, dtype=weight.dtype))

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segsr_basicsr.errors import OptionError
+
 #: 'zero': the conv producing gamma/beta starts at zero, so at step 0 the LMM is LN(F) (guidance starts where the
 #: backbone is); 'default': PyTorch's default conv init, as the official code (gamma std ~0.7 with tau = 100 maps)
 MODULATION_INITS = ('zero', 'default')
@@ -25,7 +27,7 @@ class SemanticModulation(nn.Module):
         self.shared = nn.Sequential(nn.Conv2d(map_channels, hidden, 3, 1, 1), nn.ReLU(inplace=True))
         self.to_gamma_beta = nn.Conv2d(hidden, 2 * channels, 3, 1, 1)
         if init not in MODULATION_INITS:
-            raise ValueError(f'guidance.modulation_init must be one of {MODULATION_INITS}, got {init!r}')
+            raise OptionError(f'guidance.modulation_init must be one of {MODULATION_INITS}, got {init!r}')
         if init == 'zero':
             nn.init.zeros_(self.to_gamma_beta.weight)
             nn.init.zeros_(self.to_gamma_beta.bias)

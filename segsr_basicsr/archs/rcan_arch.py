@@ -1,9 +1,9 @@
 """SeG-SR guidance on BasicSR's RCAN: one SR unit per residual group."""
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.utils.registry import ARCH_REGISTRY
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 
-from segsr_basicsr.archs.edsr_arch import ConvTrunkAdapter
+from segsr_basicsr.archs.backbone import ConvTrunkAdapter
 
 
 @register(ARCH_REGISTRY)

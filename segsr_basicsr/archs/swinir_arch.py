@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from basicsr.archs.swinir_arch import SwinIR
 from basicsr.utils.registry import ARCH_REGISTRY
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 from torch.utils.checkpoint import checkpoint
 
-from segsr_basicsr.archs.guided import GuidedBackbone
+from segsr_basicsr.archs.backbone import GuidedBackbone
+from segsr_basicsr.errors import OptionError
 
 #: SwinIR's reconstruction variants; '' / None is its same-size (denoising, JPEG) mode
 UPSAMPLERS = ('pixelshuffle', 'pixelshuffledirect', 'nearest+conv', '', None)
@@ -32,9 +33,9 @@ class SeGSR_SwinIR(GuidedBackbone, SwinIR):
         opt.apply_defaults()
         upsampler, upscale = opt.arguments['upsampler'], opt.arguments['upscale']
         if upsampler not in UPSAMPLERS:
-            raise ValueError(f'SeGSR_SwinIR: upsampler={upsampler!r} is not one of {UPSAMPLERS}')
+            raise OptionError(f'SeGSR_SwinIR: upsampler={upsampler!r} is not one of {UPSAMPLERS}')
         if upsampler == 'nearest+conv' and upscale != 4:
-            raise ValueError(f"SeGSR_SwinIR: upscale={upscale!r} with upsampler='nearest+conv', "
+            raise OptionError(f"SeGSR_SwinIR: upscale={upscale!r} with upsampler='nearest+conv', "
                              'which supports only upscale=4')
         use_checkpoint = opt.arguments['use_checkpoint']
         opt.arguments['use_checkpoint'] = False  # BasicSR's per-block checkpointing crashes; see forward_unit

@@ -8,10 +8,10 @@ from basicsr.data.data_util import paths_from_lmdb
 from basicsr.data.transforms import augment, paired_random_crop
 from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 
 from segsr_basicsr.data.prep import hr_lr_pair
-from segsr_basicsr.errors import ImageError
+from segsr_basicsr.errors import ImageError, OptionError
 from segsr_basicsr.io.images import decode_image, list_images
 
 
@@ -43,10 +43,10 @@ class SeGSRBicubicDataset(data.Dataset):
         self.gt_folder = str(opt['dataroot_gt'])
         self.mean, self.std = opt.get('mean'), opt.get('std')
         if opt.get('phase') == 'train' and opt['gt_size'] % opt['scale']:
-            raise ValueError(f"{type(self).__name__}: gt_size {opt['gt_size']} is not a multiple of scale "
+            raise OptionError(f"{type(self).__name__}: gt_size {opt['gt_size']} is not a multiple of scale "
                              f"{opt['scale']}; the LR patch would not match the HR patch.")
         if self.io_backend_opt['type'] != 'lmdb' and self.gt_folder.endswith('.lmdb'):
-            raise ValueError(f'{self.gt_folder}: is an LMDB; set io_backend: {{type: lmdb}}.')
+            raise OptionError(f'{self.gt_folder}: is an LMDB; set io_backend: {{type: lmdb}}.')
         self.image_kw = dict(bands=opt.get('bands'), max_value=opt.get('max_value'), gray=opt.get('gray', 'convert'))
         if self.io_backend_opt['type'] == 'lmdb':
             self.io_backend_opt['db_paths'] = [self.gt_folder]
@@ -58,7 +58,7 @@ class SeGSRBicubicDataset(data.Dataset):
         else:
             self.paths = [osp.join(self.gt_folder, f) for f in list_images(self.gt_folder)]
         if not self.paths:
-            raise ValueError(f'{self.gt_folder}: no HR images found for {type(self).__name__}.')
+            raise OptionError(f'{self.gt_folder}: no HR images found for {type(self).__name__}.')
 
     def __getitem__(self, index):
         if self.file_client is None:

@@ -24,7 +24,9 @@ from segsr_basicsr.errors import DataError, ImageError
 from segsr_basicsr.io.atomic import check_free, staged_output, staged_outputs  # noqa: F401  (scripts use prep.*)
 from segsr_basicsr.io.images import (IMG_EXTS, add_image_args, encode_png, image_kwargs, list_images,  # noqa: F401
                                      read_image, write_png)
-from segsr_basicsr.utils.preflight import check_writable, image_size, progress, readable_images  # noqa: F401
+from segsr_basicsr.io.images import image_size, readable_images  # noqa: F401
+from segsr_basicsr.utils.preflight import check_writable  # noqa: F401
+from segsr_basicsr.utils.progress import progress  # noqa: F401
 
 logger = logging.getLogger('basicsr')
 

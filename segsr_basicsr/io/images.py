@@ -7,8 +7,11 @@ entry point (dataset preparation, the on-the-fly dataset, inference) reads throu
 :func:`write_image` writes PNG, TIFF or GeoTIFF atomically; :func:`encode_png`
 gives deterministic PNG bytes (no timestamps) for files and LMDB values alike.
 """
+import errno
 import io
 import logging
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -183,8 +186,93 @@ def image_kwargs(args):
 def list_images(folder):
     """Image files directly in ``folder``, sorted, as names relative to it. Entries that cannot be read
     (symlink loop, dangling link, no permission) are skipped with a warning naming them."""
-    from segsr_basicsr.utils.preflight import readable_images
     return readable_images(folder, IMG_EXTS, on_unreadable='skip')
+
+
+def _entry_problem(entry):
+    """Why a folder entry cannot be read as a file (None if it can)."""
+    try:
+        if not entry.is_file():  # follows symlinks; a dangling link or a loop is not a file
+            if entry.is_symlink():
+                try:
+                    os.stat(entry.path)
+                except OSError as e:
+                    return 'a symlink loop' if e.errno == errno.ELOOP else f'a broken symlink ({e.strerror})'
+            return None if entry.is_dir() else 'not a regular file'
+        with open(entry.path, 'rb') as f:
+            f.read(1)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+def readable_images(folder, exts, on_unreadable='error', warn=None, all_files=False):
+    """Sorted names of the image files directly in ``folder`` that can be opened.
+
+    An entry that cannot be read (symlink loop, dangling link, permission denied) is refused with
+    one line naming it (``on_unreadable='error'``: BasicSR's datasets list the folder themselves and
+    would stop on it mid-run), or skipped with a warning naming it (``'skip'``). ``all_files``:
+    also return names that are not images (BasicSR's folder datasets read every file).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f'{folder}: not a directory.')
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise DataError(f'{folder}: cannot list the folder ({e.strerror}); fix its permissions.') from None
+    names, bad = [], []
+    for entry in entries:
+        if entry.name.startswith('.'):
+            continue
+        is_image = entry.name.lower().endswith(tuple(exts))
+        if not (is_image or all_files):
+            continue
+        problem = _entry_problem(entry)
+        if problem == 'not a regular file' or (problem is None and entry.is_dir()):
+            continue
+        if problem:
+            bad.append((entry.path, problem))
+        else:
+            names.append(entry.name)
+    if bad:
+        listed = '; '.join(f'{p} ({why})' for p, why in bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+        if on_unreadable == 'error':
+            raise DataError(f'cannot read {listed}: fix or remove the entry, then rerun.')
+        (warn or _stderr_warning)(f'skipping {len(bad)} unreadable entr{"y" if len(bad) == 1 else "ies"}: {listed}.')
+    return names
+
+
+def _stderr_warning(message):
+    print(f'{Path(sys.argv[0]).name}: warning: {message}', file=sys.stderr, flush=True)
+
+
+def image_size(path):
+    """(width, height) of an image file from its header (PIL, or tifffile for TIFF); a file neither can
+    identify goes through the full reader, whose :class:`ImageError` names the file and the fix."""
+    path = Path(path)
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if head in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
+            import tifffile
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                return int(page.imagewidth), int(page.imagelength)
+        from PIL import Image
+        with Image.open(path) as im:
+            return im.size
+    except OSError as e:
+        if isinstance(e, (FileNotFoundError, PermissionError)):
+            raise ImageError(f'{path}: cannot read file ({e.strerror}).') from None
+    except Exception:  # noqa: BLE001 - the full reader below gives the precise message
+        pass
+    img = read_image(path)
+    return img.shape[1], img.shape[0]
+
+
+# ----------------------------------------------------------------------------- outputs
+
 
 
 # ----------------------------------------------------------------------------- writing

@@ -31,7 +31,7 @@ from segsr_basicsr.utils.dist import dist_ready
 from segsr_basicsr.utils.engine import Engine, autocast
 from segsr_basicsr.utils.options import (parse_amp, parse_finite_check_freq, parse_grad_clip,
                                          parse_guidance_lr_mult, parse_tf32, tile_spec)
-from segsr_basicsr.utils.registry import register
+from segsr_basicsr.registry import register
 
 
 def set_tf32(enabled: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn.functional as F
 
-from segsr_basicsr.archs.guided import pad_to_multiple
+from segsr_basicsr.archs.backbone import pad_to_multiple
 from segsr_basicsr.utils.self_ensemble import self_ensemble
 from segsr_basicsr.utils.tiling import TileSpec, tile_windows, tiled_forward
 

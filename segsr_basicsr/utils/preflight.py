@@ -1,144 +1,20 @@
-"""The validation pass every entry point runs before any work: options, inputs, outputs.
+"""Inputs and outputs, checked before any work: dataset folders and their images, output folders, devices.
 
-A run that is going to fail should fail in the first second, with one line, before a
-network is built or a file is written. :func:`check_run` does that for ``segsr_basicsr.train``
-/ ``.test`` (after :func:`~segsr_basicsr.utils.options.validate_options`); the
-``datasets_prep`` scripts use :func:`readable_images`, :func:`image_size` and
-:func:`check_writable` on their own inputs and outputs. Checks read image *headers* only
-(PIL / tifffile), so a pass over thousands of files takes seconds.
-
-:func:`progress` is the one progress reporter: a tqdm bar on a terminal, and a plain line
-(done / total, rate) every few seconds when stderr is a log file.
+A run that is going to fail should fail in the first second, with one line, before a network is
+built or a file is written. :func:`check_run` does that for ``segsr_basicsr.train`` / ``.test``
+after the option pass (:func:`~segsr_basicsr.utils.options.validate_options`); ``segsr-infer``, the
+API and the ``datasets_prep`` scripts use :func:`check_writable`, :func:`check_file_outputs` and
+:func:`check_device`. Images are listed and sized by :mod:`segsr_basicsr.io.images` (headers only).
 """
-import errno
-import re
 import os
-import sys
-import time
+import re
 import uuid
 from pathlib import Path
 
-from segsr_basicsr.errors import DataError, ImageError, OptionError
+from segsr_basicsr.errors import DataError, OptionError
+from segsr_basicsr.io.images import IMG_EXTS, image_size, readable_images
 
-__all__ = ['progress', 'readable_images', 'image_size', 'check_writable', 'check_datasets',
-           'check_run', 'PROGRESS_SECONDS_ENV']
-
-#: seconds between two progress lines when stderr is not a terminal
-PROGRESS_SECONDS_ENV = 'SEGSR_PROGRESS_SECONDS'
-
-
-# ----------------------------------------------------------------------------- progress
-def progress(items, desc, unit='files', total=None, stream=None, every=None):
-    """Iterate ``items``, reporting progress on stderr: tqdm on a terminal, else a line
-    ``desc: done/total unit (rate unit/s)`` every ``every`` seconds (env ``SEGSR_PROGRESS_SECONDS``,
-    default 10) and once at the end, so cluster logs show the run is alive."""
-    stream = sys.stderr if stream is None else stream
-    total = len(items) if total is None and hasattr(items, '__len__') else total
-    if getattr(stream, 'isatty', lambda: False)():
-        from tqdm import tqdm
-        yield from tqdm(items, desc=desc, unit=unit, total=total, file=stream, dynamic_ncols=True)
-        return
-    every = float(os.environ.get(PROGRESS_SECONDS_ENV, 10)) if every is None else every
-    start = last = time.monotonic()
-    done = 0
-
-    def line():
-        elapsed = max(time.monotonic() - start, 1e-9)
-        of = f'/{total}' if total is not None else ''
-        print(f'{desc}: {done}{of} {unit} ({done / elapsed:.2f} {unit}/s, {elapsed:.0f} s)', file=stream, flush=True)
-
-    for item in items:
-        yield item
-        done += 1
-        now = time.monotonic()
-        if now - last >= every:
-            last = now
-            line()
-    line()
-
-
-# ----------------------------------------------------------------------------- inputs
-def _entry_problem(entry):
-    """Why a folder entry cannot be read as a file (None if it can)."""
-    try:
-        if not entry.is_file():  # follows symlinks; a dangling link or a loop is not a file
-            if entry.is_symlink():
-                try:
-                    os.stat(entry.path)
-                except OSError as e:
-                    return 'a symlink loop' if e.errno == errno.ELOOP else f'a broken symlink ({e.strerror})'
-            return None if entry.is_dir() else 'not a regular file'
-        with open(entry.path, 'rb') as f:
-            f.read(1)
-    except OSError as e:
-        return e.strerror or str(e)
-    return None
-
-
-def readable_images(folder, exts, on_unreadable='error', warn=None, all_files=False):
-    """Sorted names of the image files directly in ``folder`` that can be opened.
-
-    An entry that cannot be read (symlink loop, dangling link, permission denied) is refused with
-    one line naming it (``on_unreadable='error'``: BasicSR's datasets list the folder themselves and
-    would stop on it mid-run), or skipped with a warning naming it (``'skip'``). ``all_files``:
-    also return names that are not images (BasicSR's folder datasets read every file).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f'{folder}: not a directory.')
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as e:
-        raise DataError(f'{folder}: cannot list the folder ({e.strerror}); fix its permissions.') from None
-    names, bad = [], []
-    for entry in entries:
-        if entry.name.startswith('.'):
-            continue
-        is_image = entry.name.lower().endswith(tuple(exts))
-        if not (is_image or all_files):
-            continue
-        problem = _entry_problem(entry)
-        if problem == 'not a regular file' or (problem is None and entry.is_dir()):
-            continue
-        if problem:
-            bad.append((entry.path, problem))
-        else:
-            names.append(entry.name)
-    if bad:
-        listed = '; '.join(f'{p} ({why})' for p, why in bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
-        if on_unreadable == 'error':
-            raise DataError(f'cannot read {listed}: fix or remove the entry, then rerun.')
-        (warn or _stderr_warning)(f'skipping {len(bad)} unreadable entr{"y" if len(bad) == 1 else "ies"}: {listed}.')
-    return names
-
-
-def _stderr_warning(message):
-    print(f'{Path(sys.argv[0]).name}: warning: {message}', file=sys.stderr, flush=True)
-
-
-def image_size(path):
-    """(width, height) of an image file from its header (PIL, or tifffile for TIFF); a file neither can
-    identify goes through the full reader, whose :class:`ImageError` names the file and the fix."""
-    path = Path(path)
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(4)
-        if head in (b'II*\x00', b'MM\x00*', b'II+\x00', b'MM\x00+'):
-            import tifffile
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                return int(page.imagewidth), int(page.imagelength)
-        from PIL import Image
-        with Image.open(path) as im:
-            return im.size
-    except OSError as e:
-        if isinstance(e, (FileNotFoundError, PermissionError)):
-            raise ImageError(f'{path}: cannot read file ({e.strerror}).') from None
-    except Exception:  # noqa: BLE001 - the full reader below gives the precise message
-        pass
-    from segsr_basicsr.io.images import read_image
-    img = read_image(path)
-    return img.shape[1], img.shape[0]
+__all__ = ['check_writable', 'check_datasets', 'check_run', 'check_device', 'check_file_outputs']
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -180,7 +56,6 @@ def _crop_need(opt, path):
 def check_datasets(opt, path, is_train):
     """List and header-read every input of every folder dataset; check GT/LQ pairing by name and count,
     ``LQ * scale == GT``, the training patch size and the metrics' minimum size."""
-    from segsr_basicsr.io.images import IMG_EXTS
     scale = opt.get('scale')
     need, need_why = _crop_need(opt, path)
     for phase, ds in (opt.get('datasets') or {}).items():

@@ -21,6 +21,7 @@ reflect-padded to it and the output is cropped back.
 The adapter calls ``self.init_guidance(guidance)`` at the end of its
 ``__init__``. With ``guidance=None`` the network is exactly the backbone.
 """
+import math
 from contextlib import contextmanager
 from typing import List, Optional, Sequence, Tuple
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segsr_basicsr.archs.modulation import SemanticModulation, modulation_scale_shift
+from segsr_basicsr.errors import OptionError
 
 FEATURE_LAYOUTS = ('tokens', 'image')
 #: inference: most bytes of modulation scale/shift maps computed in one batched call (training: all K)
@@ -85,7 +87,7 @@ class GuidedBackbone(nn.Module):
             self.modulations = None
             return
         if not isinstance(guidance, dict):
-            raise ValueError(f'network_g.guidance must be a mapping of guidance options (or null for no guidance), '
+            raise OptionError(f'network_g.guidance must be a mapping of guidance options (or null for no guidance), '
                              f'got {guidance!r}; e.g. guidance: {{clip_model: ViT-B-16, clip_pretrained: openai}}')
         from segsr_basicsr.archs.guidance import SemanticGuidance
         self.guidance = SemanticGuidance(num_units=len(self.sr_units), upscale=self.upscale, **guidance)
@@ -142,3 +144,33 @@ class GuidedBackbone(nn.Module):
                 feat = self.modulations[k].modulate(feat, *scale_shift.pop(0), self.feature_layout)
         out = self.forward_tail(feat, ctx)
         return out[..., :h * self.upscale, :w * self.upscale]
+
+
+class ConvTrunkAdapter(GuidedBackbone):
+    """Head/unit/tail for BasicSR's mean-shifted conv trunks (EDSR, RCAN).
+
+    Both run ``conv_first -> body -> conv_after_body (+ skip) -> upsample ->
+    conv_last`` in ``img_range`` units around ``mean``; the adapters differ
+    only in how ``body`` is cut into SR units. Listed before the backbone in
+    the bases, so :meth:`GuidedBackbone.forward` wins over the backbone's.
+    """
+
+    feature_layout = 'image'
+
+    def init_trunk_guidance(self, guidance) -> None:
+        """Read scale and width off the built modules (EDSR/RCAN keep no ``upscale``)."""
+        self.upscale = math.prod(m.upscale_factor for m in self.upsample if isinstance(m, nn.PixelShuffle))
+        self.unit_channels = self.conv_first.out_channels
+        self.init_guidance(guidance)
+
+    def forward_head(self, x):
+        self.mean = self.mean.type_as(x)
+        feat = self.conv_first((x - self.mean) * self.img_range)
+        return feat, {'size': tuple(feat.shape[-2:]), 'skip': feat}
+
+    def forward_unit(self, k, feat, ctx):
+        return self.sr_units[k](feat)
+
+    def forward_tail(self, feat, ctx):
+        res = self.conv_after_body(feat) + ctx['skip']
+        return self.conv_last(self.upsample(res)) / self.img_range + self.mean
