@@ -593,7 +593,7 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
     both through our option loading and through BasicSR's parse_options (the loader our entry points patch)."""
     import yaml
 
-    from segsr_basicsr.compat import patch_train_loop
+    from segsr_basicsr.train_loop import patch_train_loop
     from segsr_basicsr.io.option_file import load_option_file
     text = 'name: x\nval:\n  save_img: false\ntile:\n  tile_size: 64\n  tile_pad: 8\n'
     (tmp_path / 'o.yml').write_text(text)

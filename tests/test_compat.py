@@ -10,7 +10,7 @@ import torch
 
 import segsr_basicsr  # noqa: F401
 from basicsr.models.base_model import BaseModel
-from segsr_basicsr import compat
+from segsr_basicsr import compat, train_loop
 from segsr_basicsr.models.segsr_model import SeGSRModel
 from train_opts import PYTHON, env
 
@@ -23,7 +23,7 @@ def _run(code, **extra_env):
 @pytest.fixture(autouse=True, scope='module')
 def _train_loop_patched():
     """These tests exercise what the entry points install before BasicSR's train loop runs."""
-    compat.patch_train_loop()
+    train_loop.patch_train_loop()
 
 
 class ModelProbe(SeGSRModel):
@@ -48,7 +48,7 @@ funcs = [basicsr.train.load_resume_state, basicsr.train.create_train_val_dataloa
          basicsr.utils.dist_util._init_dist_slurm, Registry._do_register, Registry.register]
 assert all(f.__module__.startswith('basicsr.') and not hasattr(f, '__segsr_original__') for f in funcs), funcs
 assert basicsr.train.EnlargedSampler.__module__ == 'basicsr.data.data_sampler'
-from segsr_basicsr.compat import patch_train_loop
+from segsr_basicsr.train_loop import patch_train_loop
 patch_train_loop()  # what segsr_basicsr.train / .test do when they run
 assert {n: getattr(BaseModel, n) for n in methods} == methods, 'BaseModel changed by the entry-point patches'
 assert basicsr.train.load_resume_state.__segsr_original__ is funcs[0]
@@ -66,11 +66,11 @@ def test_import_changes_no_basicsr_behaviour_and_entry_points_patch_only_the_tra
 def test_train_loop_patches_are_idempotent():
     import basicsr.train
     patched = basicsr.train.load_resume_state
-    base = compat.original(patched)
+    base = train_loop.original(patched)
     assert base is not patched and base.__module__ == 'basicsr.train'
     importlib.reload(compat)  # a second patch_train_loop() must wrap basicsr's function again, never our wrapper
-    compat.patch_train_loop()
-    assert compat.original(basicsr.train.load_resume_state) is base
+    train_loop.patch_train_loop()
+    assert train_loop.original(basicsr.train.load_resume_state) is base
     assert basicsr.train.parse_options is importlib.import_module('basicsr.utils.options').parse_options
 
 
@@ -100,13 +100,13 @@ def test_init_dist_pytorch_uses_gloo_on_cpu_with_long_timeout(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.distributed, 'init_process_group', lambda **kw: calls.append(kw))
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    monkeypatch.delenv(compat.DIST_TIMEOUT_ENV, raising=False)
+    monkeypatch.delenv(train_loop.DIST_TIMEOUT_ENV, raising=False)
     dist_util._init_dist_pytorch('nccl')  # what basicsr's init_dist('pytorch') passes
     assert calls[-1] == dict(backend='gloo', timeout=datetime.timedelta(hours=3))
-    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, '90')
+    monkeypatch.setenv(train_loop.DIST_TIMEOUT_ENV, '90')
     dist_util._init_dist_pytorch('nccl')
     assert calls[-1]['timeout'] == datetime.timedelta(seconds=90)
-    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, 'soon')
+    monkeypatch.setenv(train_loop.DIST_TIMEOUT_ENV, 'soon')
     with pytest.raises(ValueError, match='SEGSR_DIST_TIMEOUT'):
         dist_util._init_dist_pytorch('nccl')
 
@@ -120,7 +120,7 @@ def test_init_dist_pytorch_on_cuda_is_basicsrs_own_nccl_path(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 4)
     monkeypatch.setattr(torch.cuda, 'set_device', devices.append)
     monkeypatch.setenv('RANK', '5')
-    monkeypatch.setenv(compat.DIST_TIMEOUT_ENV, '7200')
+    monkeypatch.setenv(train_loop.DIST_TIMEOUT_ENV, '7200')
     dist_util._init_dist_pytorch('nccl')
     assert devices == [1] and calls == [dict(backend='nccl', timeout=datetime.timedelta(hours=2))]
 
@@ -141,7 +141,7 @@ def test_model_to_device_cpu_ddp_has_no_device_ids(tmp_path):
 
 
 def test_split_argv_force_yml_and_local_rank():
-    argv, overrides = compat.split_argv(
+    argv, overrides = train_loop.split_argv(
         ['prog', '-opt', 'x.yml', '--local-rank=1', '--force_yml', 'train:total_iter=9', 'name=b', '--debug'])
     assert argv == ['prog', '-opt', 'x.yml', '--local_rank=1', '--debug']
     assert overrides == ['train:total_iter=9', 'name=b']
@@ -227,7 +227,7 @@ def test_init_dist_slurm_cpu_and_cuda_with_long_timeout(monkeypatch, cuda):
     monkeypatch.setattr(sp, 'getoutput', lambda cmd: 'node07' if 'scontrol show hostname node[07-08]' in cmd else '?')
     for key, value in dict(SLURM_PROCID='6', SLURM_NTASKS='8', SLURM_NODELIST='node[07-08]', SLURM_LOCALID='2').items():
         monkeypatch.setenv(key, value)
-    for key in ('MASTER_PORT', 'MASTER_ADDR', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK', compat.DIST_TIMEOUT_ENV):
+    for key in ('MASTER_PORT', 'MASTER_ADDR', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK', train_loop.DIST_TIMEOUT_ENV):
         monkeypatch.delenv(key, raising=False)
     dist_util._init_dist_slurm('nccl', port=29611)  # what init_dist('slurm', **opt['dist_params']) calls
     assert calls == [dict(backend='nccl' if cuda else 'gloo', timeout=datetime.timedelta(hours=3))]

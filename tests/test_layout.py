@@ -24,7 +24,6 @@ LAYERS = {
     'segsr_basicsr.models': 4,
     'segsr_basicsr.api': 4,
     'segsr_basicsr.train_loop': 4,
-    'segsr_basicsr.utils.cli': 5,
     'segsr_basicsr.train': 6,
     'segsr_basicsr.test': 6,
     'segsr_basicsr.infer': 6,

@@ -1,10 +1,9 @@
-"""The front of every command: one exit convention, and the hand-over to BasicSR's pipelines.
+"""The front of every command: one exit convention for user errors.
 
 A user error (:class:`~segsr_basicsr.errors.SeGSRError`) ends a command with one line on stderr,
 ``<prog>: error: <what was wrong and what to do>``, and exit code 2, never a traceback.
 ``SEGSR_DEBUG=1`` re-raises instead, for the full traceback.
 """
-import argparse
 import os
 import sys
 from contextlib import contextmanager
@@ -64,45 +63,3 @@ def exit_on_user_error(prog: str):
             raise
         print(user_error_line(prog, e), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-
-
-def _check_args(argv, is_train, prog='segsr'):
-    """The validation pass before any work (see :mod:`segsr_basicsr.utils.preflight`): the option file,
-    every input it names, the output folder. Runs before BasicSR builds a network or writes a file."""
-    from segsr_basicsr.compat import split_argv
-    from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
-    from segsr_basicsr.utils.options import validate_options
-    from segsr_basicsr.utils.preflight import check_run
-    rest, overrides = split_argv(list(argv))
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument('-opt', type=str)
-    known, _ = parser.parse_known_args(rest)
-    if known.opt is None:
-        return  # basicsr's own argparse prints the usage
-    opt = load_option_file(known.opt, overrides)
-    for message in unknown_top_level_keys(opt):
-        warning_line(prog, f'{known.opt}: {message}')
-    validate_options(opt, known.opt, is_train=is_train)
-    check_run(opt, known.opt, is_train=is_train)
-
-
-def run(pipeline, is_train, argv=None, prog='segsr'):
-    """Validate the option file, patch BasicSR's train loop (:func:`segsr_basicsr.compat.patch_train_loop`),
-    then ``pipeline(cwd)``, so experiments/, tb_logger/ and results/ land in the current directory."""
-    from segsr_basicsr.compat import patch_train_loop
-    saved = sys.argv
-    if argv is not None:  # basicsr's parser reads sys.argv
-        sys.argv = [sys.argv[0]] + list(argv)
-    try:
-        with exit_on_user_error(prog):
-            _check_args(sys.argv[1:], is_train, prog)
-            patch_train_loop()
-            pipeline(os.getcwd())
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():  # one line per process of a torchrun job
-            print(f'{prog}: rank {dist.get_rank()}/{dist.get_world_size()} finished', flush=True)
-    finally:
-        sys.argv = saved
-        import torch.distributed as dist
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
