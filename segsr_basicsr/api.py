@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from segsr_basicsr.errors import InferError, SceneWarning
+from segsr_basicsr.io.bands import ArrayScene, channels_to_bands, make_radiometry
 from segsr_basicsr.io.checkpoint import META_KEY
 from segsr_basicsr.utils.engine import Engine
 from segsr_basicsr.utils.options import parse_amp, tile_spec
@@ -141,7 +142,6 @@ class SeGSRUpscaler:
         before the network and come back as 0. ``tile=None`` runs the whole image at once.
         With ``return_maps``: ``(sr, [K maps (E, H, W) float32])``.
         """
-        from segsr_basicsr.io.raster import ArrayScene, channels_to_bands, make_radiometry
         img = np.asarray(img)
         if max_value is None and img.dtype.kind == 'f':
             max_value = 1.0
@@ -226,7 +226,7 @@ class SeGSRUpscaler:
             try:
                 def sink(i, r0, r1, c0, c1, block):
                     if i == 0:
-                        data, valid = R.channels_to_bands(block[0].numpy(), scene.plan, scene.rad, scene.dtype,
+                        data, valid = channels_to_bands(block[0].numpy(), scene.plan, scene.rad, scene.dtype,
                                                           scene.nodata)
                         counts['valid_pixels'] += int(valid.sum())
                         worker.submit(writer.add, r0, c0, data, (valid * np.uint8(255)) if writer.mask else None)

@@ -10,7 +10,7 @@ user code keeps working.
 """
 
 __all__ = ['SeGSRError', 'OptionError', 'CheckpointError', 'DataError', 'ImageError', 'InferError', 'TileError',
-           'SceneWarning']
+           'RasterError', 'SceneWarning']
 
 
 class SeGSRError(Exception):
@@ -35,6 +35,10 @@ class ImageError(DataError):
 
 class InferError(SeGSRError, ValueError):
     """An inference input, output or setting is unusable."""
+
+
+class RasterError(InferError):
+    """A raster or array input (bands, value range, dtype) or a raster output problem; names the file."""
 
 
 class TileError(SeGSRError, RuntimeError):

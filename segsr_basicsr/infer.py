@@ -113,7 +113,7 @@ def check_inputs(files, args):
     """Open every input the way it will be read (images decoded with the band/range options, rasters opened
     with them) before the first output is written, so a bad file late in a folder costs no half-done run."""
     from segsr_basicsr.io import raster as R
-    for src in progress(files, 'checking inputs', unit='files'):
+    for src in progress(files, 'checking inputs', unit='files', closing_line=False):
         if streams(src):
             with R.gdal_env():
                 R.RasterScene(src, args.bands, args.max_value, args.stretch).close()

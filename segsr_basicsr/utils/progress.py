@@ -58,11 +58,13 @@ class Progress:
             print(self.line(), file=self.stream, flush=True)
 
 
-def progress(items, desc, unit='files', total=None, stream=None, every=None):
-    """Iterate ``items`` while reporting through :class:`Progress`."""
+def progress(items, desc, unit='files', total=None, stream=None, every=None, closing_line=True):
+    """Iterate ``items`` while reporting through :class:`Progress` (``closing_line=False``: a log file gets
+    lines only while it takes long, none at the end, e.g. for a quick check before the real work)."""
     total = len(items) if total is None and hasattr(items, '__len__') else total
     bar = Progress(total, desc, unit, stream=stream, every=every)
     for item in items:
         yield item
         bar(1)
-    bar.close()  # the closing line only when all went through (an error line says the rest)
+    if closing_line or bar.bar is not None:
+        bar.close()  # the closing line only when all went through (an error line says the rest)
