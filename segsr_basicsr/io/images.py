@@ -65,22 +65,28 @@ def decode_image(content, name, bands=None, max_value=None, gray='convert'):
         content (bytes): the encoded file (PNG, JPEG, TIFF, BMP, WebP).
         name (str): file path or LMDB key, used in messages.
     """
-    global _gray_noted
     if not content:
         raise ImageError(f'{name}: file is empty (0 bytes); re-download or remove it.')
     arr, alpha_band = _decode_any(content, name)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    nbands = arr.shape[2]
+    arr = _rgb_bands(arr, alpha_band, name, bands, max_value)
+    arr = _to_8bit(arr, name, max_value)
+    if arr.shape[2] == 1:
+        arr = _gray_to_rgb(arr, name, gray)
+    # arr is in file band order (R, G, B); BasicSR works in BGR
+    return np.ascontiguousarray(arr[:, :, ::-1])
 
+
+def _rgb_bands(arr, alpha_band, name, bands, max_value):
+    """(H, W, n) in file band order -> (H, W, 3) or (H, W, 1): bands picked, opaque alpha dropped."""
+    nbands = arr.shape[2]
     if bands is not None:
         bands = [int(b) for b in bands]
         if len(bands) != 3 or min(bands) < 1 or max(bands) > nbands:
             raise ImageError(f'{name}: bands={bands} does not pick 3 of its {nbands} bands '
                              f'(1-based band numbers, e.g. --bands 3 2 1).')
-        arr, alpha_band = arr[:, :, [b - 1 for b in bands]], False
-        nbands = 3
-
+        return arr[:, :, [b - 1 for b in bands]]
     if nbands in (2, 4) and alpha_band:
         alpha = arr[:, :, -1]
         full = np.iinfo(arr.dtype).max if np.issubdtype(arr.dtype, np.integer) else (max_value or 1.0)
@@ -88,8 +94,7 @@ def decode_image(content, name, bands=None, max_value=None, gray='convert'):
         if n_transparent:
             raise ImageError(f'{name}: has an alpha channel with {n_transparent} transparent pixel(s); '
                              'SR needs fully opaque RGB. Flatten it onto a background or remove the file.')
-        arr = arr[:, :, :-1]
-        nbands -= 1
+        arr, nbands = arr[:, :, :-1], nbands - 1
     if nbands > 3:
         raise ImageError(f'{name}: has {nbands} bands; SeG-SR needs 3-band RGB. Pick the red, green and blue '
                          'bands with --bands R G B (1-based, e.g. --bands 4 3 2 for Sentinel-2 B4,B3,B2; '
@@ -97,26 +102,31 @@ def decode_image(content, name, bands=None, max_value=None, gray='convert'):
                          '(e.g. gdal_translate -b 4 -b 3 -b 2 in.tif out.tif).')
     if nbands == 2:  # gray + non-alpha band: ambiguous
         raise ImageError(f'{name}: has 2 bands that are not gray+alpha; pick bands with --bands R G B.')
+    return arr
 
-    if arr.dtype != np.uint8:
-        if max_value is None:
-            kind = f'{arr.dtype.itemsize * 8}-bit' if np.issubdtype(arr.dtype, np.integer) else str(arr.dtype)
-            raise ImageError(f'{name}: is {kind} ({arr.dtype}, values {arr.min()}..{arr.max()}); models here train on '
-                             '8-bit images. Convert explicitly with --max-value M (dataset option `max_value`): '
-                             'v -> round(v*255/M), e.g. M=65535 for full-range 16-bit, 4095 for 12-bit data.')
-        arr = np.clip(np.round(arr.astype(np.float64) * (255.0 / float(max_value))), 0, 255).astype(np.uint8)
 
-    if nbands == 1:
-        if gray == 'error':
-            raise ImageError(f'{name}: is grayscale (1 band) and grayscale is set to be rejected (--gray error / '
-                             'gray: error). Use convert to replicate it to 3 channels, or remove the file.')
-        if not _gray_noted:
-            logger.warning(f'{name}: grayscale image replicated to 3 channels '
-                           '(further grayscale inputs are converted without a note).')
-            _gray_noted = True
-        arr = np.repeat(arr, 3, axis=2)
-    # arr is in file band order (R, G, B); BasicSR works in BGR
-    return np.ascontiguousarray(arr[:, :, ::-1])
+def _to_8bit(arr, name, max_value):
+    """Explicit, linear: round(v * 255 / max_value) clipped to 0..255; no max_value for non-8-bit is an error."""
+    if arr.dtype == np.uint8:
+        return arr
+    if max_value is None:
+        kind = f'{arr.dtype.itemsize * 8}-bit' if np.issubdtype(arr.dtype, np.integer) else str(arr.dtype)
+        raise ImageError(f'{name}: is {kind} ({arr.dtype}, values {arr.min()}..{arr.max()}); models here train on '
+                         '8-bit images. Convert explicitly with --max-value M (dataset option `max_value`): '
+                         'v -> round(v*255/M), e.g. M=65535 for full-range 16-bit, 4095 for 12-bit data.')
+    return np.clip(np.round(arr.astype(np.float64) * (255.0 / float(max_value))), 0, 255).astype(np.uint8)
+
+
+def _gray_to_rgb(arr, name, gray):
+    global _gray_noted
+    if gray == 'error':
+        raise ImageError(f'{name}: is grayscale (1 band) and grayscale is set to be rejected (--gray error / '
+                         'gray: error). Use convert to replicate it to 3 channels, or remove the file.')
+    if not _gray_noted:
+        logger.warning(f'{name}: grayscale image replicated to 3 channels '
+                       '(further grayscale inputs are converted without a note).')
+        _gray_noted = True
+    return np.repeat(arr, 3, axis=2)
 
 
 def _decode_any(content, name):

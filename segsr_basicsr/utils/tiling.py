@@ -228,45 +228,65 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     out_device = lq.device if out_device is None else out_device
     b, _, h, w = lq.shape
     grid = tile_grid(h, w, tile, overlap, multiple)
-    th, tw, ys, xs = grid
-    blends: List[_OutputBlend] = []
-    results: List[torch.Tensor] = []
-    weights: Dict[int, tuple] = {}
+    ys, xs = grid[2], grid[3]
+    blender = _Blender(grid, (b, h, w), overlap, margin, out_device, sink)
     single = False
-
-    def put(i, r0, r1, c0, c1, block):
-        if sink is not None:
-            sink(i, r0, r1, c0, c1, block)
-        else:
-            results[i][:, :, r0:r1, c0:c1] = block
-
-    def make_blends(out):
-        for i, o in enumerate(out):
-            s = _output_scale(o, th, tw)
-            if s not in weights:
-                weights[s] = (axis_weights(ys, th, h, s, overlap, margin, out_device),
-                              axis_weights(xs, tw, w, s, overlap, margin, out_device))
-            blends.append(_OutputBlend(i, s, o.shape[1], grid, (b, h, w), out_device, put, weights[s]))
-            if sink is None:
-                results.append(torch.empty(b, o.shape[1], h * s, w * s, device=out_device))
-
     for r in range(len(ys)):
         for c0 in range(0, len(xs), batch):
             cols = xs[c0:c0 + batch]
             single, out = _run_tiles(lambda t: fn(t.to(device)), lq, grid, r, cols, h, w)
-            if not blends:
-                make_blends(out)
-            for blend, o in zip(blends, out):
-                if c0 == 0:
-                    blend.start_row(r)
-                o = o.to(out_device, torch.float32)
-                for j in range(len(cols)):
-                    blend.add(c0 + j, o[j * b:(j + 1) * b])
+            blender.add(r, c0, len(cols), out)
             del out
             if progress is not None:
                 progress(len(cols))
-        for blend in blends:
-            blend.end_row()
+        blender.end_row()
     if sink is not None:
         return None
-    return results[0] if single else tuple(results)
+    return blender.results[0] if single else tuple(blender.results)
+
+
+class _Blender:
+    """Every output of a tiled run (SR, semantic maps), each blended at its own scale; final pixels go to
+    ``sink`` or into ``results``."""
+
+    def __init__(self, grid, size, overlap, margin, out_device, sink):
+        self.grid, self.size, self.overlap, self.margin = grid, size, overlap, margin
+        self.out_device, self.sink = out_device, sink
+        self.blends: List[_OutputBlend] = []
+        self.results: List[torch.Tensor] = []
+        self.weights: Dict[int, tuple] = {}
+
+    def put(self, i, r0, r1, c0, c1, block):
+        if self.sink is not None:
+            self.sink(i, r0, r1, c0, c1, block)
+        else:
+            self.results[i][:, :, r0:r1, c0:c1] = block
+
+    def _start(self, out):
+        th, tw, ys, xs = self.grid
+        b, h, w = self.size
+        for i, o in enumerate(out):
+            s = _output_scale(o, th, tw)
+            if s not in self.weights:
+                self.weights[s] = (axis_weights(ys, th, h, s, self.overlap, self.margin, self.out_device),
+                                   axis_weights(xs, tw, w, s, self.overlap, self.margin, self.out_device))
+            self.blends.append(_OutputBlend(i, s, o.shape[1], self.grid, self.size, self.out_device, self.put,
+                                            self.weights[s]))
+            if self.sink is None:
+                self.results.append(torch.empty(b, o.shape[1], h * s, w * s, device=self.out_device))
+
+    def add(self, r, c0, n, out):
+        """Outputs of tiles c0..c0+n-1 of tile row r, each (n*B, C', th*s, tw*s)."""
+        if not self.blends:
+            self._start(out)
+        b = self.size[0]
+        for blend, o in zip(self.blends, out):
+            if c0 == 0:
+                blend.start_row(r)
+            o = o.to(self.out_device, torch.float32)
+            for j in range(n):
+                blend.add(c0 + j, o[j * b:(j + 1) * b])
+
+    def end_row(self):
+        for blend in self.blends:
+            blend.end_row()
