@@ -205,56 +205,29 @@ class SeGSRUpscaler:
         profile, meta = scene.output_profile(s, no_geo)
         for w in meta['warnings']:
             warnings.warn(w, SceneWarning, stacklevel=3)
-        counts = {'valid_pixels': 0}
         maps_dst = [Path(p) for p in (maps_dst or [])]
-        record = bool(maps_dst)
-        if record and len(maps_dst) != self.num_maps:
+        if maps_dst and len(maps_dst) != self.num_maps:
             raise InferError(f'{self.name}: has {self.num_maps} semantic map(s) (SR units), got {len(maps_dst)} '
                              'map outputs.')
-        n_tiles = self.count_tiles(scene.height, scene.width, tile, overlap)
-        bar = None if callable(progress) else Progress(n_tiles, scene.path.name, 'tiles', every=5.0,
-                                                       megapixels=scene.height * scene.width / 1e6,
-                                                       enabled=bool(progress))
+        spec = tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
+        n_tiles = len(self.engine.windows(scene.height, scene.width, spec))
+        bar = progress if callable(progress) else Progress(
+            n_tiles, scene.path.name, 'tiles', every=5.0, megapixels=scene.height * scene.width / 1e6,
+            enabled=bool(progress))
         maps_tmp = [temp_sibling(p, keep_suffix=True) for p in maps_dst]
+        counts = {'valid_pixels': 0}
 
         def write(tmp):
             target = Path(f'{tmp}.gtiff.tmp') if cog else Path(tmp)
-            writer = R.BlockWriter(target, profile, meta, block=512 if cog else R.BLOCK, mask=scene.internal_mask,
-                                   compress='zstd' if cog else 'deflate', name=str(dst))
-            maps_writers = {}
-            worker = _Writer()
+            files = _SceneFiles(scene, target, profile, meta, cog, no_geo, list(zip(maps_tmp, maps_dst)), str(dst))
             try:
-                def sink(i, r0, r1, c0, c1, block):
-                    if i == 0:
-                        data, valid = channels_to_bands(block[0].numpy(), scene.plan, scene.rad, scene.dtype,
-                                                          scene.nodata)
-                        counts['valid_pixels'] += int(valid.sum())
-                        worker.submit(writer.add, r0, c0, data, (valid * np.uint8(255)) if writer.mask else None)
-                    else:
-                        if i not in maps_writers:
-                            prof, _ = scene.output_profile(1, no_geo)
-                            prof.update(count=block.shape[1], dtype='float32', nodata=None)
-                            prof.pop('rpcs', None)
-                            maps_writers[i] = R.BlockWriter(maps_tmp[i - 1], prof, {}, name=str(maps_dst[i - 1]))
-                        worker.submit(maps_writers[i].add, r0, c0, block[0].numpy().copy())
-
-                spec = tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
-                self.engine.upscale_scene(scene, sink, spec, record, progress if callable(progress) else bar)
-                worker.close()
-                writer.close()
-                for m in maps_writers.values():
-                    m.close()
+                self.engine.upscale_scene(scene, files.sink, spec, bool(maps_dst), bar)
+                files.close()
             except BaseException:
-                if worker.error is None:
-                    worker.error = RuntimeError('aborted')
-                try:
-                    worker.close()
-                except BaseException:  # noqa: BLE001 - the first error is the one to report
-                    pass
-                for wr in [writer, *maps_writers.values()]:
-                    wr.abort()
+                files.abort()
                 R.remove_quietly(target)
                 raise
+            counts['valid_pixels'] = files.valid_pixels
             if cog:
                 try:
                     R.translate_to_cog(target, tmp)
@@ -267,8 +240,53 @@ class SeGSRUpscaler:
                 os.replace(tmp, final)
         finally:
             R.remove_quietly(*maps_tmp)
-            if bar is not None:
+            if not callable(progress):
                 bar.close()
         counts.update(tiles=n_tiles, lr_size=(scene.width, scene.height),
                       sr_size=(scene.width * s, scene.height * s))
         return counts
+
+
+class _SceneFiles:
+    """The output GeoTIFF of one scene (and its semantic-map GeoTIFFs), written block by block on a thread
+    while the network computes; ``sink`` is what the engine hands finished blocks to."""
+
+    def __init__(self, scene, target, profile, meta, cog, no_geo, maps, name):
+        from segsr_basicsr.io import raster as R
+        self.R, self.scene, self.no_geo, self.maps = R, scene, no_geo, maps
+        self.writer = R.BlockWriter(target, profile, meta, block=512 if cog else R.BLOCK, mask=scene.internal_mask,
+                                    compress='zstd' if cog else 'deflate', name=name)
+        self.map_writers = {}
+        self.worker = _Writer()
+        self.valid_pixels = 0
+
+    def sink(self, i, r0, r1, c0, c1, block):
+        sc = self.scene
+        if i == 0:
+            data, valid = channels_to_bands(block[0].numpy(), sc.plan, sc.rad, sc.dtype, sc.nodata)
+            self.valid_pixels += int(valid.sum())
+            self.worker.submit(self.writer.add, r0, c0, data, (valid * np.uint8(255)) if self.writer.mask else None)
+            return
+        if i not in self.map_writers:
+            prof, _ = sc.output_profile(1, self.no_geo)
+            prof.update(count=block.shape[1], dtype='float32', nodata=None)
+            prof.pop('rpcs', None)
+            tmp, final = self.maps[i - 1]
+            self.map_writers[i] = self.R.BlockWriter(tmp, prof, {}, name=str(final))
+        self.worker.submit(self.map_writers[i].add, r0, c0, block[0].numpy().copy())
+
+    def close(self):
+        self.worker.close()
+        self.writer.close()
+        for m in self.map_writers.values():
+            m.close()
+
+    def abort(self):
+        if self.worker.error is None:
+            self.worker.error = RuntimeError('aborted')
+        try:
+            self.worker.close()
+        except BaseException:  # noqa: BLE001 - the first error is the one to report
+            pass
+        for wr in [self.writer, *self.map_writers.values()]:
+            wr.abort()

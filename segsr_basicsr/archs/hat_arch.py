@@ -138,11 +138,7 @@ class SeGSR_HAT(GuidedBackbone):
         self.norm = nn.LayerNorm(embed_dim)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1) if resi_connection == '1conv' \
             else nn.Identity()
-        # 3. reconstruction (official HAT hard-codes num_feat = 64)
-        num_feat = 64
-        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
-        self.upsample = Upsample(upscale, num_feat)
-        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
+        self._build_reconstruction(embed_dim, in_chans, upscale)
         self.apply(self._init_weights)
         self.init_guidance(guidance)
         # under guidance the official SeG-SR skips HAT's final LayerNorm (guided_final_norm: false); we keep it
@@ -151,6 +147,13 @@ class SeGSR_HAT(GuidedBackbone):
         self.final_norm = guidance is None or guided_final_norm
         if not self.final_norm:
             self.norm.requires_grad_(False)  # unused, as in the official code: kept for its keys, not trained
+
+    def _build_reconstruction(self, embed_dim, in_chans, upscale):
+        """3. reconstruction (official HAT hard-codes num_feat = 64); same module names as official HAT."""
+        num_feat = 64
+        self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        self.upsample = Upsample(upscale, num_feat)
+        self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
 
     @staticmethod
     def _init_weights(m):
