@@ -17,7 +17,7 @@ options/train_SeGSR_HAT_x4.yml), ``tiny`` (the test-size net) or an option
 file; CLIP weights are always random (``clip_pretrained: null``): same cost.
 
 Cases: ``forward`` = inference as ``segsr_basicsr.infer`` runs it (eval,
-no_grad, LoRA merged by ``merge_lora()`` as ``infer.build_net`` does, through
+no_grad, LoRA merged by ``merge_lora()`` as ``segsr-infer --merge-lora`` does, through
 ``forward_padded``); ``train`` = one step: forward, L1, backward, Adam step.
 
 Timing: runs are interleaved (net A, B, C, matmul, A, B, C, matmul, ...) so
@@ -112,12 +112,12 @@ def build(name: str, opt: dict, device: torch.device, channels_last: bool = Fals
 
 def make_runner(net, case: str, x: torch.Tensor, target: torch.Tensor):
     """A no-argument callable running one ``case`` of ``net``; for ``forward``, LoRA merged (as infer does)."""
-    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.engine import forward_padded
     if case == 'forward':
         def run():
             net.eval()
             if callable(getattr(net, 'merge_lora', None)):
-                net.merge_lora()  # what segsr_basicsr.infer.build_net does; a no-op once merged
+                net.merge_lora()  # as segsr-infer --merge-lora; a no-op once merged
             with torch.no_grad():
                 return forward_padded(net, x)
         return run
@@ -228,8 +228,8 @@ def _scene_child_setup(args):
 
 
 def child_scene(args) -> None:
-    """In a fresh process: one scene through segsr_basicsr.infer.super_resolve (tiled), time and peak memory."""
-    from segsr_basicsr.infer import count_tiles, super_resolve
+    """In a fresh process: one scene through the API (SeGSRUpscaler.upscale, tiled), time and peak memory."""
+    from segsr_basicsr.api import SeGSRUpscaler
     device, opt, net, scene = _scene_child_setup(args)
     n, s = args.child_size, opt['upscale']
     base = rss_mb()
@@ -237,13 +237,14 @@ def child_scene(args) -> None:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
     t0, c0 = time.perf_counter(), time.process_time()
-    sr, _ = super_resolve(net, scene, device, tile=args.tile, overlap=args.tile_overlap)
+    model = SeGSRUpscaler(net, device)
+    sr = model.upscale(scene, tile=args.tile, overlap=args.tile_overlap)
     sync(device)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert sr.shape == (n * s, n * s, 3)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' \
         else rss_mb('VmHWM')
-    tiles = count_tiles(n, n, args.tile, args.tile_overlap, getattr(net, 'size_multiple', 1))
+    tiles = model.count_tiles(n, n, args.tile, args.tile_overlap)
     print(json.dumps(dict(base_mb=base, peak_mb=peak, wall=wall, cpu=cpu, tiles=tiles)))
 
 
@@ -259,13 +260,13 @@ def child_throughput(args) -> None:
     warm-up and is left out of the steady rate.
     """
 
-    from segsr_basicsr.infer import count_tiles
-    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.engine import Engine, TileSpec
     from segsr_basicsr.utils.tiling import tiled_forward
     device, opt, net, scene = _scene_child_setup(args)
-    n, multiple = args.child_size, getattr(net, 'size_multiple', 1)
+    n, engine = args.child_size, Engine(net, device)
+    multiple = engine.multiple
     lq = torch.from_numpy(scene).permute(2, 0, 1).unsqueeze(0)
-    total = count_tiles(n, n, args.tp_tile, args.tp_overlap, multiple)
+    total = len(engine.windows(n, n, TileSpec(args.tp_tile, args.tp_overlap)))
     stamps = [(time.perf_counter(), time.process_time(), 0)]
 
     def progress(k):
@@ -275,7 +276,7 @@ def child_throughput(args) -> None:
 
     with torch.inference_mode():
         try:
-            tiled_forward(lambda t: forward_padded(net, t.float().div_(255)), lq, args.tp_tile, args.tp_overlap,
+            tiled_forward(lambda t: engine.forward(t.float().div_(255))[0], lq, args.tp_tile, args.tp_overlap,
                           multiple=multiple, batch=args.child_batch, device=device, out_device=torch.device('cpu'),
                           sink=lambda *block: None, progress=progress)
         except _BudgetSpent:
@@ -365,7 +366,7 @@ def measure(args, nets: dict, cases, size: int, device, title: str, memory: dict
 
 def check_outputs(nets: dict, x: torch.Tensor, target: torch.Tensor) -> None:
     """Our HAT == spandrel's HAT; merged == unmerged LoRA; checkpointed == plain (loss and gradients)."""
-    from segsr_basicsr.models.segsr_model import forward_padded
+    from segsr_basicsr.utils.engine import forward_padded
     with torch.no_grad():
         if 'hat' in nets and 'spandrel' in nets:
             nets['hat'][0].eval(), nets['spandrel'][0].eval()
@@ -563,7 +564,7 @@ def main():
             print(f'\nscene {args.scene}: failed: {r["error"]}')
         else:
             mpix = (args.scene * opt['upscale']) ** 2 / 1e6
-            print(f'\n== tiled scene through segsr_basicsr.infer.super_resolve: {name}, LR {args.scene}x{args.scene} '
+            print(f'\n== tiled scene through SeGSRUpscaler.upscale: {name}, LR {args.scene}x{args.scene} '
                   f'-> {args.scene * opt["upscale"]}^2, tile {args.tile} overlap {args.tile_overlap}, {r["tiles"]} '
                   f'tiles')
             print(f'wall {r["wall"]:.1f} s, cpu {r["cpu"]:.1f} s, {r["wall"] / mpix:.1f} s per output Mpixel; '

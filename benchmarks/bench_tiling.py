@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_tiling.py --untiled 512         # contrast: one whole-image forward
 
 Each scene runs in a fresh process through the same code path as
-``segsr_basicsr.infer`` (``super_resolve``: uint8 scene in, uint8 SR out, blended
+``segsr_basicsr.api`` (``SeGSRUpscaler.upscale``: uint8 scene in, uint8 SR out, blended
 band by band). Printed per scene: peak RSS, the RSS before the scene was made
 (python + torch + net), the unavoidable scene buffers (uint8 LR in, uint8 SR
 out) and what is left: the working set of the tiling, which
@@ -41,7 +41,7 @@ def child(args):
 
     import segsr_basicsr  # noqa: F401
     from basicsr.archs import build_network
-    from segsr_basicsr.infer import super_resolve
+    from segsr_basicsr.api import SeGSRUpscaler
     torch.set_num_threads(args.threads)
     net = build_network(dict(NETS[args.net])).eval()
     with torch.no_grad():  # warm up allocators / kernels on one small tile
@@ -51,7 +51,7 @@ def child(args):
     n = args.size
     scene = np.repeat(np.repeat(rng.integers(0, 256, (n // 8, n // 8, 3), dtype=np.uint8), 8, 0), 8, 1)
     t0 = time.perf_counter()
-    sr, _ = super_resolve(net, scene, torch.device('cpu'), tile=args.tile, overlap=args.overlap, batch=args.batch)
+    sr = SeGSRUpscaler(net, 'cpu').upscale(scene, tile=args.tile, overlap=args.overlap, batch=args.batch)
     dt = time.perf_counter() - t0
     assert sr.shape == (4 * n, 4 * n, 3)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -75,7 +75,7 @@ def _try_build(network, arch, path):
     try:  # not basicsr's build_network: its log line would set up BasicSR's logger before the log file exists
         ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     except OptionError as e:
-        raise OptionError(f'{path}: network_g ({arch}): {e}') from None
+        raise OptionError(f'{path}: network_g: {e}') from None
     except (ValueError, TypeError, AssertionError, KeyError, IndexError) as e:
         raise OptionError(f'{path}: network_g ({arch}) cannot be built from these options: '
                           f'{type(e).__name__}: {e}') from None
