@@ -426,7 +426,8 @@ PREP_ROWS = [
      ['B/HR/img9.png', 'cannot be decoded'], ['A/HR_x2', 'A/LR_x2', 'B/HR_x2']),
     ('make_bicubic: image smaller than the scale', 'make_bicubic.py',
      lambda d: ['--input', _hr_folder(d / 'HR', n=1, h=3, w=40), '--scales', 2, 4],
-     ['HR/img0.png', '40x3 is smaller than the largest scale 4'], ['HR_x2', 'LR_x2']),
+     ['HR/img0.png', '40x3 is smaller than 8, the least that gives 2 LR pixels a side at scale 4'],
+     ['HR_x2', 'LR_x2']),
     ('make_bicubic: negative --max-value', 'make_bicubic.py',
      lambda d: ['--input', _hr_folder(d / 'HR'), '--max-value', -1], ['--max-value must be > 0', '-1'], ['HR_x4']),
     ('make_bicubic: output under a file', 'make_bicubic.py',
@@ -830,3 +831,87 @@ def test_infer_refuses_before_any_output(row, edsr_ckpt, tmp_path, monkeypatch, 
         assert fragment in lines[0], f'{fragment!r} not in {lines[0]!r}'
     assert not (tmp_path / 'out').exists()
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*') if p.is_file()} == before  # inputs untouched
+
+
+# (id, script, args maker (tmp_path) -> list, fragments, outputs that must not exist) -- as PREP_ROWS
+CONTRACT_PREP_ROWS = [
+    ('make_bicubic: image too small for the bicubic at its scale', 'make_bicubic.py',
+     lambda d: ['--input', _hr_folder(d / 'HR', n=1, h=3, w=3), '--scales', 2],
+     ['HR/img0.png', '3x3 is smaller than 4, the least that gives 2 LR pixels a side at scale 2'],
+     ['HR_x2', 'LR_x2']),
+    ('split_dataset: negative seed', 'split_dataset.py',
+     lambda d: ['--src', _classes(d / 'src'), '--out', d / 'out', '--seed', -1],
+     ['--seed must be an integer >= 0, got -1'], ['out']),
+    ('split_dataset: output inside the source', 'split_dataset.py',
+     lambda d: ['--src', _classes(d / 'src'), '--out', d / 'src' / 'farm' / 'split'],
+     ['--out', 'is inside the input', 'src'], ['src/farm/split']),
+    ('extract_subimages: output inside the input', 'extract_subimages.py',
+     lambda d: ['--input', _hr_folder(d / 'big', h=64, w=64), '--out', d / 'big' / 'subs', '--crop-size', 32],
+     ['--out', 'is inside the input', 'big'], ['big/subs']),
+]
+
+
+@pytest.mark.parametrize('row', CONTRACT_PREP_ROWS, ids=[r[0] for r in CONTRACT_PREP_ROWS])
+def test_prep_contract_refuses_before_any_work(row, tmp_path, monkeypatch):
+    test_prep_script_refuses_before_any_work(row, tmp_path, monkeypatch)
+
+
+def _api_model(ckpt):
+    import segsr_basicsr
+    return segsr_basicsr.load_model(ckpt, device='cpu')
+
+
+_RGB = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+
+# (id, call (tmp_path, checkpoint) -> anything, error type name, fragments, paths that must not exist)
+CONTRACT_API_ROWS = [
+    ('NaN pixels', lambda d, c: _api_model(c).upscale(np.full((8, 8, 3), np.nan, np.float32)),
+     'RasterError', ['has NaN or infinite values at valid pixels'], []),
+    ('float pixels above one', lambda d, c: _api_model(c).upscale(np.full((8, 8, 3), 3.0, np.float32)),
+     'RasterError', ['values span 3..3, outside the 0..1', 'would be clipped'], []),
+    ('16-bit values above max_value',
+     lambda d, c: _api_model(c).upscale(np.full((8, 8, 3), 5000, np.uint16), max_value=4095),
+     'RasterError', ['values span 5000..5000, outside the 0..4095'], []),
+    ('empty array', lambda d, c: _api_model(c).upscale(np.zeros((0, 0, 3), np.uint8)),
+     'InferError', ['the image is 0x0 pixels; there is nothing to upscale'], []),
+    ('boolean array', lambda d, c: _api_model(c).upscale(np.zeros((8, 8, 3), bool)),
+     'RasterError', ['values of type bool are not image data'], []),
+    ('tile given as text', lambda d, c: _api_model(c).upscale(_RGB, tile='big'),
+     'OptionError', ["tile size must be a whole number >= 1, got 'big'"], []),
+    ('API: device name that is not a device', lambda d, c: __import__('segsr_basicsr').load_model(c, device='gpu'),
+     'OptionError', ["--device 'gpu' is not a device name"], []),
+    ('autocast dtype misspelt', lambda d, c: __import__('segsr_basicsr').load_model(c, amp='bf61'),
+     'OptionError', ["did you mean 'bf16'"], []),
+    ('scene output is the input', lambda d, c: _api_model(c).upscale_file(_img(d / 's.png', 12, 16), d / 's.png'),
+     'DataError', ['is the input', "refusing to overwrite it"], []),
+    ('scene output under a file',
+     lambda d, c: _api_model(c).upscale_file(_img(d / 's.png', 12, 16), d / 's.png' / 'o.tif'),
+     'DataError', ['s.png is a file, not a folder'], ['s.png/o.tif']),
+    ('scene input missing', lambda d, c: _api_model(c).upscale_file(d / 'nope.tif', d / 'o.tif'),
+     'DataError', ['nope.tif: no such file'], ['o.tif']),
+]
+
+
+@pytest.mark.parametrize('row', CONTRACT_API_ROWS, ids=[r[0] for r in CONTRACT_API_ROWS])
+def test_api_raises_the_package_error_with_the_same_sentence(row, edsr_ckpt, tmp_path):
+    from segsr_basicsr.errors import SeGSRError
+    name, call, kind, fragments, absent = row
+    with pytest.raises(SeGSRError) as exc:
+        call(tmp_path, edsr_ckpt)
+    assert type(exc.value).__name__ == kind, (type(exc.value), exc.value)
+    message = str(exc.value)
+    assert '\n' not in message
+    for fragment in fragments:
+        assert fragment in message, f'{fragment!r} not in {message!r}'
+    for path in absent:
+        assert not (tmp_path / path).exists(), path
+    for p in tmp_path.rglob('*'):  # inputs written by the row are unchanged: no output replaced one
+        if p.is_file() and p.suffix == '.png':
+            assert cv2.imread(str(p)) is not None
+
+
+def test_contract_rows_are_many_and_cover_every_entry_point():
+    rows = CONTRACT_OPTION_ROWS + CONTRACT_INFER_ROWS + CONTRACT_PREP_ROWS + CONTRACT_API_ROWS
+    assert len({r[0] for r in rows}) == len(rows) >= 40
+    assert {'train', 'test'} <= {r[1] for r in CONTRACT_OPTION_ROWS}
+    assert CONTRACT_INFER_ROWS and CONTRACT_API_ROWS and CONTRACT_PREP_ROWS

@@ -25,7 +25,7 @@ from segsr_basicsr.io.atomic import check_free, staged_output, staged_outputs  #
 from segsr_basicsr.io.images import (IMG_EXTS, add_image_args, encode_png, image_kwargs, list_images,  # noqa: F401
                                      read_image, write_png)
 from segsr_basicsr.io.images import image_size, readable_images  # noqa: F401
-from segsr_basicsr.utils.preflight import check_writable  # noqa: F401
+from segsr_basicsr.utils.preflight import check_apart, check_writable  # noqa: F401  (scripts use prep.*)
 from segsr_basicsr.utils.progress import progress  # noqa: F401
 
 logger = logging.getLogger('basicsr')
@@ -51,10 +51,20 @@ def bicubic_lr(hr, scale):
     return np.ascontiguousarray(np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8))
 
 
+#: the MATLAB bicubic (BasicSR's imresize) needs at least this many LR pixels per side
+MIN_LR_SIDE = 2
+
+
+def min_hr_side(scale: int) -> int:
+    """Smallest HR side that gives an LR at ``scale`` (measured: below 2 LR pixels imresize fails)."""
+    return MIN_LR_SIDE * scale
+
+
 def hr_lr_pair(hr, scale, name='image'):
-    """Mod-crop an 8-bit HR to `scale` and make its LR; an image smaller than `scale` is an error."""
-    if hr.shape[0] < scale or hr.shape[1] < scale:
-        raise ImageError(f'{name}: {hr.shape[1]}x{hr.shape[0]} is smaller than scale {scale}.')
+    """Mod-crop an 8-bit HR to `scale` and make its LR; an image too small for `scale` is an error."""
+    if min(hr.shape[:2]) < min_hr_side(scale):
+        raise ImageError(f'{name}: {hr.shape[1]}x{hr.shape[0]} is too small for scale {scale}: the bicubic LR needs '
+                         f'at least {MIN_LR_SIDE} pixels a side (HR >= {min_hr_side(scale)}).')
     hr = mod_crop(hr, scale)
     return hr, bicubic_lr(hr, scale)
 
@@ -146,6 +156,8 @@ def stratified_split(classes, ratios, seed):
     Per class of n files: n_val = round(n * r_val), n_test = round(n * r_test) (half up),
     train gets the rest. Ratios are normalised, so ``8 1 1`` == ``0.8 0.1 0.1``.
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise PrepError(f'--seed must be an integer >= 0, got {seed!r}.')
     ratios = [float(r) for r in ratios]
     if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
         raise PrepError(f'--ratios needs 3 non-negative numbers (train val test), got {ratios}.')
@@ -237,7 +249,9 @@ def make_bicubic_many(jobs, scales, image_kw):
         check_writable(out)
     flat = [t for ts in targets for t in ts]
     check_free(*flat)
-    check_images([src / f for src, files, _ in plan for f in files], max(scales), f'the largest scale {max(scales)}')
+    check_images([src / f for src, files, _ in plan for f in files], min_hr_side(max(scales)),
+                 f'{min_hr_side(max(scales))}, the least that gives {MIN_LR_SIDE} LR pixels a side at scale '
+                 f'{max(scales)}')
     items = [(src, f, stem, i) for i, (src, files, stems) in enumerate(plan) for f, stem in zip(files, stems)]
     with staged_outputs(*flat) as tmps:
         for tmp in tmps:
@@ -267,6 +281,7 @@ def extract_subimages(src, dst, crop, step, thresh, image_kw):
         raise PrepError(f'--crop-size and --step must be positive, got {crop} and {step}.')
     if thresh < 0:
         raise PrepError(f'--thresh-size must be >= 0, got {thresh}.')
+    check_apart(dst, [src])
     files, stems = folder_keys(src, sanitize=True)
     check_free(dst)
     check_writable(dst)

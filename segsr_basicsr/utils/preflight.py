@@ -176,3 +176,14 @@ def check_file_outputs(src, outputs, what='output'):
         if out.is_dir():
             raise DataError(f'{what} {out} is a folder; name a file in it.')
         check_writable(out.parent, f'{what} {out}: folder')
+
+
+def check_apart(output, inputs, what='--out'):
+    """An output folder must not be, or lie inside, an input folder (its files would become inputs of the next
+    run, or be mistaken for data), nor contain one."""
+    out = Path(os.path.abspath(output))
+    for src in map(lambda p: Path(os.path.abspath(p)), inputs):
+        if out == src or src in out.parents or out in src.parents:
+            where = 'is' if out == src else ('is inside' if src in out.parents else 'contains')
+            raise DataError(f'{what} {output} {where} the input {src}; write the output to a folder of its own '
+                            f'(e.g. beside the input: {src.parent / (src.name + "_out")}).')
