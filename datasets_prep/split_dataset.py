@@ -35,6 +35,7 @@ def main():
 
     image_kw = prep.image_kwargs(args)
     src, out = Path(args.src), Path(args.out)
+    prep.check_writable(out)
     prep.check_apart(out, [src])
     classes = prep.scan_classes(src)
     if args.split_from:
