@@ -21,6 +21,7 @@ from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_key
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
 from segsr_basicsr.utils.options import validate_options
 from segsr_basicsr.utils.preflight import check_run
+from segsr_basicsr.utils.stop import STOP, signal_numbers
 from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout  # noqa: F401
 
 _train_loop_patched = False
@@ -187,6 +188,7 @@ def _resumable_sampler_class():
 
         def set_epoch(self, epoch):
             super().set_epoch(epoch)
+            STOP.epoch = epoch  # a stop on a signal saves the epoch in progress
             if epoch != self._resume_epoch:
                 self._resume_epoch = None
 
@@ -346,12 +348,13 @@ def _check_args(argv, is_train, prog='segsr'):
     parser.add_argument('-opt', type=str)
     known, _ = parser.parse_known_args(rest)
     if known.opt is None:
-        return  # basicsr's own argparse prints the usage
+        return None  # basicsr's own argparse prints the usage
     opt = load_option_file(known.opt, overrides)
     for message in unknown_top_level_keys(opt):
         warning_line(prog, f'{known.opt}: {message}')
     validate_options(opt, known.opt, is_train=is_train)
     check_run(opt, known.opt, is_train=is_train)
+    return opt
 
 
 def run(pipeline, is_train, argv=None, prog='segsr'):
@@ -362,14 +365,17 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
         sys.argv = [sys.argv[0]] + list(argv)
     try:
         with exit_on_user_error(prog):
-            _check_args(sys.argv[1:], is_train, prog)
+            opt = _check_args(sys.argv[1:], is_train, prog)
             patch_train_loop()
+            if is_train and opt is not None:  # stop on a signal at an iteration boundary (utils/stop.py)
+                STOP.install(signal_numbers((opt.get('train') or {}).get('stop_signals')))
             pipeline(os.getcwd())
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():  # one line per process of a torchrun job
             print(f'{prog}: rank {dist.get_rank()}/{dist.get_world_size()} finished', flush=True)
     finally:
         sys.argv = saved
+        STOP.uninstall()
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -95,7 +95,7 @@ def env(**extra):
     e = dict(os.environ)
     e.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONUNBUFFERED='1', CUDA_VISIBLE_DEVICES='')
     e.update({k: str(v) for k, v in extra.items()})
-    if SAVE_HOOK_ENV in extra:
+    if any(k.startswith('SEGSR_TEST_') for k in extra):
         e['PYTHONPATH'] = os.pathsep.join(p for p in (str(FAULT_INJECTION), e.get('PYTHONPATH')) if p)
     return e
 

@@ -25,9 +25,10 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from segsr_basicsr.errors import OptionError
-from segsr_basicsr.models.checkpoints import CheckpointsMixin
+from segsr_basicsr.models.checkpoints import CheckpointsMixin, warn_if_disk_is_short
 from segsr_basicsr.models.nonfinite import NonFiniteRecord, raise_if_nonfinite
 from segsr_basicsr.utils.dist import dist_ready
+from segsr_basicsr.utils.stop import STOP, STOP_EXIT_CODE
 from segsr_basicsr.utils.engine import Engine, autocast
 from segsr_basicsr.utils.options import (parse_amp, parse_finite_check_freq, parse_grad_clip,
                                          parse_guidance_lr_mult, parse_tf32, tile_spec)
@@ -108,6 +109,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
             get_root_logger().info(f'Mixed precision: {self.amp_dtype} autocast on {self.device.type}'
                                    f'{" with GradScaler" if use_scaler else ""}.')
         super().init_training_settings()
+        warn_if_disk_is_short(self)
 
     def model_ema(self, decay=0.999):
         """EMA of trainable parameters and floating buffers; frozen parameters are left alone.
@@ -228,6 +230,29 @@ class SeGSRModel(CheckpointsMixin, SRModel):
         self._pending_log = (list(loss_dict), self._reduce_losses(loss_dict))
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+        self._stop_if_requested(current_iter)
+
+    def _stop_if_requested(self, current_iter):
+        """After a complete step: on a stop signal (to any rank; ranks agree by one all-reduce per step), save
+        this iteration as a periodic checkpoint does, then exit with STOP_EXIT_CODE (docs/training.md)."""
+        requested = STOP.requested
+        if self.opt.get('dist') and dist_ready():
+            import torch.distributed as dist
+            flag = torch.tensor([float(requested)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            requested = bool(flag.item())
+        if not requested:
+            return
+        self.save(STOP.epoch, current_iter)
+        if self.opt.get('dist') and dist_ready():
+            import torch.distributed as dist
+            dist.barrier()  # rank 0 has written everything before any rank exits
+        step = ' '.join(f'{k}: {v:.4e}' for k, v in self.log_dict.items())  # this step is logged nowhere else
+        get_root_logger().info(
+            f'Stopped by {STOP.name} at iter: {current_iter}, {step}; saved net_g_{current_iter}.pth and '
+            f'{current_iter}.state in {self.opt["path"]["experiments_root"]}; continue with --auto_resume '
+            f'(exit code {STOP_EXIT_CODE}).')
+        raise SystemExit(STOP_EXIT_CODE)
 
     @property
     def log_dict(self):
@@ -344,6 +369,8 @@ class SeGSRModel(CheckpointsMixin, SRModel):
             for metric in self.metric_results.keys():
                 self.metric_results[metric] /= (idx + 1)
                 self._update_best_metric_result(dataset_name, metric, self.metric_results[metric], current_iter)
+            if self.opt['is_train']:
+                self.save_best(dataset_name, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
             if not self.opt['is_train'] and per_image:
                 self._write_per_class(dataloader.dataset.opt, dataset_name, per_image)

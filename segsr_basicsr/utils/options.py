@@ -11,6 +11,7 @@ import os
 
 from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import suggest
+from segsr_basicsr.utils.stop import signal_numbers
 from segsr_basicsr.utils.tiling import TileSpec, default_overlap
 
 __all__ = ['validate_options', 'tile_spec',
@@ -166,7 +167,7 @@ def _flag(section, key, where):
 
 # ----------------------------------------------------------------------------- sections
 #: keys of ``val`` that BasicSR's SRModel and SeGSRModel read
-VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'self_ensemble', 'amp')
+VAL_KEYS = ('val_freq', 'save_img', 'suffix', 'pbar', 'metrics', 'tile', 'self_ensemble', 'amp', 'best_metric')
 
 
 def check_val(opt, path, is_train):
@@ -201,6 +202,8 @@ def check_val(opt, path, is_train):
         crop = metric.get('crop_border', 0)
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
             raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
+    if val.get('best_metric') is not None:
+        choice(val['best_metric'], list(metrics), f'{path}: val:best_metric')
 
 
 def check_train(opt, path):
@@ -223,6 +226,9 @@ def check_train(opt, path):
     logger = _require(opt, 'logger', dict, '', path)
     _positive_int(logger, 'print_freq', 'logger:', path)
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+    if logger.get('keep_checkpoints') is not None:
+        _positive_int(logger, 'keep_checkpoints', 'logger:', path)
+    signal_numbers(train.get('stop_signals'), f'{path}: train:stop_signals')
 
 
 def _check_optimizer(train, path):

@@ -29,3 +29,54 @@ if os.environ.get(HOOK_ENV):
         _commit(tmp, path)
 
     atomic._commit = _commit_with_hook
+
+# ``SEGSR_TEST_SIGNAL=<NAME>`` with ``SEGSR_TEST_SIGNAL_AT=step:<iter> | validation:<iter> | save:<file>`` sends the
+# signal to this process at that point (``SEGSR_TEST_SIGNAL_RANK``: only on that torchrun rank;
+# ``SEGSR_TEST_SIGNAL_COUNT``: that many times in a row), to test the stop-on-signal path deterministically.
+SIGNAL_ENV = 'SEGSR_TEST_SIGNAL'
+
+if os.environ.get(SIGNAL_ENV):
+    import signal
+
+    _sig = getattr(signal, os.environ[SIGNAL_ENV])
+    _where, _, _what = os.environ.get('SEGSR_TEST_SIGNAL_AT', 'step:1').partition(':')
+    _rank = os.environ.get('SEGSR_TEST_SIGNAL_RANK')
+
+    def _send(label):
+        if _rank is not None and os.environ.get('RANK', '0') != _rank:
+            return
+        for _ in range(int(os.environ.get('SEGSR_TEST_SIGNAL_COUNT', '1'))):
+            print(f'[{SIGNAL_ENV}] {_sig.name} at {label}', flush=True)
+            os.kill(os.getpid(), _sig)
+
+    from segsr_basicsr.models.segsr_model import SeGSRModel
+
+    if _where == 'step':
+        _step = SeGSRModel.optimize_parameters
+
+        def _step_with_signal(self, current_iter):
+            if current_iter == int(_what):
+                _send(f'step {current_iter}')  # before the step: the signal lands mid-iteration
+            return _step(self, current_iter)
+
+        SeGSRModel.optimize_parameters = _step_with_signal
+    elif _where == 'validation':
+        _validate = SeGSRModel.nondist_validation
+
+        def _validate_with_signal(self, dataloader, current_iter, tb_logger, save_img):
+            if current_iter == int(_what):
+                _send(f'validation {current_iter}')
+            return _validate(self, dataloader, current_iter, tb_logger, save_img)
+
+        SeGSRModel.nondist_validation = _validate_with_signal
+    elif _where == 'save':
+        import segsr_basicsr.io.atomic as atomic_for_signal
+
+        _commit_before = atomic_for_signal._commit
+
+        def _commit_with_signal(tmp, path):
+            if os.path.basename(path) == _what:
+                _send(f'save of {path}')
+            _commit_before(tmp, path)
+
+        atomic_for_signal._commit = _commit_with_signal
