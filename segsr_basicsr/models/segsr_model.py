@@ -326,7 +326,6 @@ class SeGSRModel(CheckpointsMixin, SRModel):
                 self.metric_results = {metric: 0 for metric in val_opt['metrics'].keys()}
             self._initialize_best_metric_results(dataset_name)
             self.metric_results = {metric: 0 for metric in self.metric_results}
-        net_training = self.get_bare_model(self.net_g).training
         pbar = tqdm(total=len(dataloader), unit='image') if use_pbar else None
         metric_data = dict()
         per_image = []  # (image stem, {metric: value}) for the per-class tables of a test run
@@ -360,10 +359,9 @@ class SeGSRModel(CheckpointsMixin, SRModel):
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_description(f'Test {img_name}')
-        finally:
+        finally:  # the engine left the network in the mode it had
             if pbar is not None:
                 pbar.close()
-            self.get_bare_model(self.net_g).train(net_training)
 
         if with_metrics:
             for metric in self.metric_results.keys():
