@@ -83,7 +83,8 @@ def test_sigkill_while_saving_then_auto_resume_matches_uninterrupted_run(tmp_pat
     # killed while 6.state is written (its net_g_6.pth is complete): resume must not use iteration 6
     proc = run_train(tmp_path, crash, '--auto_resume', check=False, extra_env={HOOK: 'kill:6.state'})
     assert proc.returncode == -signal.SIGKILL
-    assert _all_checkpoints_load(exp) == ['net_g_2.pth', 'net_g_4.pth', 'net_g_6.pth', '2.state', '4.state']
+    assert _all_checkpoints_load(exp) == ['net_g_2.pth', 'net_g_4.pth', 'net_g_6.pth', 'net_g_best.pth', '2.state',
+                                          '4.state']  # best: validated at iteration 4
     # killed while the final net_g_latest.pth is written
     proc = run_train(tmp_path, crash, '--auto_resume', check=False, extra_env={HOOK: 'kill:net_g_latest.pth'})
     assert proc.returncode == -signal.SIGKILL
@@ -101,7 +102,8 @@ def test_sigkill_while_saving_then_auto_resume_matches_uninterrupted_run(tmp_pat
                  _weights(tmp_path / 'experiments' / 'ref' / 'models' / 'net_g_latest.pth'))
     names = _all_checkpoints_load(exp)
     iters = (2, 4, 6, 8)
-    assert names == [f'net_g_{i}.pth' for i in iters] + ['net_g_latest.pth'] + [f'{i}.state' for i in iters]
+    assert names == [f'net_g_{i}.pth' for i in iters] + ['net_g_best.pth', 'net_g_latest.pth'] + \
+        [f'{i}.state' for i in iters]
     assert not [p for p in exp.rglob('*.tmp')]  # temp files of the killed runs were cleaned up
 
 

@@ -25,7 +25,7 @@ def test_train_stop_auto_resume_on_cpu_then_test(tmp_path):
     assert sorted(losses(log)) == list(range(1, 9))  # iterations 5..8 trained once each, none repeated
     assert sorted(p.name for p in (exp / 'training_states').iterdir()) == ['2.state', '4.state', '6.state', '8.state']
     assert {p.name for p in (exp / 'models').iterdir()} == {'net_g_2.pth', 'net_g_4.pth', 'net_g_6.pth', 'net_g_8.pth',
-                                                            'net_g_latest.pth'}
+                                                            'net_g_best.pth', 'net_g_latest.pth'}  # validation on
     state = torch.load(exp / 'training_states' / '8.state', weights_only=True)
     assert state['iter'] == 8 and len(state['optimizers']) == 1 and 'rng_states' in state
     saved = torch.load(exp / 'models' / 'net_g_8.pth', weights_only=True)
