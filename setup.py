@@ -28,14 +28,16 @@ setup(
         'setuptools',  # basicsr imports distutils, gone from Python 3.12
     ],
     extras_require={
-        'test': ['pytest>=7', 'spandrel>=0.4', 'rasterio>=1.3'],  # rasterio: the GeoTIFF round-trip test
+        'test': ['pytest>=7', 'spandrel>=0.4', 'rasterio>=1.3', 'matplotlib>=3.5'],  # rasterio, matplotlib: their tests
         'geo': ['rasterio>=1.3'],
+        'report': ['matplotlib>=3.5'],  # segsr-report --figure / --curves
     },
     entry_points={
         'console_scripts': [
             'segsr-train=segsr_basicsr.train:main',
             'segsr-test=segsr_basicsr.test:main',
             'segsr-infer=segsr_basicsr.infer:main',
+            'segsr-report=segsr_basicsr.report:main',
         ],
     },
 )

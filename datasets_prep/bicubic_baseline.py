@@ -13,7 +13,6 @@ import numpy as np
 
 import segsr_basicsr  # noqa: F401  (makes basicsr importable)
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils.matlab_functions import imresize
 from segsr_basicsr.data import prep
 
 
@@ -51,7 +50,7 @@ def main():
     psnr, ssim = [], []
     for name in prep.progress(names, f'bicubic x{args.scale}', unit='images'):
         hr, lr = prep.read_image(hr_dir / name), prep.read_image(lr_dir / name)
-        up = np.clip(np.round(imresize(lr.astype(np.float64) / 255., args.scale) * 255.), 0, 255)
+        up = prep.bicubic_up(lr, args.scale)
         psnr.append(calculate_psnr(up, hr, args.scale, test_y_channel=True))
         ssim.append(calculate_ssim(up, hr, args.scale, test_y_channel=True))
     print(f'bicubic x{args.scale} on {len(names)} images of {hr_dir}: '

@@ -8,6 +8,9 @@ with --split-from DIR (train.txt / val.txt / test.txt, lines `class/file.ext`).
 Writes, under --out:
   splits/{train,val,test}.txt   the exact lists used (share these to reproduce the split)
   splits/split.json             seed, ratios, per-class counts
+  splits/manifest.json          every file of each split with its SHA-256, the seed and ratios, and one
+                                digest of the whole split (cite it; a test run records the digest of
+                                the images it scored)
   {train,val,test}/HR/*.png     each image as 8-bit RGB PNG, named <class-prefixed stem>.png
                                 (skip with --lists-only)
 
@@ -59,6 +62,8 @@ def main():
         for split, files in splits.items():
             (tmps[0] / f'{split}.txt').write_text(''.join(f + '\n' for f in files), encoding='utf-8')
         prep.write_json(tmps[0] / 'split.json', dict(method, counts=counts, classes=sorted(classes)))
+        manifest = prep.split_manifest(src, splits, method)
+        prep.write_json(tmps[0] / 'manifest.json', manifest)
         for (split, files), tmp in zip(splits.items(), tmps[1:]):
             prep.convert_images(src, files, tmp, image_kw, desc=split)
 
@@ -67,6 +72,7 @@ def main():
     if unlisted:
         print(f'note: {unlisted} image(s) in {src} are in no split list.')
     print(f'lists: {out / "splits"}' + ('' if args.lists_only else f'; images: {out}/{{{",".join(splits)}}}/HR'))
+    print(f'split digest (sha256 of manifest.json\'s files and hashes): {manifest["digest"]}')
 
 
 if __name__ == '__main__':

@@ -353,7 +353,8 @@ def _check_args(argv, is_train, prog='segsr'):
     for message in unknown_top_level_keys(opt):
         warning_line(prog, f'{known.opt}: {message}')
     validate_options(opt, known.opt, is_train=is_train)
-    check_run(opt, known.opt, is_train=is_train)
+    for message in check_run(opt, known.opt, is_train=is_train):
+        warning_line(prog, message)
     return opt
 
 

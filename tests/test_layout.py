@@ -27,6 +27,7 @@ LAYERS = {
     'segsr_basicsr.train': 6,
     'segsr_basicsr.test': 6,
     'segsr_basicsr.infer': 6,
+    'segsr_basicsr.report': 6,
     'segsr_basicsr': 7,
 }
 

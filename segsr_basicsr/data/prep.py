@@ -60,6 +60,12 @@ def min_hr_side(scale: int) -> int:
     return MIN_LR_SIDE * scale
 
 
+def bicubic_up(lr, scale):
+    """MATLAB-compatible bicubic x``scale`` of an 8-bit LR, rounded to 8 bit: the baseline beside SR tables."""
+    up = imresize(lr.astype(np.float64) / 255., scale)
+    return np.clip(np.round(up * 255.), 0, 255).astype(np.uint8)
+
+
 def hr_lr_pair(hr, scale, name='image'):
     """Mod-crop an 8-bit HR to `scale` and make its LR; an image too small for `scale` is an error."""
     if min(hr.shape[:2]) < min_hr_side(scale):
@@ -340,6 +346,18 @@ def make_lmdb(pairs, image_kw, compress_level=1):
     with staged_outputs(*[dst for _, dst in pairs]) as tmps:
         return [write_lmdb(src, tmp, image_kw, compress_level, desc=f'lmdb {dst.name}')
                 for (src, dst), tmp in zip(pairs, tmps)]
+
+
+def split_manifest(src_root, splits, method):
+    """Every file of each split with its SHA-256 (of the source file), the method (seed and ratios, or the
+    lists it came from), and one digest over all of it: a split you can cite and check."""
+    import hashlib
+
+    from segsr_basicsr.utils.results import file_sha256
+    files = {split: [{'file': f, 'name': output_name(f), 'sha256': file_sha256(Path(src_root) / f)}
+                     for f in _progress(names, f'hashing {split}')] for split, names in splits.items()}
+    canonical = json.dumps(files, sort_keys=True, separators=(',', ':')).encode()
+    return dict(method, digest=hashlib.sha256(canonical).hexdigest(), splits=files)
 
 
 def write_json(path, obj):

@@ -328,7 +328,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
             self.metric_results = {metric: 0 for metric in self.metric_results}
         pbar = tqdm(total=len(dataloader), unit='image') if use_pbar else None
         metric_data = dict()
-        per_image = []  # (image stem, {metric: value}) for the per-class tables of a test run
+        per_image, scored = [], []  # (stem, {metric: value}), (lq path, gt path): per-class tables, results.json
         try:
             for idx, val_data in enumerate(dataloader):
                 img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
@@ -351,11 +351,8 @@ class SeGSRModel(CheckpointsMixin, SRModel):
                     for k, overlay in enumerate(semantic_overlays(sr_img, [m[0] for m in maps])):
                         imwrite(overlay, f'{stem}_semantic_unit{k + 1}.png')
                 if with_metrics:
-                    values = {name: float(calculate_metric(metric_data, opt_))
-                              for name, opt_ in val_opt['metrics'].items()}
-                    for name, value in values.items():
-                        self.metric_results[name] += value
-                    per_image.append((img_name, values))
+                    per_image.append((img_name, self._score(metric_data)))
+                    scored.append((val_data['lq_path'][0], (val_data.get('gt_path') or [None])[0]))
                 if pbar is not None:
                     pbar.update(1)
                     pbar.set_description(f'Test {img_name}')
@@ -371,17 +368,28 @@ class SeGSRModel(CheckpointsMixin, SRModel):
                 self.save_best(dataset_name, current_iter)
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
             if not self.opt['is_train'] and per_image:
-                self._write_per_class(dataloader.dataset.opt, dataset_name, per_image)
+                self._write_tables(dataloader.dataset.opt, dataset_name, per_image, scored)
 
-    def _write_per_class(self, dataset_opt, dataset_name, per_image):
-        """Test runs: per-class PSNR/SSIM as CSV + Markdown next to BasicSR's test log."""
+    def _score(self, metric_data):
+        """Every ``val.metrics`` entry on one SR/GT pair, with BasicSR's metric functions; added to the means."""
+        values = {name: float(calculate_metric(metric_data, opt_)) for name, opt_ in self.opt['val']['metrics'].items()}
+        for name, value in values.items():
+            self.metric_results[name] += value
+        return values
+
+    def _write_tables(self, dataset_opt, dataset_name, per_image, scored):
+        """Test runs: per-class PSNR/SSIM as CSV + Markdown, and results.json, next to BasicSR's test log."""
         from segsr_basicsr.utils.per_class import find_split_classes, write_per_class
+        from segsr_basicsr.utils.results import write_results
         classes = find_split_classes(dataset_opt.get('dataroot_gt') or dataset_opt.get('dataroot_lq'))
         out_dir = self.opt['path'].get('log') or self.opt['path'].get('results_root')
         paths = write_per_class(per_image, classes, out_dir, dataset_name)
         source = 'split lists' if classes else 'file names'
+        saved = {stem: self._save_path(stem, dataset_name, None) for stem, _ in per_image} \
+            if self.opt['val'].get('save_img') else {}
+        results = write_results(self.opt, dataset_opt, dataset_name, per_image, scored, out_dir, saved)
         get_root_logger().info(f'Per-class metrics of {dataset_name} (classes from {source}): '
-                               f'{paths[0]} and {paths[1]}')
+                               f'{paths[0]} and {paths[1]}; all numbers and their images: {results}')
 
     def _save_path(self, img_name, dataset_name, current_iter):
         """Same file names as BasicSR's SRModel."""

@@ -134,6 +134,35 @@ def check_run(opt, path, is_train):
     ./tb_logger, ./results under the current directory, BasicSR's layout)."""
     check_datasets(opt, path, is_train)
     check_writable(os.path.join(os.getcwd(), 'experiments' if is_train else 'results'), 'output folder')
+    if not is_train:
+        return []
+    return [w for phase, ds in (opt.get('datasets') or {}).items() if phase.split('_')[0] == 'val'
+            for w in [validation_is_test(ds.get('dataroot_gt'), f'{path}: datasets:{phase}')] if w]
+
+
+def validation_is_test(folder, where):
+    """A warning when a validation folder is the test split (``.../test/...``), or shares images (by content)
+    with the test split beside it (``.../val/HR_x4`` against ``.../test/HR_x4``): checkpoints would then be
+    chosen on test data. None when neither is the case or there is no test split to compare with."""
+    if not isinstance(folder, str) or not os.path.isdir(folder):
+        return None
+    parts = Path(os.path.abspath(folder)).parts
+    if 'test' in parts:
+        return (f'{where}:dataroot_gt {folder} is the test split: checkpoints (and net_g_best.pth) would be '
+                'chosen on test data; validate on the val split (datasets_prep/split_dataset.py makes one).')
+    if 'val' not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index('val')
+    test = Path(*parts[:i], 'test', *parts[i + 1:])
+    if not test.is_dir():
+        return None
+    from segsr_basicsr.utils.results import file_sha256
+    val_hashes = {file_sha256(Path(folder) / n) for n in readable_images(folder, IMG_EXTS)}
+    shared = sum(file_sha256(test / n) in val_hashes for n in readable_images(test, IMG_EXTS))
+    if not shared:
+        return None
+    return (f'{where}:dataroot_gt {folder} shares {shared} image(s) (same content) with the test split {test}: '
+            'those numbers are not independent of the test set; re-split (datasets_prep/split_dataset.py).')
 
 
 # ----------------------------------------------------------------------------- devices
