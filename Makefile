@@ -47,6 +47,8 @@ demo: install
 	$(PY) -m segsr_basicsr.train -opt options/demo/train_SeGSR_HAT_demo_x4.yml
 	$(PY) -m segsr_basicsr.test -opt options/demo/test_SeGSR_HAT_demo_x4.yml
 	$(PY) datasets_prep/bicubic_baseline.py --hr $(DEMO_DATA)/val/HR --lr $(DEMO_DATA)/val/LR_x4 --scale 4
+	$(PY) -m segsr_basicsr.report results/SeGSR_HAT_demo_x4_test --out results/demo_report --figure \
+		--curves experiments/SeGSR_HAT_demo_x4
 	$(PY) -m segsr_basicsr.infer -opt options/demo/test_SeGSR_HAT_demo_x4.yml \
 		--model experiments/SeGSR_HAT_demo_x4/models/net_g_latest.pth \
 		--input $(DEMO_DATA)/scene/demo_scene_LR.png --output results/demo_infer --tile 64 --tile-overlap 16
@@ -55,6 +57,7 @@ demo: install
 	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"
 	@echo "  test images + metrics:             results/SeGSR_HAT_demo_x4_test/ (compare with the bicubic line above)"
 	@echo "  large-scene inference:             results/demo_infer/"
+	@echo "  comparison table (md/csv/tex), figure and training curves: results/demo_report*"
 
 wheelhouse: install
 	$(PY) .ci/wheelhouse.py --python-version $(PYVER) --out $(WHEELHOUSE) $(if $(WHEEL_EXTRAS),--extras $(WHEEL_EXTRAS)) \
@@ -65,4 +68,4 @@ bench: install
 	$(PY) benchmarks/bench_segsr.py --threads 2 --throughput
 
 clean-demo:
-	rm -rf $(DEMO_DATA) experiments/SeGSR_HAT_demo_x4* results/SeGSR_HAT_demo_x4_test* results/demo_infer
+	rm -rf $(DEMO_DATA) experiments/SeGSR_HAT_demo_x4* results/SeGSR_HAT_demo_x4_test* results/demo_infer results/demo_report*

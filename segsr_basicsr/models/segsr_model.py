@@ -1,18 +1,14 @@
 """SeGSRModel: BasicSR's SRModel plus what SeG-SR training and large-scene testing need.
 
-Over :class:`basicsr.models.sr_model.SRModel` it adds: padding to the net's
-``size_multiple`` and optional tiled inference (``val.tile``); train mode restored
-after validation; semantic heat maps written with ``val.save_img``; EMA over
-trainable parameters and buffers only (frozen CLIP stays as loaded); a separate
-learning rate for LoRA/CLIP parameters (``train.guidance_lr_mult``); gradient
-clipping (``train.grad_clip``); mixed precision (``train.amp: bf16|fp16``); TF32
-matmuls/convolutions on CUDA (``train.tf32``); and a hard stop on a non-finite loss.
+Over :class:`basicsr.models.sr_model.SRModel` it adds: inference through the one engine
+(``val.tile``, ``val.self_ensemble``); semantic heat maps with ``val.save_img``; EMA over trainable
+parameters and buffers only (frozen CLIP stays as loaded); a learning rate for LoRA/CLIP parameters
+(``train.guidance_lr_mult``); gradient clipping; mixed precision (``train.amp``); TF32 on CUDA; a hard
+stop on a non-finite loss; a stop on a signal that saves first; per-class tables and results.json.
 
-On CUDA a training step does not wait for the GPU (no host sync): inputs are copied
-non-blocking, the EMA is a fused ``torch._foreach_*`` update, losses become floats only
-when BasicSR logs them, and the non-finite check reads its device-side flag only on
-steps that log, save or validate (``train.finite_check_freq``). GradScaler (``amp:
-fp16``) still syncs once per step; ``amp: bf16`` needs no scaler.
+On CUDA a training step does not wait for the GPU (no host sync): inputs are copied non-blocking,
+the EMA is a fused ``torch._foreach_*`` update, losses become floats only when BasicSR logs them,
+and the non-finite flag is read only on steps that log, save or validate (``train.finite_check_freq``).
 """
 from collections import OrderedDict
 from os import path as osp
