@@ -170,6 +170,53 @@ class SeGSRUpscaler:
         self.engine.upscale_scene(scene, sink, spec, return_maps, progress, prefetch=False)
         return (out, maps) if return_maps else out
 
+    def upscale_image_file(self, src, dst, maps_dst=(), tile=None, overlap=None, batch=1, image_kw=None,
+                           progress=True):
+        """An image read whole (PNG, JPEG, ...; 8-bit rules of io.images) -> ``dst`` (PNG/TIFF, written
+        atomically), and heat-map overlays to ``maps_dst``. Returns the LR (width, height)."""
+        from segsr_basicsr.io.images import read_image, write_image
+        from segsr_basicsr.utils.visualize import semantic_overlays
+        img = read_image(src, **(image_kw or {}))
+        h, w = img.shape[:2]
+        bar = Progress(self.count_tiles(h, w, tile, overlap), Path(src).name, 'tiles', megapixels=h * w / 1e6,
+                       every=5.0, enabled=bool(progress))
+        try:
+            res = self.upscale(img[..., ::-1], tile=tile, overlap=overlap, batch=batch,
+                               return_maps=bool(maps_dst), progress=bar)
+        finally:
+            bar.close()
+        sr, maps = res if maps_dst else (res, [])
+        sr = np.ascontiguousarray(sr[..., ::-1])
+        write_image(dst, sr)
+        for path, overlay in zip(maps_dst, semantic_overlays(sr, maps)):
+            write_image(path, overlay)
+        return w, h
+
+    def upscale_files(self, paths, out_dir, tile=256, overlap=None, batch=1, overwrite=False, progress=False,
+                      **raster_kw):
+        """Many inputs (files or folders) into ``out_dir``, as ``segsr-infer`` names them, doing only what is
+        missing (done-records); under an initialised process group each rank takes its share (by pixels).
+        Returns {'done': [(src, dst)], 'skipped': n}."""
+        from segsr_basicsr.utils import jobs
+        files = jobs.list_inputs(paths)
+        plan = jobs.plan_outputs(files, out_dir, self.scale, False, 0)
+        options = dict(raster_kw, tile=tile, overlap=overlap, batch=batch, self_ensemble=self.self_ensemble)
+        records = jobs.DoneRecords(out_dir, jobs.fingerprint(self.name, options))
+        todo, skipped = jobs.agree_on_plan(*jobs.sort_out(plan, records, overwrite))
+        rank, world = jobs.rank_and_world()
+        pixels = [jobs.scene_pixels(src) for src, _, _ in todo]
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        done = []
+        for i in jobs.shares(pixels, world)[rank]:
+            src, out, _ = todo[i]
+            if jobs.streams(src):
+                self.upscale_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress, **raster_kw)
+            else:
+                self.upscale_image_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress)
+            records.mark(src, [out])
+            done.append((src, out))
+        return {'done': done, 'skipped': len(skipped)}
+
     # ------------------------------------------------------------------ rasters
     def upscale_file(self, src, dst, tile=256, overlap=None, batch=1, bands=None, max_value=None, stretch=None,
                      cog=False, no_geo=False, maps_dst=None, progress=True):

@@ -8,105 +8,30 @@ VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimi
 with overviews) that keeps the georeferencing, band layout, dtype, nodata and alpha;
 memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and
 give PNG. Inputs are never overwritten, outputs only with ``--overwrite``; every file is
-written under a temporary name and renamed when complete. This is a thin layer over
-:mod:`segsr_basicsr.api` (``segsr_basicsr.load_model``).
+written under a temporary name and renamed when complete. Re-running a command does only what is
+missing (records in ``<output>/.segsr-done/``). Many GPUs or machines:
+``torchrun --nproc_per_node=N -m segsr_basicsr.infer ...`` shares the inputs among the ranks by pixel
+count (:mod:`segsr_basicsr.utils.jobs`). This is a thin layer over :mod:`segsr_basicsr.api`.
 """
 import argparse
-import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
-import numpy as np
 
 from segsr_basicsr.api import load_model
 from segsr_basicsr.errors import InferError, SceneWarning
-from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS, add_image_args, image_kwargs, read_image, write_image
-from segsr_basicsr.io.raster import RASTER_EXTS
+from segsr_basicsr.io.images import TIFF_EXTS, add_image_args, image_kwargs, read_image
+from segsr_basicsr.utils.jobs import (DoneRecords, agree_on_plan, fingerprint, list_inputs, plan_outputs, remove_stale_temps,
+                                      scene_pixels, shares, sort_out, streams)
 from segsr_basicsr.utils.options import check_tile, tile_spec
-from segsr_basicsr.utils.preflight import check_device, check_writable
-from segsr_basicsr.utils.progress import Progress, progress
+from segsr_basicsr.utils.preflight import check_device
+from segsr_basicsr.utils.progress import progress
 
-INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 #: default tile (LR pixels) for streamed rasters; images default to one whole-image pass
 RASTER_TILE = 256
-
-
-def _has_rasterio():
-    try:
-        import rasterio  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def streams(path):
-    """True for inputs read window by window through GDAL."""
-    return path.suffix.lower() in RASTER_EXTS and _has_rasterio()
-
-
-# ----------------------------------------------------------------------------- files
-def list_inputs(inputs):
-    """The files named by --input (files, folders), each once, in order; refuses what is not an image."""
-    files = []
-    for text in inputs:
-        if not str(text).strip():
-            raise InferError("--input '': an empty path; name an image, raster or folder.")
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTS)
-            if not found:
-                raise InferError(f'{p}: folder holds no images ({", ".join(INPUT_EXTS)}).')
-            files += found
-        elif p.is_file():
-            if p.suffix.lower() not in INPUT_EXTS:
-                raise InferError(f'{p}: not an image or raster file ({", ".join(INPUT_EXTS)}).')
-            files.append(p)
-        else:
-            raise InferError(f'--input {p}: no such file or folder.')
-    seen = {}
-    for f in files:
-        if f.resolve() in seen:
-            raise InferError(f'--input names {f} twice (also as {seen[f.resolve()]}); name each input once.')
-        seen[f.resolve()] = f
-    return files
-
-
-def plan_outputs(files, out_dir, scale, save_maps, num_maps, overwrite):
-    """(input, output, [map outputs]) per file; refuses anything that could destroy an input or an output."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InferError(f'--output {out_dir}: exists and is not a folder.')
-    check_writable(out_dir, '--output')
-    in_dirs = {f.parent.resolve() for f in files}
-    if out_dir.resolve() in in_dirs:
-        raise InferError(f'--output {out_dir}: is the folder of the input image(s); results must go to another '
-                         'folder so that inputs are never overwritten (e.g. --output results/sr).')
-    inputs = {f.resolve() for f in files}
-    plan, seen = [], set()
-    for f in files:
-        raster = streams(f)
-        ext = '.tif' if raster or f.suffix.lower() in TIFF_EXTS else '.png'
-        out = out_dir / f'{f.stem}_SeGSR_x{scale}{ext}'
-        map_ext = '.tif' if raster else '.png'
-        maps = [out_dir / f'{f.stem}_SeGSR_x{scale}_semantic_unit{k + 1}{map_ext}' for k in range(num_maps)] \
-            if save_maps else []
-        for o in [out] + maps:
-            if o.resolve() in inputs:
-                raise InferError(f'{o}: is one of the inputs; refusing to overwrite it. Choose another --output.')
-            if o in seen:
-                raise InferError(f'{f}: two inputs map to the same output {o} (same name, different extension?); '
-                                 'process them separately.')
-            seen.add(o)
-        plan.append((f, out, maps))
-    if not overwrite:
-        taken = [str(o) for _, out, maps in plan for o in [out] + maps if os.path.lexists(o)]
-        if taken:
-            more = f' (and {len(taken) - 5} more)' if len(taken) > 5 else ''
-            raise InferError(f'output exists: {", ".join(taken[:5])}{more}. Pass --overwrite to replace it, '
-                             'or choose another --output.')
-    return plan
 
 
 def check_inputs(files, args):
@@ -191,59 +116,111 @@ def _run_file(model, args, src, out, map_paths):
                                 no_geo=args.no_geo, maps_dst=map_paths or None, progress=progress)
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
         return f'{src} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
-    from segsr_basicsr.utils.visualize import semantic_overlays
-    img = read_image(src, **image_kwargs(args))
-    h, w = img.shape[:2]
     tile = tile_args(args, raster=False)
-    bar = Progress(model.count_tiles(h, w, tile.size, tile.overlap), src.name, 'tiles', megapixels=h * w / 1e6,
-                   every=5.0, enabled=progress)
-    try:
-        res = model.upscale(img[..., ::-1], tile=tile.size, overlap=tile.overlap, batch=tile.batch,
-                            return_maps=bool(map_paths), progress=bar)
-    finally:
-        bar.close()
-    sr, maps = res if map_paths else (res, [])
-    sr = np.ascontiguousarray(sr[..., ::-1])
-    write_image(out, sr)
-    for path, overlay in zip(map_paths, semantic_overlays(sr, maps)):
-        write_image(path, overlay)
+    w, h = model.upscale_image_file(src, out, map_paths, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
+                                    image_kw=image_kwargs(args), progress=not args.no_progress)
     return f'{src} -> {out} ({w}x{h} -> {w * s}x{h * s})'
+
+
+def _ranks():
+    """(rank, world, local rank): a torchrun job gets a process group (nccl on CUDA, gloo on CPU)."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
+
+
+def _rank_device(name, world, local_rank):
+    """Under torchrun each rank runs on its own GPU (LOCAL_RANK), or on the CPU."""
+    import torch
+    if world > 1 and name in ('auto', 'cuda') and torch.cuda.is_available():
+        return f'cuda:{local_rank}'
+    return name
+
+
+def _pixel_options(args):
+    """The options that change an output's pixels or format (a change recomputes finished outputs)."""
+    keys = ('opt', 'param_key', 'tile', 'tile_overlap', 'tile_batch', 'amp', 'self_ensemble', 'merge_lora',
+            'bands', 'max_value', 'gray', 'stretch', 'cog', 'no_geo', 'save_maps')
+    return {k: getattr(args, k, None) for k in keys}
+
+
+def _prepare(args, device):
+    """Every check before any work (identical on every rank): inputs, outputs, the model, the records."""
+    for raster in (False, True):  # the tile options, checked before anything is read
+        tile_args(args, raster)
+    files = list_inputs(args.input)
+    check_device(device)
+    plan_outputs(files, args.output, 1, False, 0)  # input-safety checks before the slow part
+    model = load_model(args.model, device, opt=args.opt, param_key=args.param_key,
+                       amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble,
+                       merge_lora=args.merge_lora)
+    if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
+        check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
+    if args.save_maps and not model.num_maps:
+        raise InferError(f'--save-maps: the network of {args.model} has no semantic guidance, so there are '
+                         'no maps to save.')
+    plan = plan_outputs(files, args.output, model.scale, args.save_maps, model.num_maps if args.save_maps else 0)
+    records = DoneRecords(args.output, fingerprint(args.model, _pixel_options(args)))
+    todo, skipped = sort_out(plan, records, args.overwrite)
+    check_inputs([src for src, _, _ in todo], args)
+    return model, records, todo, skipped
+
+
+def _run_one(model, args, src, out, map_paths):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', SceneWarning)
+        line = _run_file(model, args, src, out, map_paths)
+    for w in caught:
+        if issubclass(w.category, SceneWarning):
+            print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    print(line, flush=True)
+
+
+def _summary(rank, world, done_mp, skipped, t0):
+    """Rank 0: one line for the whole job (every rank's scenes and megapixels)."""
+    import torch.distributed as dist
+    totals = [done_mp]
+    if world > 1:
+        totals = [None] * world
+        dist.all_gather_object(totals, done_mp)
+    if rank == 0:
+        n, mp = sum(t[0] for t in totals), sum(t[1] for t in totals)
+        skip = f'; {skipped} already done, skipped' if skipped else ''
+        print(f'segsr-infer: {n} scene(s), {mp:.2f} LR MP on {world} rank(s) in {time.time() - t0:.1f} s{skip}',
+              flush=True)
 
 
 def main(argv=None):
     from segsr_basicsr.utils.cli import exit_on_user_error
 
     args = parse_args(argv)
-    with exit_on_user_error('segsr-infer'):
-        for raster in (False, True):  # the tile options, checked before anything is read
-            tile_args(args, raster)
-        files = list_inputs(args.input)
-        check_device(args.device)
-        plan_outputs(files, args.output, 1, False, 0, True)  # input-safety checks before the slow part
-        model = load_model(args.model, args.device, opt=args.opt, param_key=args.param_key,
-                           amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble,
-                           merge_lora=args.merge_lora)
-        if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
-            check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
-        num_maps = 0
-        if args.save_maps:
-            num_maps = model.num_maps
-            if not num_maps:
-                raise InferError(f'--save-maps: the network of {args.model} has no semantic guidance, so there are '
-                                 'no maps to save.')
-        plan = plan_outputs(files, args.output, model.scale, args.save_maps, num_maps, args.overwrite)
-        check_inputs(files, args)
-        Path(args.output).mkdir(parents=True, exist_ok=True)
-        for src, out, map_paths in plan:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter('always', SceneWarning)
-                line = _run_file(model, args, src, out, map_paths)
-            for w in caught:
-                if issubclass(w.category, SceneWarning):
-                    print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-            print(line, flush=True)
+    t0 = time.time()
+    try:
+        with exit_on_user_error('segsr-infer'):
+            rank, world, local_rank = _ranks()
+            model, records, todo, skipped = _prepare(args, _rank_device(args.device, world, local_rank))
+            todo, skipped = agree_on_plan(todo, skipped)
+            if rank == 0:
+                remove_stale_temps(todo)
+            Path(args.output).mkdir(parents=True, exist_ok=True)
+            pixels = [scene_pixels(src) for src, _, _ in todo]
+            mine = shares(pixels, world)[rank]
+            for i in mine:
+                src, out, map_paths = todo[i]
+                _run_one(model, args, src, out, map_paths)
+                records.mark(src, [out, *map_paths])
+            _summary(rank, world, (len(mine), sum(pixels[i] for i in mine) / 1e6), len(skipped), t0)
+    finally:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == '__main__':

@@ -109,7 +109,8 @@ def test_never_overwrites_outputs_without_flag(tmp_path, trained, capsys):
     assert 'output exists' in capsys.readouterr().err and out.read_bytes() == b'precious'
     run(opt, ckpt, '--input', src, '--output', out.parent, '--overwrite')
     assert cv2.imread(str(out)).shape == (84, 120, 3)
-    assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temporary files left
+    assert sorted(p.name for p in out.parent.iterdir()) == ['.segsr-done', out.name]  # no temporary files left
+    assert [p.name for p in (out.parent / '.segsr-done').iterdir()] == [out.name + '.json']  # the done-record
 
 
 def test_16bit_needs_explicit_conversion(tmp_path, trained, capsys):
@@ -181,7 +182,15 @@ def test_segsr_hat_save_maps_and_merged_lora(tmp_path, capsys):
     for k in (1, 2):
         heat = cv2.imread(str(tmp_path / 'o' / f'scene_SeGSR_x4_semantic_unit{k}.png'))
         assert heat.shape == out.shape
-    # maps exist for a second run only with --overwrite
-    with pytest.raises(SystemExit):
-        run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
-    assert 'semantic_unit1.png' in capsys.readouterr().err
+    # the same command again does only what is missing: here nothing (the done-record matches)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'o').iterdir() if p.is_file()}
+    capsys.readouterr()
+    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
+    assert '1 already done, skipped' in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'o').iterdir() if p.is_file()} == before
+    # a semantic map lost since, or another option: that input is recomputed
+    (tmp_path / 'o' / 'scene_SeGSR_x4_semantic_unit2.png').unlink()
+    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
+    assert '0 scene(s)' not in capsys.readouterr().out and (tmp_path / 'o' / 'scene_SeGSR_x4_semantic_unit2.png').is_file()
+    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps', '--merge-lora')
+    assert '1 scene(s)' in capsys.readouterr().out

@@ -260,7 +260,7 @@ def test_cog_output_is_tiled_with_overviews_and_ifds_first(tmp_path, ckpt):
     src = write_raster(tmp_path / 'in' / 'big.tif', data, nodata=0)
     run(path, '--input', src, '--output', tmp_path / 'out', '--cog', '--tile', 128, '--tile-overlap', 16)
     out_path = tmp_path / 'out' / 'big_SeGSR_x4.tif'
-    assert sorted(p.name for p in out_path.parent.iterdir()) == [out_path.name]  # no intermediate left
+    assert sorted(p.name for p in out_path.parent.iterdir()) == ['.segsr-done', out_path.name]  # no intermediate
     with rasterio.open(out_path) as out:
         assert out.tags(ns='IMAGE_STRUCTURE').get('LAYOUT') == 'COG'
         assert out.profile['tiled'] and out.profile['blockxsize'] == 512

@@ -1,0 +1,105 @@
+"""segsr-infer over many ranks (torchrun, 2 CPU ranks, gloo): shares by pixels, outputs identical to one
+process and written once, a killed run re-run does only what is missing, a changed option recomputes."""
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from segsr_basicsr.archs.tiny_configs import TINY_EDSR
+from segsr_basicsr.io.checkpoint import network_metadata
+from segsr_basicsr.utils.jobs import shares
+from train_opts import PYTHON, env
+
+rasterio = pytest.importorskip('rasterio')
+
+
+def test_shares_balance_pixels_not_files():
+    assert shares([100, 1, 1, 1, 1], 2) == [[0], [1, 2, 3, 4]]
+    assert shares([5, 5, 4, 3, 3], 2) == [[0, 2], [1, 3, 4]] and shares([], 3) == [[], [], []]
+
+
+def _scenes(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(40, 52), (12, 16), (24, 20)]):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (3, 3), 0)
+        cv2.imwrite(str(folder / f'p{i}.png'), img)
+    for i, (h, w) in enumerate([(48, 40), (16, 24)]):
+        data = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
+        profile = dict(driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs='EPSG:32633',
+                       transform=rasterio.transform.from_origin(500000, 4000000 + i, 0.5, 0.5))
+        with rasterio.open(folder / f'g{i}.tif', 'w', **profile) as dst:
+            dst.write(data)
+    return folder
+
+
+def _infer(cwd, out, ckpt, *extra, ranks=1, hook=None):
+    args = ['-m', 'segsr_basicsr.infer', '--model', str(ckpt), '--input', str(cwd / 'in'), '--output', str(out),
+            '--no-progress', '--tile', '16', '--tile-overlap', '4', *extra]
+    cmd = [PYTHON, *args] if ranks == 1 else \
+        [PYTHON, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={ranks}', *args]
+    e = env(SEGSR_TEST_SAVE_HOOK=hook) if hook else env()
+    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=300)
+
+
+def _same_outputs(a, b):
+    names = sorted(p.name for p in Path(a).iterdir() if p.is_file())
+    assert names == sorted(p.name for p in Path(b).iterdir() if p.is_file())
+    for n in names:
+        if n.endswith('.png'):
+            assert (Path(a) / n).read_bytes() == (Path(b) / n).read_bytes(), n
+        else:
+            with rasterio.open(Path(a) / n) as x, rasterio.open(Path(b) / n) as y:
+                assert np.array_equal(x.read(), y.read()) and x.transform == y.transform and x.crs == y.crs, n
+    return names
+
+
+def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_change(tmp_path):
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'params': build_network(dict(TINY_EDSR)).state_dict(),
+                **network_metadata({'network_g': TINY_EDSR, 'scale': 4})}, ckpt)
+    _scenes(tmp_path / 'in')
+    one = _infer(tmp_path, tmp_path / 'one', ckpt)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _infer(tmp_path, tmp_path / 'two', ckpt, ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:] + two.stdout[-2000:]
+    names = _same_outputs(tmp_path / 'one', tmp_path / 'two')
+    assert len(names) == 5 and 'on 2 rank(s)' in two.stdout and '5 scene(s)' in two.stdout
+    assert sum(two.stdout.count(f' -> {tmp_path / "two" / n}') for n in names) == 5  # each written once
+
+    # a rank killed while writing one output; the re-run does only what is missing
+    cut = tmp_path / 'cut'
+    killed = _infer(tmp_path, cut, ckpt, ranks=2, hook='kill:p1_SeGSR_x4.png')
+    assert killed.returncode != 0
+    before = {p.name: p.stat().st_mtime_ns for p in cut.iterdir() if p.is_file() and not p.name.startswith('.')}
+    assert 'p1_SeGSR_x4.png' not in before and len(before) < 5
+    again = _infer(tmp_path, cut, ckpt, ranks=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f'{len(before)} already done, skipped' in again.stdout
+    assert {n: (cut / n).stat().st_mtime_ns for n in before} == before  # nothing finished was recomputed
+    _same_outputs(tmp_path / 'one', cut)
+    assert not [p for p in cut.iterdir() if '.tmp' in p.name]  # the killed run's temporary file was cleared
+    # a changed option recomputes every output
+    changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8')
+    assert changed.returncode == 0 and '5 scene(s)' in changed.stdout and 'already done' not in changed.stdout
+
+
+def test_api_upscale_files_does_only_what_is_missing(tmp_path):
+    import segsr_basicsr
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'params': build_network(dict(TINY_EDSR)).state_dict(),
+                **network_metadata({'network_g': TINY_EDSR, 'scale': 4})}, ckpt)
+    _scenes(tmp_path / 'in')
+    model = segsr_basicsr.load_model(ckpt, device='cpu')
+    first = model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
+    assert len(first['done']) == 5 and first['skipped'] == 0
+    again = model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
+    assert again == {'done': [], 'skipped': 5}
+    assert len(model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
