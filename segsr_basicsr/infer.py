@@ -123,13 +123,18 @@ def _run_file(model, args, src, out, map_paths):
 
 
 def _ranks():
-    """(rank, world, local rank): a torchrun job gets a process group (nccl on CUDA, gloo on CPU)."""
+    """(rank, world, local rank): a torchrun job (TORCHELASTIC_RUN_ID set) gets a process group (nccl on
+    CUDA, gloo on CPU); anything else is one process."""
     import os
 
     import torch
     import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', '0'))
+    if 'TORCHELASTIC_RUN_ID' not in os.environ:  # not launched by torchrun: one process, whatever else is set
+        return 0, 1, 0
     world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world > 1 and not dist.is_initialized():
+    if world > 1:
         dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
     return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
 

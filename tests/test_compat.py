@@ -228,7 +228,8 @@ def test_init_dist_slurm_cpu_and_cuda_with_long_timeout(monkeypatch, cuda):
     for key, value in dict(SLURM_PROCID='6', SLURM_NTASKS='8', SLURM_NODELIST='node[07-08]', SLURM_LOCALID='2').items():
         monkeypatch.setenv(key, value)
     for key in ('MASTER_PORT', 'MASTER_ADDR', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK', train_loop.DIST_TIMEOUT_ENV):
-        monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv(key, 'x')  # recorded as absent before, so the values the SLURM init sets are undone
+        monkeypatch.delenv(key)
     dist_util._init_dist_slurm('nccl', port=29611)  # what init_dist('slurm', **opt['dist_params']) calls
     assert calls == [dict(backend='nccl' if cuda else 'gloo', timeout=datetime.timedelta(hours=3))]
     assert devices == ([2] if cuda else [])

@@ -327,7 +327,7 @@ def test_training_writes_self_describing_checkpoints_that_infer_loads_without_op
     model.save(0, 1)
     path = tmp_path / 'exp' / 'models' / 'net_g_1.pth'
     saved = torch.load(path, weights_only=True)
-    assert saved[META_KEY] == {'network_g': TINY_EDSR, 'scale': 4}
+    assert saved[META_KEY] == {'network_g': TINY_EDSR, 'scale': 4, 'iter': 1}  # + the iteration (results.json)
     model.load_network(model.net_g, str(path), strict=True, param_key='params')  # the extra key is ignored
     x = torch.rand(1, 3, 12, 14)
     with torch.no_grad():

@@ -11,8 +11,8 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 
 from segsr_basicsr.errors import CheckpointError
-from segsr_basicsr.io.checkpoint import (get_rng_states, load_checkpoint, network_metadata, pick_state_dict,
-                                         save_with_retry, set_rng_states, strip_module_prefix)
+from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, network_metadata,
+                                         pick_state_dict, save_with_retry, set_rng_states, strip_module_prefix)
 from segsr_basicsr.utils.dist import gather_objects
 
 #: checkpoint entry of net_g_best.pth: {metric, value, iter, better, dataset}
@@ -37,6 +37,9 @@ class CheckpointsMixin:
                      for n, key in zip(nets, keys)}
         if net_label == 'net_g':  # self-describing: segsr-infer / load_model need no option file
             save_dict.update(network_metadata(self.opt))
+            if isinstance(current_iter, int):  # the iteration reached (latest: the end of training)
+                it = current_iter if current_iter != -1 else self.opt.get('train', {}).get('total_iter')
+                save_dict[META_KEY]['iter'] = int(it) if it is not None else None
         save_dict.update(extra or {})
         save_with_retry(save_dict, save_path)
 

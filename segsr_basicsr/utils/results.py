@@ -38,19 +38,19 @@ def pairs_digest(pairs: Iterable[Tuple[str, Optional[str]]]) -> str:
 
 
 def checkpoint_iter(path) -> Optional[int]:
-    """The training iteration of a checkpoint: from ``net_g_<iter>.pth``, or the best record of
-    ``net_g_best.pth``; None when the file does not say (``latest``, a renamed file)."""
+    """The training iteration of a checkpoint: from ``net_g_<iter>.pth``, the best record of
+    ``net_g_best.pth``, or the iteration training wrote into it; None when nothing says."""
     if not path:
         return None
     m = _ITER.search(str(path))
     if m:
         return int(m.group(1))
     try:
-        from segsr_basicsr.io.checkpoint import load_checkpoint
-        best = load_checkpoint(path).get('segsr_best') or {}
+        from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint
+        ckpt = load_checkpoint(path)
     except Exception:  # noqa: BLE001 - an unreadable file has no iteration to report; the run reported it
         return None
-    return best.get('iter')
+    return (ckpt.get('segsr_best') or {}).get('iter') or (ckpt.get(META_KEY) or {}).get('iter')
 
 
 def _run_entry(opt) -> dict:
