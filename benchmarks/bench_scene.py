@@ -12,6 +12,10 @@ GDAL + the net), wall and CPU seconds, seconds per LR megapixel, and the load av
 the run (the machine may be shared). Streaming should make peak RSS and s/MP flat in the
 scene size: the last lines give largest/smallest ratios (target: <= 1.3 each).
 Outputs are deleted after each run unless --keep (8192² at x4 is a 32768² output, ~1-3 GB).
+
+``--ranks 1 2``: the same folder of scenes (``--sizes``, mixed) through ``segsr-infer`` as 1 rank x
+``--threads`` threads and as ``torchrun`` N ranks x (threads / N) threads, interleaved ``--rounds``
+times: median wall time, spread, scaling efficiency (t(1) / t(N)), and the load around each run.
 """
 import argparse
 import json
@@ -89,12 +93,16 @@ def main():
     p.add_argument('--workdir', default=None, help='where scenes and outputs go (default: a temporary folder)')
     p.add_argument('--keep', action='store_true', help='keep scenes and outputs')
     p.add_argument('--progress', action='store_true', help='progress lines from the child')
+    p.add_argument('--ranks', type=int, nargs='+', help='compare segsr-infer over a folder with these rank counts')
+    p.add_argument('--rounds', type=int, default=3, help='--ranks: interleaved rounds per rank count')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--scene', help=argparse.SUPPRESS)
     p.add_argument('--out', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.ranks:
+        return ranks_main(args)
 
     import rasterio
     import torch
@@ -135,6 +143,57 @@ def main():
         print(f'largest/smallest: peak RSS {b["peak_mb"] / a["peak_mb"]:.2f}x, wall s per LR MP '
               f'{b["s_per_mp"] / a["s_per_mp"]:.2f}x, CPU s per LR MP {b["cpu_per_mp"] / a["cpu_per_mp"]:.2f}x '
               '(targets <= 1.3; on a shared machine the CPU time is the one to trust)')
+    if not args.keep and not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _infer_run(work, ckpt, ranks, threads, args):
+    """One segsr-infer over ``work/in`` (fresh output folder) with ``ranks`` processes; (wall s, load before, after)."""
+    out = os.path.join(work, f'out_{ranks}')
+    shutil.rmtree(out, ignore_errors=True)
+    infer = ['-m', 'segsr_basicsr.infer', '--model', ckpt, '--input', os.path.join(work, 'in'), '--output', out,
+             '--tile', str(args.tile), '--tile-overlap', str(args.overlap), '--no-progress', '--device', 'cpu']
+    cmd = [sys.executable, *infer] if ranks == 1 else \
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={ranks}', *infer]
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+    if r.returncode:
+        sys.exit(f'{ranks} rank(s): failed (exit {r.returncode}): {r.stderr[-2000:]}')
+    return time.perf_counter() - t0, load0, os.getloadavg()[0]
+
+
+def ranks_main(args):
+    """segsr-infer over one folder of mixed scenes: 1 rank x T threads against N ranks x T/N threads."""
+    import statistics
+
+    import torch
+    from basicsr.archs import build_network
+
+    from segsr_basicsr.io.checkpoint import network_metadata
+    work = args.workdir or tempfile.mkdtemp(prefix='bench_ranks_')
+    os.makedirs(os.path.join(work, 'in'), exist_ok=True)
+    for i, n in enumerate(args.sizes):
+        make_scene(os.path.join(work, 'in', f'scene{i}_{n}.tif'), n)
+    ckpt = os.path.join(work, 'net.pth')
+    torch.save({'params': build_network(dict(TINY_EDSR)).state_dict(),
+                **network_metadata({'network_g': TINY_EDSR, 'scale': 4})}, ckpt)
+    mp = sum(n * n for n in args.sizes) / 1e6
+    print(f'segsr-infer over {len(args.sizes)} GeoTIFFs (LR {", ".join(map(str, args.sizes))}; {mp:.2f} LR MP), '
+          f'tiny SeGSR_EDSR x4, tile {args.tile}, {args.threads} threads in all, cpus={os.cpu_count()}, '
+          f'{args.rounds} interleaved rounds')
+    times = {r: [] for r in args.ranks}
+    for _ in range(args.rounds):
+        for r in args.ranks:
+            wall, l0, l1 = _infer_run(work, ckpt, r, max(1, args.threads // r), args)
+            times[r].append(wall)
+            print(f'  {r} rank(s) x {max(1, args.threads // r)} thread(s): {wall:.1f} s (load {l0:.1f}-{l1:.1f})',
+                  flush=True)
+    base = statistics.median(times[args.ranks[0]])
+    for r, ts in times.items():
+        med = statistics.median(ts)
+        print(f'{r} rank(s): median {med:.1f} s (min {min(ts):.1f}, max {max(ts):.1f}), {mp / med:.3f} LR MP/s, '
+              f'efficiency t({args.ranks[0]})/t({r}) = {base / med:.2f}')
     if not args.keep and not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
