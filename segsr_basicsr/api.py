@@ -202,19 +202,14 @@ class SeGSRUpscaler:
         plan = jobs.plan_outputs(files, out_dir, self.scale, False, 0)
         options = dict(raster_kw, tile=tile, overlap=overlap, batch=batch, self_ensemble=self.self_ensemble)
         records = jobs.DoneRecords(out_dir, jobs.fingerprint(self.name, options))
-        todo, skipped = jobs.agree_on_plan(*jobs.sort_out(plan, records, overwrite))
-        rank, world = jobs.rank_and_world()
-        pixels = [jobs.scene_pixels(src) for src, _, _ in todo]
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        done = []
-        for i in jobs.shares(pixels, world)[rank]:
-            src, out, _ = todo[i]
+        def work(src, out, _maps):
             if jobs.streams(src):
                 self.upscale_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress, **raster_kw)
             else:
                 self.upscale_image_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress)
-            records.mark(src, [out])
-            done.append((src, out))
+
+        mine, _, skipped = jobs.run_share(*jobs.sort_out(plan, records, overwrite), records, out_dir, work)
+        done = [(src, out) for src, out, _ in mine]
         return {'done': done, 'skipped': len(skipped)}
 
     # ------------------------------------------------------------------ rasters

@@ -17,15 +17,13 @@ import argparse
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
 
 from segsr_basicsr.api import load_model
 from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.images import TIFF_EXTS, add_image_args, image_kwargs, read_image
-from segsr_basicsr.utils.jobs import (DoneRecords, agree_on_plan, fingerprint, list_inputs, plan_outputs, remove_stale_temps,
-                                      scene_pixels, shares, sort_out, streams)
+from segsr_basicsr.utils.jobs import DoneRecords, fingerprint, list_inputs, plan_outputs, run_share, sort_out, streams
 from segsr_basicsr.utils.options import check_tile, tile_spec
 from segsr_basicsr.utils.preflight import check_device
 from segsr_basicsr.utils.progress import progress
@@ -211,17 +209,9 @@ def main(argv=None):
         with exit_on_user_error('segsr-infer'):
             rank, world, local_rank = _ranks()
             model, records, todo, skipped = _prepare(args, _rank_device(args.device, world, local_rank))
-            todo, skipped = agree_on_plan(todo, skipped)
-            if rank == 0:
-                remove_stale_temps(todo)
-            Path(args.output).mkdir(parents=True, exist_ok=True)
-            pixels = [scene_pixels(src) for src, _, _ in todo]
-            mine = shares(pixels, world)[rank]
-            for i in mine:
-                src, out, map_paths = todo[i]
-                _run_one(model, args, src, out, map_paths)
-                records.mark(src, [out, *map_paths])
-            _summary(rank, world, (len(mine), sum(pixels[i] for i in mine) / 1e6), len(skipped), t0)
+            mine, mp, skipped = run_share(todo, skipped, records, args.output,
+                                          lambda src, out, maps: _run_one(model, args, src, out, maps))
+            _summary(rank, world, (len(mine), mp), len(skipped), t0)
     finally:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():

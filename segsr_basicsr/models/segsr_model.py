@@ -302,8 +302,9 @@ class SeGSRModel(CheckpointsMixin, SRModel):
         tiled as ``val.tile`` says, self-ensembled per tile when ``val.self_ensemble`` is true. Leaves
         ``net_g`` in the mode it had (BasicSR/HAT leave it in eval mode)."""
         net = self.get_bare_model(self._test_net())
-        engine = Engine(net, self.device, self.val_amp, self.self_ensemble)
-        return engine.upscale_tensor(lq, self.val_tile, record_maps=record_maps, progress=progress)
+        if getattr(self, '_engine', None) is None or self._engine.net is not net:  # built once, not per image
+            self._engine = Engine(net, self.device, self.val_amp, self.self_ensemble, self.opt.get('scale'))
+        return self._engine.upscale_tensor(lq, self.val_tile, record_maps=record_maps, progress=progress)
 
     def test(self):
         self.output = self.infer(self.lq)

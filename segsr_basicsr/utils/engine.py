@@ -88,27 +88,33 @@ class Engine:
                 res = forward_padded(self.net, x, record_maps)
         return res if isinstance(res, tuple) else (res, )
 
+    def _valid_forward(self, t, record_maps, map_channels):
+        """SR (n, 3, th*s, tw*s) and maps of the tiles ``t`` (n, C, th, tw); tiles without a valid pixel are
+        not run and stay zero. When every tile is valid (the common case) the outputs are used as they are."""
+        n, _, th, tw = t.shape
+        run = (t[:, -1] > 0).flatten(1).any(1)
+        if record_maps and not map_channels:
+            run[:] = True  # the first batch tells the maps' shape
+        if bool(run.all()):
+            res = self.forward(t[:, :3], record_maps)
+            map_channels[:] = [m.shape[1] for m in res[1:]]
+            return res[0], list(res[1:])
+        sr = t.new_zeros(n, 3, th * self.scale, tw * self.scale)
+        maps = [t.new_zeros(n, c, th, tw) for c in map_channels]
+        if bool(run.any()):
+            res = self.forward(t[run, :3], record_maps)
+            sr[run] = res[0].to(sr.dtype)
+            for m, r in zip(maps, res[1:]):
+                m[run] = r.to(m.dtype)
+        return sr, maps
+
     def _tile_fn(self, record_maps: bool):
         """The function the tiler calls: channels (n, 3 + E + 1, h, w) -> (SR + E + valid at x s, *maps)."""
         s, map_channels = self.scale, []
 
         def fn(t):
-            n, _, th, tw = t.shape
-            run = (t[:, -1] > 0).flatten(1).any(1)
-            if record_maps and not map_channels:
-                run[:] = True  # the first batch tells the maps' shape
-            sr = t.new_zeros(n, 3, th * s, tw * s)
-            maps = [t.new_zeros(n, c, th, tw) for c in map_channels]
-            if bool(run.any()):
-                every = bool(run.all())
-                res = self.forward(t[:, :3] if every else t[run, :3], record_maps)
-                if record_maps and not map_channels:
-                    map_channels.extend(m.shape[1] for m in res[1:])
-                    maps = [m.new_zeros(n, *m.shape[1:]) for m in res[1:]]
-                sr[run] = res[0].to(sr.dtype)  # tiles without a valid pixel stay zero
-                for m, r in zip(maps, res[1:]):
-                    m[run] = r.to(m.dtype)
-            parts = [sr]
+            sr, maps = self._valid_forward(t, record_maps, map_channels)
+            parts = [sr.to(t.dtype)]
             if t.shape[1] > 4:
                 parts.append(F.interpolate(t[:, 3:-1], scale_factor=s, mode='bicubic', align_corners=False))
             parts.append(F.interpolate(t[:, -1:], scale_factor=s, mode='nearest'))

@@ -18,6 +18,7 @@ from segsr_basicsr.io.atomic import atomic_write
 from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS
 from segsr_basicsr.io.raster import RASTER_EXTS
 from segsr_basicsr.utils.preflight import check_writable
+from segsr_basicsr.utils.results import file_sha256
 
 INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 RECORDS_DIR = '.segsr-done'
@@ -134,11 +135,6 @@ def scene_pixels(path) -> int:
     return w * h
 
 
-def file_digest(path) -> str:
-    from segsr_basicsr.utils.results import file_sha256
-    return file_sha256(path)
-
-
 class DoneRecords:
     """``<out_dir>/.segsr-done/<output name>.json`` for every finished output: what it was made from."""
 
@@ -179,7 +175,7 @@ class DoneRecords:
 
 def fingerprint(checkpoint, options: dict) -> dict:
     """What makes an output what it is besides its input: the checkpoint's SHA-256 and the pixel options."""
-    digest = file_digest(checkpoint) if checkpoint and os.path.isfile(checkpoint) else str(checkpoint)
+    digest = file_sha256(checkpoint) if checkpoint and os.path.isfile(checkpoint) else str(checkpoint)
     canon = json.dumps(options, sort_keys=True, default=str)
     return {'checkpoint_sha256': digest, 'options_sha256': hashlib.sha256(canon.encode()).hexdigest(),
             'options': json.loads(canon)}
@@ -210,3 +206,20 @@ def remove_stale_temps(plan):
         for o in [out, *maps]:
             for tmp in Path(o).parent.glob(f'.{Path(o).name}.*.tmp*'):
                 tmp.unlink(missing_ok=True)
+
+
+def run_share(todo, skipped, records, out_dir, work):
+    """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(src, out, maps)`` for each, after
+    clearing what a killed run left of those outputs, then its done-record. Returns (done items, LR MP,
+    skipped items)."""
+    todo, skipped = agree_on_plan(todo, skipped)
+    rank, world = rank_and_world()
+    pixels = [scene_pixels(src) for src, _, _ in todo]
+    share = shares(pixels, world)[rank]
+    mine = [todo[i] for i in share]
+    remove_stale_temps(mine)  # only this rank's outputs: another rank's temporaries may be in progress
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for src, out, maps in mine:
+        work(src, out, maps)
+        records.mark(src, [out, *maps])
+    return mine, sum(pixels[i] for i in share) / 1e6, skipped

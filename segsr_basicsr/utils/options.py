@@ -16,7 +16,7 @@ from segsr_basicsr.utils.tiling import TileSpec, default_overlap
 
 __all__ = ['validate_options', 'tile_spec',
            'check_tile', 'parse_amp', 'parse_tf32', 'parse_finite_check_freq', 'parse_grad_clip',
-           'parse_guidance_lr_mult', 'choice', 'KNOWN_TOP_LEVEL_KEYS', 'AMP_DTYPES']
+           'parse_guidance_lr_mult', 'choice', 'AMP_DTYPES']
 
 
 _TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
@@ -306,7 +306,6 @@ def check_dataset(dataset, phase, path, scale, is_train):
 
 def validate_options(opt, path, is_train=True):
     """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
-    import torch
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
     from segsr_basicsr.archs.network_options import check_network_options

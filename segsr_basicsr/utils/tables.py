@@ -8,8 +8,6 @@ import csv
 import io
 from typing import Dict, List, Tuple
 
-import numpy as np
-
 from segsr_basicsr.errors import DataError
 from segsr_basicsr.utils.results import pairs_digest
 
@@ -118,7 +116,3 @@ def render_latex(header, rows, best):
         out.append(' & '.join(cells) + r' \\')
     out += [r'\hline', r'\end{tabular}']
     return '\n'.join(out) + '\n'
-
-
-def mean_or_nan(values):
-    return float(np.mean(values)) if values else float('nan')
