@@ -14,8 +14,6 @@ filled before the network sees them and stay invalid in the output.
 """
 import copy
 import os
-import queue
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -74,39 +72,6 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
         net.merge_lora()
     net = net.to(device).eval()
     return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
-
-
-# ----------------------------------------------------------------------------- threads
-class _Writer:
-    """Runs ``fn(*args)`` jobs in order on a thread (GDAL compresses and writes while the network computes)."""
-
-    def __init__(self, depth=8):
-        self.q = queue.Queue(maxsize=depth)
-        self.error = None
-        self.thread = threading.Thread(target=self._work, name='segsr-writer', daemon=True)
-        self.thread.start()
-
-    def _work(self):
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            if self.error is None:
-                try:
-                    job[0](*job[1:])
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    self.error = e
-
-    def submit(self, *job):
-        if self.error is not None:
-            raise self.error
-        self.q.put(job)
-
-    def close(self):
-        self.q.put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
 
 
 # ----------------------------------------------------------------------------- the model
@@ -214,13 +179,15 @@ class SeGSRUpscaler:
 
     # ------------------------------------------------------------------ rasters
     def upscale_file(self, src, dst, tile=256, overlap=None, batch=1, bands=None, max_value=None, stretch=None,
-                     cog=False, no_geo=False, maps_dst=None, progress=True):
+                     cog=False, no_geo=False, maps_dst=None, progress=True, band=None):
         """Super-resolve a GDAL raster (GeoTIFF, COG, JP2, VRT, ...) into a tiled GeoTIFF ``dst``, streaming.
 
         Memory is set by the tile and the scene width. ``dst`` appears only when complete (temporary
         sibling, then rename). ``maps_dst``: also write the semantic maps as a float32 GeoTIFF on the
-        LR grid (one band per map channel and SR unit). Returns a dict with sizes, tiles, seconds and the
-        valid fraction. Warnings (all-nodata scene, dropped metadata) are :class:`SceneWarning`.
+        LR grid (one band per map channel and SR unit). ``band=(k, n)``: only band k of the scene's n
+        bands of tile rows, as a part for :meth:`assemble_file` (how ranks share one scene). Returns a
+        dict with sizes, tiles, seconds and the valid fraction. Warnings (all-nodata scene, dropped
+        metadata) are :class:`SceneWarning`.
         """
         from segsr_basicsr.io import raster as R
 
@@ -230,54 +197,69 @@ class SeGSRUpscaler:
         scene = R.RasterScene(src, bands, max_value, stretch)
         try:
             with R.gdal_env():
-                stats = self._stream_scene(scene, dst, tile, overlap, batch, cog, no_geo, maps_dst, progress)
+                stats = self._stream_scene(scene, dst, tile_spec({'size': tile, 'overlap': overlap, 'batch': batch},
+                                                                 'tile'), cog, no_geo, maps_dst, progress, band)
         finally:
             scene.close()
-        if stats['valid_pixels'] == 0:
+        if stats['valid_pixels'] == 0 and band is None:
             warnings.warn(f'{src}: every pixel is nodata/transparent; wrote it through at x{self.scale} without '
                           'running the network.', SceneWarning, stacklevel=2)
         stats.update(seconds=time.perf_counter() - t0, src=str(src), dst=str(dst))
         return stats
 
-    def _stream_scene(self, scene, dst, tile, overlap, batch, cog, no_geo, maps_dst, progress):
+    def scene_bands(self, src, parts, tile=256, overlap=None):
+        """Up to ``parts`` bands of tile rows of raster ``src`` (see :meth:`upscale_file`'s ``band``)."""
+        import rasterio
+        with rasterio.open(src) as ds:
+            h, w = ds.height, ds.width
+        return len(self.engine.bands(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile'), parts))
+
+    def assemble_file(self, src, parts, dst, bands=None, max_value=None, stretch=None, cog=False, no_geo=False,
+                      map_parts=(), maps_dst=()):
+        """``dst`` (and ``maps_dst``) from the band parts :meth:`upscale_file` wrote, in band order: the same
+        file one :meth:`upscale_file` call writes, copied strip by strip."""
         from segsr_basicsr.io import raster as R
-        from segsr_basicsr.io.atomic import atomic_write, temp_sibling
+        from segsr_basicsr.utils.scene_files import assemble
+        check_file_outputs(src, [dst, *maps_dst])
+        scene = R.RasterScene(src, bands, max_value, stretch)
+        try:
+            assemble(scene, parts, dst, self.scale, cog, no_geo, map_parts, maps_dst)
+        finally:
+            scene.close()
+
+    def _stream_scene(self, scene, dst, spec, cog, no_geo, maps_dst, progress, band):
+        from segsr_basicsr.io.atomic import temp_sibling
+        from segsr_basicsr.io import raster as R
+        from segsr_basicsr.utils.scene_files import SceneFiles, write_geotiff
 
         s = self.scale
-        profile, meta = scene.output_profile(s, no_geo)
-        for w in meta['warnings']:
+        for w in scene.output_profile(s, no_geo)[1]['warnings'] if not band or band[0] == 0 else []:
             warnings.warn(w, SceneWarning, stacklevel=3)
         maps_dst = [Path(p) for p in (maps_dst or [])]
         if maps_dst and len(maps_dst) != self.num_maps:
             raise InferError(f'{self.name}: has {self.num_maps} semantic map(s) (SR units), got {len(maps_dst)} '
                              'map outputs.')
-        spec = tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
-        n_tiles = len(self.engine.windows(scene.height, scene.width, spec))
+        rows, lr_rows = self.engine.bands(scene.height, scene.width, spec, band[1])[band[0]] if band else (None, None)
+        n_tiles = len(self.engine.windows(scene.height, scene.width, spec, rows))
         bar = progress if callable(progress) else Progress(
             n_tiles, scene.path.name, 'tiles', every=5.0, megapixels=scene.height * scene.width / 1e6,
             enabled=bool(progress))
         maps_tmp = [temp_sibling(p, keep_suffix=True) for p in maps_dst]
         counts = {'valid_pixels': 0}
 
-        def write(tmp):
-            target = Path(f'{tmp}.gtiff.tmp') if cog else Path(tmp)
-            files = _SceneFiles(scene, target, profile, meta, cog, no_geo, list(zip(maps_tmp, maps_dst)), str(dst))
+        def fill(target):
+            files = SceneFiles(scene, target, s, cog and not band, no_geo, list(zip(maps_tmp, maps_dst)), str(dst),
+                               lr_rows)
             try:
-                self.engine.upscale_scene(scene, files.sink, spec, bool(maps_dst), bar)
+                self.engine.upscale_scene(scene, files.sink, spec, bool(maps_dst), bar, rows=rows)
                 files.close()
             except BaseException:
                 files.abort()
-                R.remove_quietly(target)
                 raise
             counts['valid_pixels'] = files.valid_pixels
-            if cog:
-                try:
-                    R.translate_to_cog(target, tmp)
-                finally:
-                    R.remove_quietly(target)
 
         try:
-            atomic_write(dst, write, durable=True)
+            write_geotiff(dst, cog and not band, fill)
             for tmp, final in zip(maps_tmp, maps_dst):
                 os.replace(tmp, final)
         finally:
@@ -287,48 +269,3 @@ class SeGSRUpscaler:
         counts.update(tiles=n_tiles, lr_size=(scene.width, scene.height),
                       sr_size=(scene.width * s, scene.height * s))
         return counts
-
-
-class _SceneFiles:
-    """The output GeoTIFF of one scene (and its semantic-map GeoTIFFs), written block by block on a thread
-    while the network computes; ``sink`` is what the engine hands finished blocks to."""
-
-    def __init__(self, scene, target, profile, meta, cog, no_geo, maps, name):
-        from segsr_basicsr.io import raster as R
-        self.R, self.scene, self.no_geo, self.maps = R, scene, no_geo, maps
-        self.writer = R.BlockWriter(target, profile, meta, block=512 if cog else R.BLOCK, mask=scene.internal_mask,
-                                    compress='zstd' if cog else 'deflate', name=name)
-        self.map_writers = {}
-        self.worker = _Writer()
-        self.valid_pixels = 0
-
-    def sink(self, i, r0, r1, c0, c1, block):
-        sc = self.scene
-        if i == 0:
-            data, valid = channels_to_bands(block[0].numpy(), sc.plan, sc.rad, sc.dtype, sc.nodata)
-            self.valid_pixels += int(valid.sum())
-            self.worker.submit(self.writer.add, r0, c0, data, (valid * np.uint8(255)) if self.writer.mask else None)
-            return
-        if i not in self.map_writers:
-            prof, _ = sc.output_profile(1, self.no_geo)
-            prof.update(count=block.shape[1], dtype='float32', nodata=None)
-            prof.pop('rpcs', None)
-            tmp, final = self.maps[i - 1]
-            self.map_writers[i] = self.R.BlockWriter(tmp, prof, {}, name=str(final))
-        self.worker.submit(self.map_writers[i].add, r0, c0, block[0].numpy().copy())
-
-    def close(self):
-        self.worker.close()
-        self.writer.close()
-        for m in self.map_writers.values():
-            m.close()
-
-    def abort(self):
-        if self.worker.error is None:
-            self.worker.error = RuntimeError('aborted')
-        try:
-            self.worker.close()
-        except BaseException:  # noqa: BLE001 - the first error is the one to report
-            pass
-        for wr in [self.writer, *self.map_writers.values()]:
-            wr.abort()

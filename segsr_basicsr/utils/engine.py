@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from segsr_basicsr.archs.backbone import pad_to_multiple
 from segsr_basicsr.utils.self_ensemble import self_ensemble
-from segsr_basicsr.utils.tiling import TileSpec, tile_windows, tiled_forward
+from segsr_basicsr.utils.tiling import TileSpec, band_lr_rows, row_bands, rows_to_run, tile_grid, tiled_forward
 
 __all__ = ['Engine', 'TileSpec', 'autocast', 'forward_padded', 'probe_scale']
 
@@ -73,10 +73,22 @@ class Engine:
             return 0
         return len(self.net.sr_units)
 
-    def windows(self, h: int, w: int, tile: TileSpec) -> list:
-        """(y0, y1, x0, x1) of every tile of an h x w image, in the order they run."""
+    def grid(self, h: int, w: int, tile: TileSpec) -> tuple:
+        """(tile height, tile width, row starts, column starts) of an h x w image."""
         size, overlap, _ = tile.resolve(h, w)
-        return tile_windows(h, w, size, overlap, self.multiple)
+        return tile_grid(h, w, size, overlap, self.multiple)
+
+    def windows(self, h: int, w: int, tile: TileSpec, rows=None) -> list:
+        """(y0, y1, x0, x1) of every tile of an h x w image that runs (for a band: see :meth:`bands`), in order."""
+        th, tw, ys, xs = self.grid(h, w, tile)
+        run = range(len(ys)) if rows is None else rows_to_run(ys, th, rows)
+        return [(ys[r], ys[r] + th, x, x + tw) for r in run for x in xs]
+
+    def bands(self, h: int, w: int, tile: TileSpec, parts: int) -> list:
+        """Up to ``parts`` bands of tile rows ``((first, end), (lr_y0, lr_y1))`` that together make the image:
+        each band's output (rows lr_y0*s..lr_y1*s) computed alone equals those rows of a whole run."""
+        _, _, ys, _ = self.grid(h, w, tile)
+        return [(b, band_lr_rows(h, ys, b)) for b in row_bands(len(ys), parts)]
 
     # ------------------------------------------------------------------ the network on one batch of tiles
     def forward(self, x: torch.Tensor, record_maps: bool = False) -> tuple:
@@ -140,13 +152,13 @@ class Engine:
                 net.semantic_maps = None
             net.train(was_training)
 
-    def _tiled(self, source, tile: TileSpec, record_maps, progress, sink, out_device):
+    def _tiled(self, source, tile: TileSpec, record_maps, progress, sink, out_device, rows=None):
         h, w = source.shape[-2:]
         size, overlap, margin = tile.resolve(h, w)
         with self._inference(record_maps):
             return tiled_forward(self._tile_fn(record_maps), source, size, overlap, margin=margin,
                                  multiple=self.multiple, batch=tile.batch, device=self.device,
-                                 out_device=out_device, sink=sink, progress=progress)
+                                 out_device=out_device, sink=sink, progress=progress, rows=rows)
 
     # ------------------------------------------------------------------ entry points
     def upscale_tensor(self, lq: torch.Tensor, tile: TileSpec = TileSpec(), record_maps: bool = False,
@@ -161,16 +173,17 @@ class Engine:
         return (sr, list(out[1:])) if record_maps else sr
 
     def upscale_scene(self, scene, sink, tile: TileSpec = TileSpec(), record_maps: bool = False,
-                      progress: Optional[Callable[[int], None]] = None, prefetch: bool = True) -> int:
+                      progress: Optional[Callable[[int], None]] = None, prefetch: bool = True, rows=None) -> int:
         """Stream ``scene`` (``height``, ``width``, ``n_extra``, ``read(y0, y1, x0, x1)`` -> float32
         (3 + E + 1, h, w)) through the tiler into ``sink`` (see :func:`tiled_forward`). Output 0 is
-        (1, 3 + E + 1, h*s, w*s): SR, bicubic extra bands, nearest valid channel; 1..: maps. Returns the tile count."""
+        (1, 3 + E + 1, h*s, w*s): SR, bicubic extra bands, nearest valid channel; 1..: maps. ``rows``: only
+        that band of tile rows (:meth:`bands`). Returns the tile count."""
         h, w = scene.height, scene.width
-        windows = self.windows(h, w, tile)
+        windows = self.windows(h, w, tile, rows)
         reader = _Prefetcher(scene.read, windows, depth=2 * tile.batch + 2) if prefetch else None
         lazy = _LazyScene(h, w, 3 + scene.n_extra + 1, reader.get if reader else scene.read)
         try:
-            self._tiled(lazy, tile, record_maps, progress, sink, torch.device('cpu'))
+            self._tiled(lazy, tile, record_maps, progress, sink, torch.device('cpu'), rows)
         finally:
             if reader is not None:
                 reader.close()

@@ -81,10 +81,27 @@ def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> Tup
     return th, tw, tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
 
 
-def tile_windows(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> List[Tuple[int, int, int, int]]:
-    """(y0, y1, x0, x1) of every tile in the order :func:`tiled_forward` visits them."""
-    th, tw, ys, xs = tile_grid(h, w, tile, overlap, multiple)
-    return [(y, y + th, x, x + tw) for y in ys for x in xs]
+def row_bands(n_rows: int, parts: int) -> List[Tuple[int, int]]:
+    """Tile rows ``[0, n_rows)`` cut into at most ``parts`` contiguous bands ``(first, end)`` of near-equal count."""
+    parts = max(1, min(int(parts), n_rows))
+    cuts = [round(k * n_rows / parts) for k in range(parts + 1)]
+    return list(zip(cuts, cuts[1:]))
+
+
+def rows_to_run(ys: List[int], th: int, rows: Tuple[int, int]) -> range:
+    """Tile rows to run so that the final pixels of tile rows ``rows`` come out as in a whole run: the band
+    itself and every earlier row whose tiles reach into it (its output starts at LR row ``ys[first]``)."""
+    first, end = rows
+    r = first
+    while r > 0 and ys[r - 1] + th > ys[first]:
+        r -= 1
+    return range(r, end)
+
+
+def band_lr_rows(h: int, ys: List[int], rows: Tuple[int, int]) -> Tuple[int, int]:
+    """LR rows [y0, y1) whose outputs the tile rows ``rows`` hand out (see :func:`tiled_forward`)."""
+    first, end = rows
+    return ys[first], (ys[end] if end < len(ys) else h)
 
 
 def check_tile_args(tile: int, overlap: int, margin: int, batch: int) -> None:
@@ -208,7 +225,8 @@ def _output_scale(o, th, tw):
 def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile: int, overlap: int = DEFAULT_OVERLAP,
                   *, margin: Optional[int] = None, multiple: int = 1, batch: int = 1,
                   device: Optional[torch.device] = None, out_device: Optional[torch.device] = None,
-                  sink: Optional[Sink] = None, progress: Optional[Callable[[int], None]] = None) -> Optional[Outputs]:
+                  sink: Optional[Sink] = None, progress: Optional[Callable[[int], None]] = None,
+                  rows: Optional[Tuple[int, int]] = None) -> Optional[Outputs]:
     """Run ``fn`` over overlapping tiles of ``lq`` (B, C, H, W) and blend the results.
 
     ``fn`` maps a batch of tiles (n*B, C, h, w) on ``device`` to one tensor (n*B, C', h*s, w*s) or a
@@ -221,6 +239,10 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     With ``sink``, every output pixel is handed over exactly once, as soon as no later tile touches it:
     ``sink(output_index, row0, row1, col0, col1, block)`` with block (B, C', row1-row0, col1-col0).
     A failing tile raises :class:`TileError` naming its position.
+
+    ``rows=(first, end)`` (with ``sink``): only the pixels of tile rows first..end-1 are handed over
+    (LR rows :func:`band_lr_rows`), bit-identical to a whole run: the earlier rows that reach into them
+    are run too (:func:`rows_to_run`) but not handed over. Ranks share one scene this way.
     """
     margin = overlap // 4 if margin is None else margin
     check_tile_args(tile, overlap, margin, batch)
@@ -231,7 +253,11 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     ys, xs = grid[2], grid[3]
     blender = _Blender(grid, (b, h, w), overlap, margin, out_device, sink)
     single = False
-    for r in range(len(ys)):
+    if rows is not None and sink is None:
+        raise ValueError('tiled_forward(rows=...) hands a band of rows to a sink; pass sink')
+    run = range(len(ys)) if rows is None else rows_to_run(ys, grid[0], rows)
+    for r in run:
+        blender.emit = rows is None or r >= rows[0]
         for c0 in range(0, len(xs), batch):
             cols = xs[c0:c0 + batch]
             single, out = _run_tiles(lambda t: fn(t.to(device)), lq, grid, r, cols, h, w)
@@ -255,8 +281,11 @@ class _Blender:
         self.blends: List[_OutputBlend] = []
         self.results: List[torch.Tensor] = []
         self.weights: Dict[int, tuple] = {}
+        self.emit = True  # False while running the rows before a band (see tiled_forward's rows)
 
     def put(self, i, r0, r1, c0, c1, block):
+        if not self.emit:
+            return
         if self.sink is not None:
             self.sink(i, r0, r1, c0, c1, block)
         else:
