@@ -244,7 +244,8 @@ def child_scene(args) -> None:
     assert sr.shape == (n * s, n * s, 3)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' \
         else rss_mb('VmHWM')
-    tiles = model.count_tiles(n, n, args.tile, args.tile_overlap)
+    from segsr_basicsr.utils.engine import TileSpec
+    tiles = len(model.engine.windows(n, n, TileSpec(args.tile, args.tile_overlap)))
     print(json.dumps(dict(base_mb=base, peak_mb=peak, wall=wall, cpu=cpu, tiles=tiles)))
 
 

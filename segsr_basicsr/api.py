@@ -93,8 +93,14 @@ class SeGSRUpscaler:
         """Semantic maps per image (one per SR unit), 0 for networks without guidance."""
         return self.engine.num_maps
 
-    def count_tiles(self, h, w, tile, overlap=None):
-        return len(self.engine.windows(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile')))
+    def count_tiles(self, src, tile, overlap=None, band=None):
+        """Tiles the network runs on raster ``src`` (or its band ``(k, n)``, see :meth:`upscale_file`)."""
+        import rasterio
+        with rasterio.open(src) as ds:
+            h, w = ds.height, ds.width
+        spec = tile_spec({'size': tile, 'overlap': overlap}, 'tile')
+        rows = self.engine.bands(h, w, spec, band[1])[band[0]][0] if band else None
+        return len(self.engine.windows(h, w, spec, rows))
 
     # ------------------------------------------------------------------ arrays
     def upscale(self, img, tile=256, overlap=None, batch=1, max_value=None, mask=None, return_maps=False,
@@ -143,7 +149,8 @@ class SeGSRUpscaler:
         from segsr_basicsr.utils.visualize import semantic_overlays
         img = read_image(src, **(image_kw or {}))
         h, w = img.shape[:2]
-        bar = Progress(self.count_tiles(h, w, tile, overlap), Path(src).name, 'tiles', megapixels=h * w / 1e6,
+        bar = Progress(len(self.engine.windows(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile'))),
+                       Path(src).name, 'tiles', megapixels=h * w / 1e6,
                        every=5.0, enabled=bool(progress))
         try:
             res = self.upscale(img[..., ::-1], tile=tile, overlap=overlap, batch=batch,
@@ -167,14 +174,19 @@ class SeGSRUpscaler:
         plan = jobs.plan_outputs(files, out_dir, self.scale, False, 0)
         options = dict(raster_kw, tile=tile, overlap=overlap, batch=batch, self_ensemble=self.self_ensemble)
         records = jobs.DoneRecords(out_dir, jobs.fingerprint(self.name, options))
-        def work(src, out, _maps):
-            if jobs.streams(src):
-                self.upscale_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress, **raster_kw)
+        def work(unit, outs, _job):
+            if jobs.streams(unit.src):
+                self.upscale_file(unit.src, outs[0], tile=tile, overlap=overlap, batch=batch, progress=progress,
+                                  band=unit.band, **raster_kw)
             else:
-                self.upscale_image_file(src, out, tile=tile, overlap=overlap, batch=batch, progress=progress)
+                self.upscale_image_file(unit.src, outs[0], tile=tile, overlap=overlap, batch=batch, progress=progress)
 
-        mine, _, skipped = jobs.run_share(*jobs.sort_out(plan, records, overwrite), records, out_dir, work)
-        done = [(src, out) for src, out, _ in mine]
+        def assemble(src, out, _maps, parts, _map_parts):
+            self.assemble_file(src, parts, out, **{k: v for k, v in raster_kw.items() if k != 'maps_dst'})
+
+        mine, _, skipped = jobs.run_share(*jobs.sort_out(plan, records, overwrite), records, out_dir, work, assemble,
+                                          lambda src, n: self.scene_bands(src, n, tile, overlap), progress=progress)
+        done = sorted({(u.src, u.out) for u in mine})
         return {'done': done, 'skipped': len(skipped)}
 
     # ------------------------------------------------------------------ rasters

@@ -91,6 +91,8 @@ def parse_args(argv=None):
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
     p.add_argument('--merge-lora', action='store_true', help='fold CLIP LoRA into its weights: a little faster, '
                    'pixels may then differ by one level from validation/test (docs/inference.md)')
+    p.add_argument('--no-split', action='store_true', help='many ranks: never share one raster among ranks (by '
+                   'default a raster larger than an even share is cut into bands of tile rows; same pixels)')
     p.add_argument('--self-ensemble', action='store_true',
                    help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
     add_image_args(p)
@@ -103,20 +105,23 @@ def tile_args(args, raster: bool):
     return tile_spec({'size': size, 'overlap': args.tile_overlap, 'batch': args.tile_batch}, '--tile')
 
 
-def _run_file(model, args, src, out, map_paths):
-    """One input -> its output(s); returns the line to print."""
+def _raster_kw(args):
+    return dict(bands=args.bands, max_value=args.max_value, stretch=args.stretch, cog=args.cog, no_geo=args.no_geo)
+
+
+def _run_file(model, args, src, out, map_paths, band=None, progress=True):
+    """One input (or band ``(k, n)`` of a raster) -> its output(s) (or parts); returns the line to print."""
     s = model.scale
-    progress = not args.no_progress
     if streams(src):
         tile = tile_args(args, raster=True)
         st = model.upscale_file(src, out, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
-                                bands=args.bands, max_value=args.max_value, stretch=args.stretch, cog=args.cog,
-                                no_geo=args.no_geo, maps_dst=map_paths or None, progress=progress)
+                                maps_dst=map_paths or None, progress=progress, band=band, **_raster_kw(args))
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
-        return f'{src} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
+        what = f'{src} band {band[0] + 1}/{band[1]}' if band else str(src)
+        return f'{what} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
     tile = tile_args(args, raster=False)
     w, h = model.upscale_image_file(src, out, map_paths, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
-                                    image_kw=image_kwargs(args), progress=not args.no_progress)
+                                    image_kw=image_kwargs(args), progress=progress)
     return f'{src} -> {out} ({w}x{h} -> {w * s}x{h * s})'
 
 
@@ -133,7 +138,8 @@ def _ranks():
         return 0, 1, 0
     world = int(os.environ.get('WORLD_SIZE', '1'))
     if world > 1:
-        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+        from segsr_basicsr.utils.dist import dist_timeout  # ranks wait for each other to assemble shared scenes
+        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', timeout=dist_timeout())
     return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
 
 
@@ -174,10 +180,24 @@ def _prepare(args, device):
     return model, records, todo, skipped
 
 
-def _run_one(model, args, src, out, map_paths):
+def _scene_progress(model, args, unit, job):
+    """Under many ranks a raster's tiles advance the job's line (no line per scene); alone, a line per scene."""
+    from segsr_basicsr.utils.jobs import rank_and_world
+    if args.no_progress:
+        return False
+    if rank_and_world()[1] == 1:
+        return True
+    if not streams(unit.src):
+        return False
+    tile = tile_args(args, raster=True)
+    tiles = model.count_tiles(unit.src, tile.size, tile.overlap, unit.band)
+    return lambda n: job.advance(unit.pixels / 1e6 * n / tiles)
+
+
+def _run_one(model, args, unit, outs, job):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', SceneWarning)
-        line = _run_file(model, args, src, out, map_paths)
+        line = _run_file(model, args, unit.src, outs[0], outs[1:], unit.band, _scene_progress(model, args, unit, job))
     for w in caught:
         if issubclass(w.category, SceneWarning):
             print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
@@ -186,15 +206,25 @@ def _run_one(model, args, src, out, map_paths):
     print(line, flush=True)
 
 
+def _split(model, args):
+    """(assemble, bands_of) for run_share: how a large raster is shared among ranks in bands of tile rows."""
+    if args.no_split:
+        return None, None
+    tile = tile_args(args, raster=True)
+
+    def assemble(src, out, maps, parts, map_parts):
+        model.assemble_file(src, parts, out, map_parts=map_parts, maps_dst=maps, **_raster_kw(args))
+        print(f'{src} -> {out} (assembled from {len(parts)} bands)', flush=True)
+
+    return assemble, lambda src, parts: model.scene_bands(src, parts, tile.size, tile.overlap)
+
+
 def _summary(rank, world, done_mp, skipped, t0):
     """Rank 0: one line for the whole job (every rank's scenes and megapixels)."""
-    import torch.distributed as dist
-    totals = [done_mp]
-    if world > 1:
-        totals = [None] * world
-        dist.all_gather_object(totals, done_mp)
+    from segsr_basicsr.utils.dist import gather_objects
+    totals = gather_objects(done_mp)
     if rank == 0:
-        n, mp = sum(t[0] for t in totals), sum(t[1] for t in totals)
+        n, mp = round(sum(t[0] for t in totals)), sum(t[1] for t in totals)
         skip = f'; {skipped} already done, skipped' if skipped else ''
         print(f'segsr-infer: {n} scene(s), {mp:.2f} LR MP on {world} rank(s) in {time.time() - t0:.1f} s{skip}',
               flush=True)
@@ -210,8 +240,9 @@ def main(argv=None):
             rank, world, local_rank = _ranks()
             model, records, todo, skipped = _prepare(args, _rank_device(args.device, world, local_rank))
             mine, mp, skipped = run_share(todo, skipped, records, args.output,
-                                          lambda src, out, maps: _run_one(model, args, src, out, maps))
-            _summary(rank, world, (len(mine), mp), len(skipped), t0)
+                                          lambda unit, outs, job: _run_one(model, args, unit, outs, job),
+                                          *_split(model, args), progress=not args.no_progress)
+            _summary(rank, world, (sum(u.share for u in mine), mp), len(skipped), t0)
     finally:
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():

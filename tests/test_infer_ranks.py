@@ -27,12 +27,14 @@ def _scenes(folder):
     for i, (h, w) in enumerate([(40, 52), (12, 16), (24, 20)]):
         img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (3, 3), 0)
         cv2.imwrite(str(folder / f'p{i}.png'), img)
-    for i, (h, w) in enumerate([(48, 40), (16, 24)]):
-        data = rng.integers(0, 256, (3, h, w), dtype=np.uint8)
-        profile = dict(driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs='EPSG:32633',
+    for i, (h, w) in enumerate([(120, 96), (16, 24)]):  # g0 holds most pixels: 2 ranks share it in bands
+        data = rng.integers(1, 256, (3, h, w), dtype=np.uint8)
+        data[:, :8, :8] = 0
+        profile = dict(driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs='EPSG:32633', nodata=0,
                        transform=rasterio.transform.from_origin(500000, 4000000 + i, 0.5, 0.5))
         with rasterio.open(folder / f'g{i}.tif', 'w', **profile) as dst:
             dst.write(data)
+            dst.update_tags(SENSOR='test')
     return folder
 
 
@@ -53,7 +55,7 @@ def _same_outputs(a, b):
             assert (Path(a) / n).read_bytes() == (Path(b) / n).read_bytes(), n
         else:
             with rasterio.open(Path(a) / n) as x, rasterio.open(Path(b) / n) as y:
-                assert np.array_equal(x.read(), y.read()) and x.transform == y.transform and x.crs == y.crs, n
+                assert np.array_equal(x.read(), y.read()) and x.profile == y.profile and x.tags() == y.tags(), n
     return names
 
 
@@ -71,6 +73,8 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     names = _same_outputs(tmp_path / 'one', tmp_path / 'two')
     assert len(names) == 5 and 'on 2 rank(s)' in two.stdout and '5 scene(s)' in two.stdout
     assert sum(two.stdout.count(f' -> {tmp_path / "two" / n}') for n in names) == 5  # each written once
+    assert 'g0.tif band 2/2 ->' in two.stdout and 'assembled from 2 bands' in two.stdout  # one scene, two ranks
+    assert not list((tmp_path / 'two' / '.segsr-parts').iterdir())  # the parts went
 
     # a rank killed while writing one output; the re-run does only what is missing
     cut = tmp_path / 'cut'
@@ -84,6 +88,14 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     assert {n: (cut / n).stat().st_mtime_ns for n in before} == before  # nothing finished was recomputed
     _same_outputs(tmp_path / 'one', cut)
     assert not [p for p in cut.iterdir() if '.tmp' in p.name]  # the killed run's temporary file was cleared
+    # a rank killed while writing its band of the shared scene: the re-run redoes only the missing band
+    cut2 = tmp_path / 'cut2'
+    assert _infer(tmp_path, cut2, ckpt, ranks=2, hook='kill:g0_SeGSR_x4.band2of2.tif').returncode != 0
+    band1_done = (cut2 / '.segsr-done' / 'g0_SeGSR_x4.band1of2.tif.json').is_file()
+    again = _infer(tmp_path, cut2, ckpt, ranks=2)
+    assert again.returncode == 0 and 'g0.tif band 2/2 ->' in again.stdout, again.stderr[-3000:]
+    assert ('g0.tif band 1/2 ->' in again.stdout) != band1_done
+    _same_outputs(tmp_path / 'one', cut2)
     # a changed option recomputes every output
     changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8')
     assert changed.returncode == 0 and '5 scene(s)' in changed.stdout and 'already done' not in changed.stdout
@@ -103,3 +115,17 @@ def test_api_upscale_files_does_only_what_is_missing(tmp_path):
     again = model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
     assert again == {'done': [], 'skipped': 5}
     assert len(model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
+
+
+def test_the_job_line_adds_up_every_rank_of_this_job_only(tmp_path):
+    from segsr_basicsr.utils.progress import JobProgress
+    jobs = [JobProgress(4, 10.0, rank=r, world=2, folder=tmp_path, token='run-a', enabled=False) for r in (0, 1)]
+    jobs[0].advance(1.5)
+    jobs[1].advance(2.0)
+    jobs[1].finish(3.0, scenes=0.5)  # half a shared scene: its band is done
+    jobs[0].finish(2.5)
+    JobProgress(4, 10.0, rank=1, world=2, folder=tmp_path / 'old', token='run-b', enabled=False).finish(9.0)
+    assert jobs[0].totals() == (1.5, 5.5)
+    assert jobs[0].line().startswith('job: 1/4 scenes on 2 ranks, 5.5/10.0 MP, ')
+    (tmp_path / 'rank1.json').write_text('{"token": "run-b", "scenes": 3, "mp": 9.0}')  # a stopped job's file
+    assert jobs[0].totals() == (1.0, 2.5)

@@ -11,17 +11,22 @@ or somebody else's file (no record: refused unless ``--overwrite``) for done.
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
 from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS
 from segsr_basicsr.io.raster import RASTER_EXTS
 from segsr_basicsr.utils.preflight import check_writable
+from segsr_basicsr.utils.progress import JobProgress
 from segsr_basicsr.utils.results import file_sha256
 
 INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 RECORDS_DIR = '.segsr-done'
+#: where ranks sharing one scene write their bands before one of them assembles the output
+PARTS_DIR = '.segsr-parts'
 
 
 def _has_rasterio():
@@ -113,13 +118,15 @@ def rank_and_world():
 
 
 def agree_on_plan(todo, skipped):
-    """Rank 0's plan for every rank (one broadcast): a rank that starts later must not see outputs another
-    rank already wrote as done and compute a different split (then some input would be nobody's)."""
+    """Rank 0's plan for every rank (one broadcast), and a token naming this job: a rank that starts later
+    must not see outputs another rank already wrote as done and compute a different split (then some input
+    would be nobody's)."""
+    import uuid
     rank, world = rank_and_world()
     if world == 1:
-        return todo, skipped
+        return todo, skipped, uuid.uuid4().hex
     import torch.distributed as dist
-    box = [(todo, skipped)]
+    box = [(todo, skipped, uuid.uuid4().hex)]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
@@ -164,6 +171,10 @@ class DoneRecords:
         same = all(rec.get(k) == v for k, v in want.items() if k != 'outputs') and set(sizes) == set(want['outputs'])
         return 'done' if same and intact else 'stale'
 
+    def forget(self, out):
+        """Drop the record of ``out`` (a part that became an output)."""
+        self._path(out).unlink(missing_ok=True)
+
     def mark(self, src, outs):
         """Record finished ``outs`` of ``src`` (after they are complete on disk)."""
         rec = self._expected(src, outs)
@@ -200,26 +211,108 @@ def sort_out(plan, records, overwrite):
     return todo, skipped
 
 
-def remove_stale_temps(plan):
-    """Delete the temporary siblings (``.<name>.<pid>.tmp*``) that a killed run left beside planned outputs."""
-    for _, out, maps in plan:
-        for o in [out, *maps]:
-            for tmp in Path(o).parent.glob(f'.{Path(o).name}.*.tmp*'):
-                tmp.unlink(missing_ok=True)
+def remove_stale_temps(outputs):
+    """Delete the temporary siblings (``.<name>.<pid>.tmp*``) that a killed run left beside ``outputs``."""
+    for o in outputs:
+        for tmp in Path(o).parent.glob(f'.{Path(o).name}.*.tmp*'):
+            tmp.unlink(missing_ok=True)
 
 
-def run_share(todo, skipped, records, out_dir, work):
-    """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(src, out, maps)`` for each, after
-    clearing what a killed run left of those outputs, then its done-record. Returns (done items, LR MP,
-    skipped items)."""
-    todo, skipped = agree_on_plan(todo, skipped)
-    rank, world = rank_and_world()
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work: a whole input, or band ``k`` of ``n`` bands of tile rows of one large raster."""
+    src: Path
+    out: Path
+    maps: tuple
+    pixels: int
+    band: Optional[Tuple[int, int]] = None
+
+    @property
+    def share(self) -> float:
+        """How much of its scene this unit is (1, or 1/n for a band)."""
+        return 1 / self.band[1] if self.band else 1.0
+
+    def outputs(self):
+        """What this unit writes: the outputs, or for a band its parts in ``<output>/.segsr-parts/``."""
+        if self.band is None:
+            return [self.out, *self.maps]
+        k, n = self.band
+        return [self.out.parent / PARTS_DIR / f'{o.stem}.band{k + 1}of{n}{o.suffix}' for o in [self.out, *self.maps]]
+
+
+def make_units(todo, world, bands_of=None):
+    """Units of ``todo`` for ``world`` ranks: a streamed raster larger than an even share of all pixels is cut
+    into up to ``world`` bands of tile rows (``bands_of(src, parts)`` says how many it has) when given."""
     pixels = [scene_pixels(src) for src, _, _ in todo]
-    share = shares(pixels, world)[rank]
-    mine = [todo[i] for i in share]
-    remove_stale_temps(mine)  # only this rank's outputs: another rank's temporaries may be in progress
+    fair = sum(pixels) / max(world, 1)
+    units = []
+    for (src, out, maps), px in zip(todo, pixels):
+        n = bands_of(src, world) if bands_of and world > 1 and px > fair and streams(src) else 1
+        if n < 2:
+            units.append(Unit(src, out, tuple(maps), px))
+            continue
+        units += [Unit(src, out, tuple(maps), px // n, (k, n)) for k in range(n)]
+    return units
+
+
+def _barrier(world):
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def _assemble_split(units, records, rank, world, assemble):
+    """Every band of every split scene is done: each scene's parts become its output on one rank (round
+    robin), recorded as done, and the parts go."""
+    scenes = {}
+    for u in units:
+        if u.band is not None:
+            scenes.setdefault(u.out, []).append(u)
+    for j, bands in enumerate(scenes.values()):
+        if j % world != rank:
+            continue
+        u = bands[0]
+        parts = [b.outputs() for b in sorted(bands, key=lambda b: b.band)]
+        assemble(u.src, u.out, list(u.maps), [p[0] for p in parts], [p[1:] for p in parts])
+        records.mark(u.src, [u.out, *u.maps])
+        for o in [u.out, *u.maps]:  # this run's parts, and any a stopped run with another rank count left
+            for part in o.parent.joinpath(PARTS_DIR).glob(f'{o.stem}.band*of*{o.suffix}'):
+                part.unlink(missing_ok=True)
+                records.forget(part)
+
+
+def _run_unit(u, records, work, job):
+    outs = u.outputs()
+    if u.band is not None and records.status(u.src, outs) == 'done':
+        job.finish(u.pixels / 1e6, u.share)  # a band a stopped run finished
+        return
+    Path(outs[0]).parent.mkdir(parents=True, exist_ok=True)
+    work(u, outs, job)
+    records.mark(u.src, outs)
+    job.finish(u.pixels / 1e6, u.share)
+
+
+def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=None, progress=True):
+    """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(unit, outputs, job)`` for each
+    :class:`Unit` (with ``assemble``, large rasters are shared in bands, then ``assemble(src, out, maps,
+    parts, map_parts)``), after clearing what a killed run left of its outputs, then its done-record. A
+    finished band is not recomputed. ``job`` (:class:`JobProgress`) takes ``advance(mp)`` calls; rank 0
+    prints the whole job's line. Returns (done units, LR MP, skipped)."""
+    todo, skipped, token = agree_on_plan(todo, skipped)
+    rank, world = rank_and_world()
+    units = make_units(todo, world, bands_of if assemble else None)
+    mine = [units[i] for i in shares([u.pixels for u in units], world)[rank]]
+    remove_stale_temps(o for u in mine for o in u.outputs())  # only this rank's: others may be in progress
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for src, out, maps in mine:
-        work(src, out, maps)
-        records.mark(src, [out, *maps])
-    return mine, sum(pixels[i] for i in share) / 1e6, skipped
+    job = JobProgress(len(todo), sum(u.pixels for u in units) / 1e6, rank, world,
+                      Path(out_dir) / RECORDS_DIR / 'progress', token, desc='segsr-infer',
+                      enabled=progress and (world > 1 or len(todo) > 1))
+    try:
+        for u in mine:
+            _run_unit(u, records, work, job)
+        if any(u.band for u in units):
+            _barrier(world)
+            _assemble_split(units, records, rank, world, assemble)
+    finally:
+        job.close()
+    return mine, sum(u.pixels for u in mine) / 1e6, skipped
