@@ -184,7 +184,7 @@ class BlockWriter:
     block row across the scene while rows stream in).
     """
 
-    def __init__(self, path, profile, meta=None, block=BLOCK, mask=False, compress='deflate', name=None):
+    def __init__(self, path, profile, meta=None, block=BLOCK, mask=False, compress='deflate', name=None, threads=None):
         import rasterio
         self.path = Path(path)
         self.name = name or str(path)  # the final output name, for messages
@@ -195,6 +195,8 @@ class BlockWriter:
                     interleave='pixel')
         if compress in ('deflate', 'lzw', 'zstd'):
             opts['predictor'] = 3 if self.dtype.kind == 'f' else 2
+        if threads:  # GDAL compresses blocks on this many threads (``'ALL_CPUS'``); same bytes
+            opts['num_threads'] = str(threads)
         meta = meta or {}
         try:
             self.dst = rasterio.open(path, 'w', **profile, **opts)

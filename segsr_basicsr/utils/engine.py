@@ -87,8 +87,8 @@ class Engine:
     def bands(self, h: int, w: int, tile: TileSpec, parts: int) -> list:
         """Up to ``parts`` bands of tile rows ``((first, end), (lr_y0, lr_y1))`` that together make the image:
         each band's output (rows lr_y0*s..lr_y1*s) computed alone equals those rows of a whole run."""
-        _, _, ys, _ = self.grid(h, w, tile)
-        return [(b, band_lr_rows(h, ys, b)) for b in row_bands(len(ys), parts)]
+        th, _, ys, _ = self.grid(h, w, tile)
+        return [(b, band_lr_rows(h, ys, b)) for b in row_bands(ys, th, parts)]
 
     # ------------------------------------------------------------------ the network on one batch of tiles
     def forward(self, x: torch.Tensor, record_maps: bool = False) -> tuple:

@@ -148,7 +148,7 @@ def assemble(scene, parts, dst, scale, cog, no_geo, map_parts=(), maps_dst=()):
         profile, meta = scene.output_profile(scale, no_geo)
         block = output_block(cog)
         writer = R.BlockWriter(target, profile, meta, block=block, mask=scene.internal_mask,
-                               compress='zstd' if cog else 'deflate', name=str(dst))
+                               compress='zstd' if cog else 'deflate', name=str(dst), threads='ALL_CPUS')
         try:
             _copy_parts(writer, parts, block)
         except BaseException:

@@ -81,10 +81,14 @@ def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> Tup
     return th, tw, tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
 
 
-def row_bands(n_rows: int, parts: int) -> List[Tuple[int, int]]:
-    """Tile rows ``[0, n_rows)`` cut into at most ``parts`` contiguous bands ``(first, end)`` of near-equal count."""
-    parts = max(1, min(int(parts), n_rows))
-    cuts = [round(k * n_rows / parts) for k in range(parts + 1)]
+def row_bands(ys: List[int], th: int, parts: int) -> List[Tuple[int, int]]:
+    """Tile rows (starts ``ys``, height ``th``) cut into at most ``parts`` contiguous bands ``(first, end)`` that
+    cost about the same: a band after the first also runs the rows above it that reach into it."""
+    n = len(ys)
+    parts = max(1, min(int(parts), n))
+    lead = len(rows_to_run(ys, th, (n // 2, n // 2 + 1))) - 1
+    per = (n + (parts - 1) * lead) / parts
+    cuts = sorted({0, n, *(min(max(round(k * per - (k - 1) * lead), 1), n - 1) for k in range(1, parts))})
     return list(zip(cuts, cuts[1:]))
 
 
