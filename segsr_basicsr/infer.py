@@ -91,6 +91,9 @@ def parse_args(argv=None):
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
     p.add_argument('--merge-lora', action='store_true', help='fold CLIP LoRA into its weights: a little faster, '
                    'pixels may then differ by one level from validation/test (docs/inference.md)')
+    p.add_argument('--launcher', default='auto', choices=('auto', 'none', 'pytorch', 'slurm'),
+                   help='many processes: auto (torchrun is detected), pytorch (RANK/WORLD_SIZE/MASTER_ADDR set by '
+                   'your launcher), slurm (srun --ntasks=N, one process per GPU), none (this process alone)')
     p.add_argument('--no-split', action='store_true', help='many ranks: never share one raster among ranks (by '
                    'default a raster larger than an even share is cut into bands of tile rows; same pixels)')
     p.add_argument('--self-ensemble', action='store_true',
@@ -125,22 +128,26 @@ def _run_file(model, args, src, out, map_paths, band=None, progress=True):
     return f'{src} -> {out} ({w}x{h} -> {w * s}x{h * s})'
 
 
-def _ranks():
-    """(rank, world, local rank): a torchrun job (TORCHELASTIC_RUN_ID set) gets a process group (nccl on
-    CUDA, gloo on CPU); anything else is one process."""
+def _ranks(launcher):
+    """(rank, world, local rank). ``auto``: a torchrun job (TORCHELASTIC_RUN_ID set) is ``pytorch``, anything
+    else one process; ``pytorch`` reads RANK/WORLD_SIZE/MASTER_ADDR, ``slurm`` SLURM_PROCID/NTASKS/NODELIST,
+    as training does (nccl on CUDA, gloo on CPU, SEGSR_DIST_TIMEOUT)."""
     import os
 
-    import torch
     import torch.distributed as dist
+    if launcher == 'auto':
+        launcher = 'pytorch' if 'TORCHELASTIC_RUN_ID' in os.environ else 'none'
+    if not dist.is_initialized() and launcher != 'none':
+        world = int(os.environ.get('SLURM_NTASKS' if launcher == 'slurm' else 'WORLD_SIZE', '1'))
+        if world > 1:
+            from basicsr.utils.dist_util import init_dist
+
+            from segsr_basicsr.train_loop import patch_dist
+            patch_dist()
+            init_dist(launcher)
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', '0'))
-    if 'TORCHELASTIC_RUN_ID' not in os.environ:  # not launched by torchrun: one process, whatever else is set
-        return 0, 1, 0
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world > 1:
-        from segsr_basicsr.utils.dist import dist_timeout  # ranks wait for each other to assemble shared scenes
-        dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo', timeout=dist_timeout())
-    return int(os.environ.get('RANK', '0')), world, int(os.environ.get('LOCAL_RANK', '0'))
+    return 0, 1, 0
 
 
 def _rank_device(name, world, local_rank):
@@ -237,7 +244,7 @@ def main(argv=None):
     t0 = time.time()
     try:
         with exit_on_user_error('segsr-infer'):
-            rank, world, local_rank = _ranks()
+            rank, world, local_rank = _ranks(args.launcher)
             model, records, todo, skipped = _prepare(args, _rank_device(args.device, world, local_rank))
             mine, mp, skipped = run_share(todo, skipped, records, args.output,
                                           lambda unit, outs, job: _run_one(model, args, unit, outs, job),

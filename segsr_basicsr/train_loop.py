@@ -129,7 +129,8 @@ def split_argv(argv):
 
 
 # ----------------------------------------------------------------------------- distributed
-def _patch_dist():
+def patch_dist():
+    """BasicSR's init_dist('pytorch' | 'slurm') with gloo on CPU-only machines and the long timeout (idempotent)."""
     import basicsr.utils.dist_util as dist_util
 
     def make_init(orig):
@@ -334,7 +335,7 @@ def patch_train_loop():
     if _train_loop_patched:
         return
     _patch_options()
-    _patch_dist()
+    patch_dist()
     _patch_train()
     _train_loop_patched = True
 

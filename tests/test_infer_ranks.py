@@ -1,5 +1,6 @@
 """segsr-infer over many ranks (torchrun, 2 CPU ranks, gloo): shares by pixels, outputs identical to one
 process and written once, a killed run re-run does only what is missing, a changed option recomputes."""
+import os
 import subprocess
 from pathlib import Path
 
@@ -129,3 +130,33 @@ def test_the_job_line_adds_up_every_rank_of_this_job_only(tmp_path):
     assert jobs[0].line().startswith('job: 1/4 scenes on 2 ranks, 5.5/10.0 MP, ')
     (tmp_path / 'rank1.json').write_text('{"token": "run-b", "scenes": 3, "mp": 9.0}')  # a stopped job's file
     assert jobs[0].totals() == (1.0, 2.5)
+
+
+def test_launcher_slurm_shares_the_inputs_like_torchrun(tmp_path):
+    """``srun --ntasks=2 python -m segsr_basicsr.infer --launcher slurm``: two processes started as SLURM starts
+    them (SLURM_PROCID/NTASKS/NODELIST; scontrol stands in for SLURM's), outputs equal to one process."""
+    import socket
+    from basicsr.archs import build_network
+    torch.manual_seed(0)
+    ckpt = tmp_path / 'net.pth'
+    torch.save({'params': build_network(dict(TINY_EDSR)).state_dict(),
+                **network_metadata({'network_g': TINY_EDSR, 'scale': 4})}, ckpt)
+    _scenes(tmp_path / 'in')
+    assert _infer(tmp_path, tmp_path / 'one', ckpt).returncode == 0
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'scontrol').write_text('#!/bin/sh\necho 127.0.0.1\n')
+    (bin_dir / 'scontrol').chmod(0o755)
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    args = ['-m', 'segsr_basicsr.infer', '--model', str(ckpt), '--input', str(tmp_path / 'in'), '--output',
+            str(tmp_path / 'slurm'), '--no-progress', '--tile', '16', '--tile-overlap', '4', '--launcher', 'slurm']
+    procs = [subprocess.Popen([PYTHON, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env(SLURM_PROCID=r, SLURM_NTASKS=2, SLURM_NODELIST='node01', SLURM_LOCALID=r,
+                                      MASTER_PORT=port, PATH=f'{bin_dir}:{os.environ["PATH"]}'))
+             for r in (0, 1)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert 'on 2 rank(s)' in outs[0][0] and 'assembled from 2 bands' in outs[0][0] + outs[1][0]
+    _same_outputs(tmp_path / 'one', tmp_path / 'slurm')
