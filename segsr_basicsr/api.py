@@ -278,6 +278,6 @@ class SeGSRUpscaler:
             R.remove_quietly(*maps_tmp)
             if not callable(progress):
                 bar.close()
-        counts.update(tiles=n_tiles, lr_size=(scene.width, scene.height),
+        counts.update(tiles=n_tiles, lr_size=(scene.width, scene.height), lr_rows=lr_rows or (0, scene.height),
                       sr_size=(scene.width * s, scene.height * s))
         return counts

@@ -120,7 +120,7 @@ def _run_file(model, args, src, out, map_paths, band=None, progress=True):
         st = model.upscale_file(src, out, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
                                 maps_dst=map_paths or None, progress=progress, band=band, **_raster_kw(args))
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
-        what = f'{src} band {band[0] + 1}/{band[1]}' if band else str(src)
+        what = f'{src} band {band[0] + 1}/{band[1]} (LR rows {st["lr_rows"][0]}:{st["lr_rows"][1]})' if band else str(src)
         return f'{what} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
     tile = tile_args(args, raster=False)
     w, h = model.upscale_image_file(src, out, map_paths, tile=tile.size, overlap=tile.overlap, batch=tile.batch,

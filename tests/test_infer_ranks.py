@@ -74,7 +74,7 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     names = _same_outputs(tmp_path / 'one', tmp_path / 'two')
     assert len(names) == 5 and 'on 2 rank(s)' in two.stdout and '5 scene(s)' in two.stdout
     assert sum(two.stdout.count(f' -> {tmp_path / "two" / n}') for n in names) == 5  # each written once
-    assert 'g0.tif band 2/2 ->' in two.stdout and 'assembled from 2 bands' in two.stdout  # one scene, two ranks
+    assert 'g0.tif band 2/2 (LR rows ' in two.stdout and 'assembled from 2 bands' in two.stdout  # one scene, two ranks
     assert not list((tmp_path / 'two' / '.segsr-parts').iterdir())  # the parts went
 
     # a rank killed while writing one output; the re-run does only what is missing
@@ -94,8 +94,8 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     assert _infer(tmp_path, cut2, ckpt, ranks=2, hook='kill:g0_SeGSR_x4.band2of2.tif').returncode != 0
     band1_done = (cut2 / '.segsr-done' / 'g0_SeGSR_x4.band1of2.tif.json').is_file()
     again = _infer(tmp_path, cut2, ckpt, ranks=2)
-    assert again.returncode == 0 and 'g0.tif band 2/2 ->' in again.stdout, again.stderr[-3000:]
-    assert ('g0.tif band 1/2 ->' in again.stdout) != band1_done
+    assert again.returncode == 0 and 'g0.tif band 2/2 (LR rows ' in again.stdout, again.stderr[-3000:]
+    assert ('g0.tif band 1/2 (LR rows ' in again.stdout) != band1_done
     _same_outputs(tmp_path / 'one', cut2)
     # a changed option recomputes every output
     changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8')
