@@ -32,6 +32,7 @@ from torch import nn
 from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, resize_positional_embedding
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
+from segsr_basicsr.utils.onnx_net import META_PREFIX
 
 __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready', 'DEFAULT_OPSET', 'TOLERANCE',
            'META_PREFIX']
@@ -39,8 +40,6 @@ __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready
 DEFAULT_OPSET = 18
 #: max |diff| against PyTorch (float32), values in [0, 1]; fp16 files are compared with the float32 network
 TOLERANCE = {'fp32': 1e-4, 'fp16': 2e-2}
-#: our metadata_props keys start with this; Deepness' keys are its own (deepness_metadata)
-META_PREFIX = 'segsr_'
 INPUT, OUTPUT, MAPS = 'input', 'output', 'maps'
 #: largest dynamic side, in LR pixels (an export bound only)
 MAX_DYNAMIC_SIDE = 8192
@@ -53,6 +52,7 @@ class _ExportWrapper(nn.Module):
         super().__init__()
         self.net, self.maps = net, maps
         self.dtype = next(net.parameters()).dtype
+        self.train(False)  # inference graph (the network is in eval mode already)
 
     def forward(self, x):
         if self.maps:
@@ -218,7 +218,8 @@ def _verify(path, references, tolerance, threads=None) -> list:
 
 def _properties(net, tile, dynamic, multiple, fp16, maps, name, extra) -> dict:
     """metadata_props (JSON values): what OnnxNetwork and other readers need to run the file."""
-    props = {'scale': int(net.upscale), 'size_multiple': multiple if dynamic else int(tile),
+    window = multiple if dynamic else int(getattr(net, 'size_multiple', 1) or 1)
+    props = {'scale': int(net.upscale), 'size_multiple': window,
              'tile': None if dynamic else int(tile), 'name': name, 'fp16': bool(fp16),
              'outputs': [OUTPUT, MAPS] if maps else [OUTPUT], 'input_range': [0.0, 1.0]}
     props = {META_PREFIX + k: v for k, v in props.items()}
@@ -282,7 +283,7 @@ def export_onnx(net, path, tile: int = 256, dynamic: bool = False, fp16: bool = 
 
     atomic_write(path, write, keep_suffix=True)
     report.update(path=str(path), size_bytes=os.path.getsize(path), export_seconds=export_seconds,
-                  tolerance=tolerance, tile=tile, dynamic=dynamic, size_multiple=multiple if dynamic else tile,
+                  tolerance=tolerance, tile=tile, dynamic=dynamic,
                   fp16=fp16, opset=opset, scale=int(net.upscale))
     return report
 
