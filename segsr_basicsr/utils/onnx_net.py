@@ -35,6 +35,9 @@ class OnnxNetwork:
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
+        # idle onnxruntime threads otherwise spin for a while after each run, stealing the CPU from the
+        # tiler, the raster writer and any PyTorch work in the same process
+        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
         try:
             self.session = ort.InferenceSession(self.path, sess_options=opts,
                                                 providers=list(providers or ['CPUExecutionProvider']))
