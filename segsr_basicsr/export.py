@@ -72,9 +72,9 @@ def check_args(args):
 
 
 def load_network(args, merge_lora):
-    """The checkpoint's network (CPU, eval), its network_g options, scale and picked state_dict."""
+    """The checkpoint's network (CPU, eval), its metadata ({network_g, scale}) and picked state_dict."""
     from segsr_basicsr.api import load_model
-    from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, pick_state_dict
+    from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, network_metadata, pick_state_dict
     from segsr_basicsr.io.option_file import load_yaml
     try:
         model = load_model(args.model, 'cpu', opt=args.opt, param_key=args.param_key, merge_lora=merge_lora)
@@ -88,18 +88,18 @@ def load_network(args, merge_lora):
     net_opt = load_yaml(args.opt)['network_g'] if args.opt else ckpt[META_KEY]['network_g']
     state, _ = pick_state_dict({k: v for k, v in ckpt.items() if k != META_KEY}, args.param_key,
                                source=args.model, hint='pick one with --param-key')
-    return model.net, net_opt, model.scale, state
+    meta = network_metadata({'network_g': net_opt, 'scale': model.scale})[META_KEY]  # plain, JSON-able
+    return model.net, meta, state
 
 
-def write_safetensors(args, net, net_opt, scale, state):
+def write_safetensors(args, net, meta, state):
     """The checkpoint's tensors as they are (frozen CLIP weights from a named source are not in it), or with
     ``--all-weights`` every parameter and buffer of the (unmerged) network."""
-    from segsr_basicsr.io.checkpoint import network_metadata, save_safetensors
+    from segsr_basicsr.io.checkpoint import save_safetensors
     if args.all_weights:
         full = dict(net.state_dict())
         full.update({k: p for k, p in net.named_parameters() if k not in full})
         state = {**full, **state}
-    meta = next(iter(network_metadata({'network_g': net_opt, 'scale': scale}).values()))
     save_safetensors(state, meta, args.safetensors)
     size = os.path.getsize(args.safetensors) / 1e6
     print(f'{PROG}: wrote {args.safetensors} ({len(state)} tensors, {size:.1f} MB)', flush=True)
@@ -117,7 +117,7 @@ def check_image(path, tile):
     return np.ascontiguousarray(img, dtype=np.float32) / top
 
 
-def write_onnx(args, net, net_opt):
+def write_onnx(args, net, meta):
     from segsr_basicsr.utils.onnx_export import TOLERANCE, dynamic_multiple, export_onnx
     from segsr_basicsr.utils.tiling import default_overlap
     tile = args.tile or 256
@@ -128,7 +128,7 @@ def write_onnx(args, net, net_opt):
     report = export_onnx(net, args.output, tile=tile, dynamic=args.dynamic, fp16=args.fp16, opset=args.opset,
                          maps=args.maps, deepness=deepness, tolerance=args.tolerance,
                          check_image=check_image(args.check_image, tile), name=os.path.basename(args.model),
-                         metadata={'network_g': net_opt}, threads=args.threads)
+                         metadata={'network_g': meta['network_g']}, threads=args.threads)
     s = report['scale']
     size = f'LR sizes: multiples of {dynamic_multiple(net)}' if args.dynamic else \
         f'{tile}x{tile} -> {tile * s}x{tile * s}'
@@ -152,13 +152,13 @@ def main(argv=None):
             except ImportError as e:
                 raise InferError(f"ONNX export needs the export extra ({e.name} is missing): "
                                  "pip install 'segsr_basicsr[export]'.") from None
-        net, net_opt, scale, state = load_network(args, merge_lora=False)
+        net, meta, state = load_network(args, merge_lora=False)
         if args.safetensors:
-            write_safetensors(args, net, net_opt, scale, state)
+            write_safetensors(args, net, meta, state)
         if args.output:
             if callable(getattr(net, 'merge_lora', None)):  # GuidedBackbone; plain BasicSR archs have no LoRA
                 net.merge_lora()
-            write_onnx(args, net, net_opt)
+            write_onnx(args, net, meta)
 
 
 if __name__ == '__main__':
