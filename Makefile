@@ -36,7 +36,7 @@ $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel
 	$(PY) -m pip install $(TORCH_PKGS)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,export]'
 	touch $(STAMP)
 
 test: install

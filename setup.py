@@ -31,6 +31,9 @@ setup(
         'test': ['pytest>=7', 'spandrel>=0.4', 'rasterio>=1.3', 'matplotlib>=3.5'],  # rasterio, matplotlib: their tests
         'geo': ['rasterio>=1.3'],
         'report': ['matplotlib>=3.5'],  # segsr-report --figure / --curves
+        # segsr-export: torch.onnx's dynamo exporter needs onnx + onnxscript; the check runs onnxruntime.
+        # safetensors needs no extra: open_clip_torch already depends on it.
+        'export': ['onnx>=1.16', 'onnxruntime>=1.18', 'onnxscript>=0.1'],
     },
     entry_points={
         'console_scripts': [
@@ -38,6 +41,7 @@ setup(
             'segsr-test=segsr_basicsr.test:main',
             'segsr-infer=segsr_basicsr.infer:main',
             'segsr-report=segsr_basicsr.report:main',
+            'segsr-export=segsr_basicsr.export:main',
         ],
     },
 )

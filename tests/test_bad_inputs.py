@@ -33,6 +33,13 @@ def _bad_checkpoints(tmp):
     torch.save({'params': wrong}, tmp / 'other_arch.pth')
     _evil_pickle(tmp / 'evil.pth', tmp / 'PWNED')
     (tmp / 'text.pth').write_text('not a checkpoint\n')
+    from segsr_basicsr.io.checkpoint import save_safetensors
+    save_safetensors(good['params'], None, tmp / 'good.safetensors')
+    data = (tmp / 'good.safetensors').read_bytes()
+    (tmp / 'truncated.safetensors').write_bytes(data[:len(data) // 2])
+    (tmp / 'text.safetensors').write_text('not a checkpoint\n')
+    save_safetensors(wrong, None, tmp / 'other_arch.safetensors')
+    save_safetensors(dict(list(good['params'].items())[1:]), None, tmp / 'missing_key.safetensors')
     torch.save({'iter': 7, 'epoch': 0, 'optimizers': [], 'schedulers': []}, tmp / '7.state')
 
 
@@ -103,6 +110,14 @@ ROWS = [
      ['other_key.pth', "has no 'params' entry", 'weights', 'param_key_g']),
     ('checkpoint of another network', 'train', {'path:pretrain_network_g': 'CKPT/other_arch.pth'}, [],
      ['other_arch.pth', 'do not fit network MSRResNet', 'size mismatch', 'strict_load_g']),
+    ('truncated safetensors', 'train', {'path:pretrain_network_g': 'CKPT/truncated.safetensors'}, [],
+     ['Cannot read safetensors file', 'truncated.safetensors', 'truncated or not a safetensors file']),
+    ('text file as safetensors', 'train', {'path:pretrain_network_g': 'CKPT/text.safetensors'}, [],
+     ['Cannot read safetensors file', 'text.safetensors', 'segsr-export --safetensors']),
+    ('safetensors of another network', 'train', {'path:pretrain_network_g': 'CKPT/other_arch.safetensors'}, [],
+     ['other_arch.safetensors', 'do not fit network MSRResNet', 'size mismatch']),
+    ('safetensors missing a key', 'train', {'path:pretrain_network_g': 'CKPT/missing_key.safetensors'}, [],
+     ['missing_key.safetensors', 'do not fit network MSRResNet', 'Missing key(s)']),
     ('missing resume state', 'train', {'path:resume_state': 'experiments/bad/training_states/40.state'}, [],
      ['path:resume_state', '40.state', 'does not exist', '--auto_resume']),
     ('resume state without its network file', 'train', {'path:resume_state': 'CKPT/7.state'}, [],

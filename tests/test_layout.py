@@ -28,6 +28,7 @@ LAYERS = {
     'segsr_basicsr.test': 6,
     'segsr_basicsr.infer': 6,
     'segsr_basicsr.report': 6,
+    'segsr_basicsr.export': 6,
     'segsr_basicsr': 7,
 }
 

@@ -6,7 +6,12 @@ Loading uses ``torch.load(weights_only=True)``: tensors and plain containers onl
 never code. :func:`load_state_dict` is the one place that picks a ``params_ema`` /
 ``params`` entry and strips a DataParallel/DDP ``module.`` prefix (with torch's own
 ``consume_prefix_in_state_dict_if_present``).
+
+``.safetensors`` files (no pickle at all) are read by the same :func:`load_checkpoint` and come back in
+the same shape as a ``.pth``: ``{'params': state_dict, META_KEY: {network_g, scale}}``, the metadata
+stored as JSON strings in the safetensors header (:func:`save_safetensors`).
 """
+import json
 import os
 import random
 from collections import OrderedDict
@@ -18,7 +23,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.io.atomic import atomic_write
 
-__all__ = ['META_KEY', 'network_metadata', 'atomic_save', 'save_with_retry', 'load_checkpoint', 'pick_state_dict', 'load_state_dict', 'strip_module_prefix',
+__all__ = ['META_KEY', 'network_metadata', 'atomic_save', 'save_with_retry', 'load_checkpoint', 'save_safetensors', 'pick_state_dict', 'load_state_dict', 'strip_module_prefix',
            'get_rng_states', 'set_rng_states']
 
 #: extra checkpoint entry: {'network_g': {...}, 'scale': s}; BasicSR's loaders read only params*
@@ -57,7 +62,8 @@ def atomic_save(obj, path):
 
 
 def load_checkpoint(path, map_location='cpu'):
-    """``torch.load(weights_only=True)`` with one-line :class:`CheckpointError` naming the file on failure."""
+    """``torch.load(weights_only=True)`` (or safetensors for ``.safetensors``) with one-line
+    :class:`CheckpointError` naming the file on failure."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise CheckpointError(f'Checkpoint {path} is a folder, not a file: name the .pth file in it (e.g. '
@@ -65,6 +71,8 @@ def load_checkpoint(path, map_location='cpu'):
     if not os.path.isfile(path):
         raise CheckpointError(f'Checkpoint file not found: {path}. Check the path in the option file '
                               '(path: pretrain_network_g / resume_state) or the --model argument.')
+    if path.lower().endswith(SAFETENSORS_SUFFIX):
+        return _load_safetensors(path, map_location)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... depending on the damage
@@ -79,6 +87,46 @@ def load_checkpoint(path, map_location='cpu'):
         raise CheckpointError(f'Cannot read checkpoint {path}: {type(e).__name__}: {detail}. The file is truncated, '
                               'not a PyTorch checkpoint, or uses pickle features that safe loading refuses; use an '
                               'earlier checkpoint or re-create it with torch.save(state_dict).') from None
+
+
+SAFETENSORS_SUFFIX = '.safetensors'
+#: the header entry naming the state_dict entry the tensors stand for (BasicSR: params / params_ema)
+SAFETENSORS_PARAM_KEY = 'segsr_param_key'
+
+
+def save_safetensors(state, metadata, path):
+    """Write ``state`` (name -> tensor) to a ``.safetensors`` file atomically, with ``metadata`` (the
+    :data:`META_KEY` entry of :func:`network_metadata`: network options, scale) as JSON in the header.
+
+    Tensors are copied to contiguous CPU memory first: safetensors refuses views sharing storage.
+    """
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in state.items()}
+    header = {SAFETENSORS_PARAM_KEY: 'params'}
+    if metadata is not None:
+        header[META_KEY] = json.dumps(_plain(metadata))
+    return str(atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header)))
+
+
+def _load_safetensors(path, map_location='cpu'):
+    """A ``.safetensors`` file as :func:`load_checkpoint` returns a ``.pth``, or one-line CheckpointError."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+    device = str(map_location) if map_location is not None else 'cpu'
+    try:
+        with safe_open(path, framework='pt') as f:
+            header = f.metadata() or {}
+        state = load_file(path, device=device)
+        meta = json.loads(header[META_KEY]) if META_KEY in header else None
+    except (SafetensorError, OSError, ValueError) as e:  # ValueError: a header that is not our JSON
+        detail = ' '.join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f'Cannot read safetensors file {path}: {detail}. The file is truncated or not a '
+                              'safetensors file; copy it again or re-create it with segsr-export --safetensors.'
+                              ) from None
+    ckpt = {header.get(SAFETENSORS_PARAM_KEY, 'params'): state}
+    if meta is not None:
+        ckpt[META_KEY] = meta
+    return ckpt
 
 
 def strip_module_prefix(state_dict):
