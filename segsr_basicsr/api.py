@@ -30,48 +30,106 @@ from segsr_basicsr.utils.progress import Progress
 
 
 def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ensemble=False,
-               merge_lora=False) -> 'SeGSRUpscaler':
+               merge_lora=False, backend='auto') -> 'SeGSRUpscaler':
     """Checkpoint (+ option file for checkpoints without :data:`META_KEY`) -> :class:`SeGSRUpscaler`.
 
-    ``device``: 'auto' | 'cpu' | 'cuda[:N]' | torch.device; ``param_key``: params_ema (default when
-    present) or params; ``amp``: None | 'bf16' | 'fp16' autocast; ``self_ensemble``: average the 8
-    flips/rotations of every tile, each through the whole network (8x the time); ``merge_lora``: fold
-    the CLIP LoRA adapters into their weights (a little faster; outputs then differ from validation's
-    at float-rounding level, so off by default: every entry point gives the same pixels).
+    ``path``: a .pth or .safetensors checkpoint, or an .onnx file written by ``segsr-export``
+    (``backend`` 'auto' picks onnxruntime for it; 'torch' | 'onnxruntime' say so). ``device``: 'auto' |
+    'cpu' | 'cuda[:N]' | torch.device; ``param_key``: params_ema (default when present) or params;
+    ``amp``: None | 'bf16' | 'fp16' autocast; ``self_ensemble``: average the 8 flips/rotations of every
+    tile, each through the whole network (8x the time); ``merge_lora``: fold the CLIP LoRA adapters into
+    their weights (a little faster; outputs then differ from validation's at float-rounding level, so off
+    by default: every entry point gives the same pixels).
     """
-    from basicsr.archs import build_network
-
+    if model_backend(path, backend) == 'onnxruntime':
+        return _load_onnx(path, device, amp, self_ensemble, opt=opt, param_key=param_key, merge_lora=merge_lora)
     from segsr_basicsr.io.checkpoint import load_checkpoint, pick_state_dict
-    from segsr_basicsr.io.option_file import load_yaml
 
     device = check_device(device)
     ckpt = load_checkpoint(path)
+    net_opt, source = _network_options(path, ckpt, opt)
+    if isinstance(ckpt, dict):
+        ckpt = {k: v for k, v in ckpt.items() if k != META_KEY}
+    state, param_key = pick_state_dict(ckpt, param_key, source=str(path), hint='pick one with --param-key')
+    net = _build_with(net_opt, state, f'{path} [{param_key}]', source)
+    if merge_lora and callable(getattr(net, 'merge_lora', None)):  # fold CLIP LoRA into its weights
+        net.merge_lora()
+    net = net.to(device).eval()
+    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
+
+
+def model_backend(path, backend='auto') -> str:
+    """'torch' or 'onnxruntime' for ``path``: an .onnx file runs on onnxruntime, a checkpoint on PyTorch."""
+    onnx = str(path).lower().endswith('.onnx')
+    if backend == 'auto':
+        return 'onnxruntime' if onnx else 'torch'
+    if backend == 'onnxruntime' and not onnx:
+        raise InferError(f'--backend onnxruntime runs an .onnx file written by segsr-export; {path} is not one '
+                         '(export it: segsr-export --model CHECKPOINT --output model.onnx).')
+    if backend == 'torch' and onnx:
+        raise InferError(f'{path}: is an ONNX file; run it with --backend onnxruntime (or auto), or give the '
+                         '.pth/.safetensors checkpoint to --backend torch.')
+    if backend not in ('torch', 'onnxruntime'):
+        raise InferError(f"backend {backend!r}: use 'auto', 'torch' or 'onnxruntime'.")
+    return backend
+
+
+def _network_options(path, ckpt, opt):
+    """(network_g, where it came from): the option file's when given, else the checkpoint's own."""
+    from segsr_basicsr.io.option_file import load_yaml
     meta = ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
     if opt is not None:
         opt_dict = load_yaml(opt) if isinstance(opt, (str, Path)) else opt
         if 'network_g' not in opt_dict:
             raise InferError(f'{opt}: has no network_g section; use the option file the model was trained with.')
-        net_opt, source = opt_dict['network_g'], str(opt)
-    elif meta is not None:
-        net_opt, source = meta['network_g'], f'{path} (saved network_g)'
-    else:
-        raise InferError(f'{path}: does not say which network it holds (saved before checkpoints carried their '
-                         'network_g); pass the training option file: -opt train.yml (API: load_model(path, '
-                         "opt='train.yml')).")
-    if isinstance(ckpt, dict):
-        ckpt = {k: v for k, v in ckpt.items() if k != META_KEY}
-    state, param_key = pick_state_dict(ckpt, param_key, source=str(path), hint='pick one with --param-key')
+        return opt_dict['network_g'], str(opt)
+    if meta is not None:
+        return meta['network_g'], f'{path} (saved network_g)'
+    raise InferError(f'{path}: does not say which network it holds (saved before checkpoints carried their '
+                     'network_g); pass the training option file: -opt train.yml (API: load_model(path, '
+                     "opt='train.yml')).")
+
+
+def _build_with(net_opt, state, what, source):
+    """network_g built and loaded with ``state``; weights that do not fit are one line naming both."""
+    from basicsr.archs import build_network
+
+    from segsr_basicsr.io.checkpoint import load_error_details
     net = build_network(copy.deepcopy(dict(net_opt)))
-    result = net.load_state_dict(state, strict=False)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shapes that do not fit
+        raise InferError(f'{what} does not fit network_g of {source}: {load_error_details(e)}. Use the option '
+                         'file the model was trained with.') from None
     if result.missing_keys or result.unexpected_keys:
-        raise InferError(f'{path} [{param_key}] does not match network_g of {source}: '
+        raise InferError(f'{what} does not match network_g of {source}: '
                          f'{len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, '
                          f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}. '
                          'Use the option file the model was trained with.')
-    if merge_lora and callable(getattr(net, 'merge_lora', None)):  # fold CLIP LoRA into its weights
-        net.merge_lora()
-    net = net.to(device).eval()
-    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
+    return net
+
+
+def _load_onnx(path, device, amp, self_ensemble, **torch_only):
+    """An exported file on onnxruntime (CUDA provider for a CUDA device), behind the same engine."""
+    given = [k for k, v in torch_only.items() if v]
+    if given or amp:
+        what = ', '.join(given + (['amp'] if amp else []))
+        raise InferError(f'{path}: {what} apply to PyTorch checkpoints; an ONNX file holds its own network, '
+                         'weights and precision (export with segsr-export --fp16 for half precision).')
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise InferError(f"{path}: running ONNX files needs onnxruntime: pip install 'segsr_basicsr[export]'.") \
+            from None
+    from segsr_basicsr.utils.onnx_net import OnnxNetwork
+    providers = ['CPUExecutionProvider']
+    if check_device(device).type == 'cuda':
+        if 'CUDAExecutionProvider' in ort.get_available_providers():
+            providers.insert(0, 'CUDAExecutionProvider')
+        elif str(device) != 'auto':
+            raise InferError(f'{path}: this onnxruntime has no CUDA provider; pip install onnxruntime-gpu, or '
+                             'run on the CPU (--device cpu).')
+    return SeGSRUpscaler(OnnxNetwork(path, providers), device='cpu', name=str(path), self_ensemble=self_ensemble)
 
 
 # ----------------------------------------------------------------------------- the model

@@ -15,7 +15,7 @@ import os
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
 
-from segsr_basicsr.errors import CheckpointError, InferError
+from segsr_basicsr.errors import InferError
 from segsr_basicsr.utils.cli import exit_on_user_error
 
 PROG = 'segsr-export'
@@ -76,14 +76,8 @@ def load_network(args, merge_lora):
     from segsr_basicsr.api import load_model
     from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, network_metadata, pick_state_dict
     from segsr_basicsr.io.option_file import load_yaml
-    try:
-        model = load_model(args.model, 'cpu', opt=args.opt, param_key=args.param_key, merge_lora=merge_lora)
-    except RuntimeError as e:  # torch's load_state_dict: shapes that do not fit network_g
-        if not str(e).startswith('Error(s) in loading state_dict'):
-            raise
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), '')
-        raise CheckpointError(f'The weights in {args.model} do not fit its network_g: {detail} Use the option file '
-                              'the model was trained with.') from None
+    model = load_model(args.model, 'cpu', opt=args.opt, param_key=args.param_key, merge_lora=merge_lora,
+                       backend='torch')
     ckpt = load_checkpoint(args.model)
     net_opt = load_yaml(args.opt)['network_g'] if args.opt else ckpt[META_KEY]['network_g']
     state, _ = pick_state_dict({k: v for k, v in ckpt.items() if k != META_KEY}, args.param_key,

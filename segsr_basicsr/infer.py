@@ -68,7 +68,10 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('-opt', default=None, help='option file whose network_g built the checkpoint (only for '
                    'checkpoints that do not carry it)')
-    p.add_argument('--model', required=True, help='checkpoint (.pth) written by training')
+    p.add_argument('--model', required=True, help='checkpoint (.pth or .safetensors) written by training, or an '
+                   '.onnx file written by segsr-export')
+    p.add_argument('--backend', default='auto', choices=('auto', 'torch', 'onnxruntime'),
+                   help='auto: onnxruntime for an .onnx file, PyTorch otherwise (docs/export.md)')
     p.add_argument('--param-key', default=None, help='params_ema (default when present) or params')
     p.add_argument('--input', required=True, nargs='+', help='image/raster file(s) and/or folder(s)')
     p.add_argument('--output', required=True, help='output folder (not an input folder)')
@@ -174,7 +177,10 @@ def _prepare(args, device):
     plan_outputs(files, args.output, 1, False, 0)  # input-safety checks before the slow part
     model = load_model(args.model, device, opt=args.opt, param_key=args.param_key,
                        amp=None if args.amp == 'none' else args.amp, self_ensemble=args.self_ensemble,
-                       merge_lora=args.merge_lora)
+                       merge_lora=args.merge_lora, backend=args.backend)
+    if args.tile is None:  # a fixed-tile ONNX file runs in its own tile size
+        args.tile = getattr(model.net, 'fixed_tile', None)
+    model.engine.tile_for(tile_args(args, raster=True))  # a fixed-tile file refuses another tile, before any work
     if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
         check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
     if args.save_maps and not model.num_maps:

@@ -245,7 +245,7 @@ def _bad_safetensors(tmp_path, ckpt, edit):
 
 @pytest.mark.parametrize('edit,fragments', [
     (lambda s: s.update({'conv_first.weight': torch.zeros(9, 3, 3, 3)}),
-     ['bad.safetensors do not fit its network_g', 'size mismatch for conv_first.weight']),
+     ['bad.safetensors [params] does not fit network_g', 'size mismatch for conv_first.weight']),
     (lambda s: s.pop('conv_first.weight'), ['bad.safetensors', '1 missing key(s)', 'conv_first.weight']),
 ], ids=['wrong-shape', 'missing-key'])
 def test_bad_safetensors_is_refused_in_one_line(edit, fragments, exported, tmp_path, capsys):
@@ -270,3 +270,47 @@ def test_unreadable_safetensors_is_a_checkpoint_error(damage, exported, tmp_path
         load_checkpoint(bad)
     assert '\n' not in str(exc.value) and f'Cannot read safetensors file {bad}' in str(exc.value)
     assert 'truncated or not a safetensors file' in str(exc.value)
+
+
+def _geotiff(path, h=40, w=36):
+    rasterio = pytest.importorskip('rasterio')
+    data = np.random.default_rng(3).integers(0, 256, (3, h, w), dtype=np.uint8)
+    profile = dict(driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs='EPSG:32633',
+                   transform=rasterio.transform.from_origin(500000, 4000000, 0.5, 0.5))
+    with rasterio.open(path, 'w', **profile) as dst:
+        dst.write(data)
+    return rasterio
+
+
+def test_segsr_infer_runs_the_exported_file_like_the_checkpoint(exported, tmp_path, capsys):
+    """--backend onnxruntime: same tiler, streaming and georeferencing; pixels within one level of PyTorch's."""
+    from segsr_basicsr.infer import main
+    _, ckpt, path, _ = exported['HAT', 4, False]
+    (tmp_path / 'in').mkdir()
+    rasterio = _geotiff(tmp_path / 'in' / 'scene.tif')
+    common = ['--input', str(tmp_path / 'in'), '--no-progress', '--tile', str(TILE)]
+    main(['--model', str(ckpt), '--merge-lora', '--output', str(tmp_path / 'torch'), *common])
+    main(['--model', str(path), '--backend', 'onnxruntime', '--output', str(tmp_path / 'onnx'), *common])
+    with rasterio.open(tmp_path / 'torch' / 'scene_SeGSR_x4.tif') as a, \
+            rasterio.open(tmp_path / 'onnx' / 'scene_SeGSR_x4.tif') as b:
+        diff = np.abs(a.read().astype(int) - b.read().astype(int))
+        assert a.profile == b.profile and a.transform == b.transform and a.crs == b.crs
+    assert diff.max() <= 1 and (diff == 0).mean() > 0.99, (diff.max(), (diff == 0).mean())
+
+
+@pytest.mark.parametrize('extra,fragment', [
+    (['--tile', '32'], 'takes 16x16 LR tiles only'),
+    (['--backend', 'torch'], 'is an ONNX file; run it with --backend onnxruntime'),
+    (['--amp', 'bf16'], 'amp apply to PyTorch checkpoints'),
+], ids=['other-tile', 'torch-backend', 'amp'])
+def test_segsr_infer_refuses_what_an_onnx_file_cannot_do(extra, fragment, exported, tmp_path, capsys):
+    from segsr_basicsr.infer import main
+    (tmp_path / 'in').mkdir()
+    _geotiff(tmp_path / 'in' / 'scene.tif')
+    with pytest.raises(SystemExit) as exc:
+        main(['--model', str(exported['HAT', 4, False][2]), '--input', str(tmp_path / 'in'), '--output',
+              str(tmp_path / 'out'), '--no-progress', *extra])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith('segsr-infer: error: ')]
+    assert exc.value.code == 2 and len(lines) == 1 and fragment in lines[0], err
+    assert not list(tmp_path.glob('out/*.tif'))

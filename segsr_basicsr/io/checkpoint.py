@@ -129,6 +129,13 @@ def _load_safetensors(path, map_location='cpu'):
     return ckpt
 
 
+def load_error_details(e: RuntimeError) -> str:
+    """The first lines of torch's ``load_state_dict`` error (size mismatches), for a one-line message."""
+    details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+    more = f' (+{len(details) - 2} more)' if len(details) > 2 else ''
+    return f'{"; ".join(details[:2])}{more}'
+
+
 def strip_module_prefix(state_dict):
     """A copy of ``state_dict`` without the ``module.`` prefix that DataParallel/DDP add."""
     state = OrderedDict(state_dict)

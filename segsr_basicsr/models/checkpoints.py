@@ -11,8 +11,9 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 
 from segsr_basicsr.errors import CheckpointError
-from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, network_metadata,
-                                         pick_state_dict, save_with_retry, set_rng_states, strip_module_prefix)
+from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, load_error_details,
+                                         network_metadata, pick_state_dict, save_with_retry, set_rng_states,
+                                         strip_module_prefix)
 from segsr_basicsr.utils.dist import gather_objects
 
 #: checkpoint entry of net_g_best.pth: {metric, value, iter, better, dataset}
@@ -93,10 +94,8 @@ class CheckpointsMixin:
         try:
             net.load_state_dict(state, strict=strict)
         except RuntimeError as e:
-            details = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
-            more = f' (+{len(details) - 2} more)' if len(details) > 2 else ''
             raise CheckpointError(f'The weights in {load_path} do not fit network {net.__class__.__name__}: '
-                                  f'{"; ".join(details[:2])}{more}. Check that network_g matches the checkpoint, '
+                                  f'{load_error_details(e)}. Check that network_g matches the checkpoint, '
                                   'or set path:strict_load_g: false to load only the matching part.') from None
 
     # ----------------------------------------------------------------- the best network

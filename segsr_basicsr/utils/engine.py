@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from segsr_basicsr.archs.backbone import pad_to_multiple
+from segsr_basicsr.errors import InferError
 from segsr_basicsr.utils.self_ensemble import self_ensemble
 from segsr_basicsr.utils.tiling import TileSpec, band_lr_rows, row_bands, rows_to_run, tile_grid, tiled_forward
 
@@ -73,9 +74,20 @@ class Engine:
             return 0
         return len(self.net.sr_units)
 
+    def tile_for(self, tile: TileSpec) -> TileSpec:
+        """``tile`` as this network runs it: a network that takes one tile size only (a fixed-tile ONNX file)
+        runs every image in tiles of that size, and refuses another."""
+        fixed = getattr(self.net, 'fixed_tile', None)
+        if fixed is None or tile.size == fixed:
+            return tile
+        if tile.size:
+            raise InferError(f'{getattr(self.net, "name", "the network")} takes {fixed}x{fixed} LR tiles only (fixed '
+                             f'at export), got tile size {tile.size}: use --tile {fixed}, or export with --dynamic.')
+        return TileSpec(fixed, tile.overlap, tile.margin, tile.batch)
+
     def grid(self, h: int, w: int, tile: TileSpec) -> tuple:
         """(tile height, tile width, row starts, column starts) of an h x w image."""
-        size, overlap, _ = tile.resolve(h, w)
+        size, overlap, _ = self.tile_for(tile).resolve(h, w)
         return tile_grid(h, w, size, overlap, self.multiple)
 
     def windows(self, h: int, w: int, tile: TileSpec, rows=None) -> list:
@@ -154,6 +166,7 @@ class Engine:
 
     def _tiled(self, source, tile: TileSpec, record_maps, progress, sink, out_device, rows=None):
         h, w = source.shape[-2:]
+        tile = self.tile_for(tile)
         size, overlap, margin = tile.resolve(h, w)
         with self._inference(record_maps):
             return tiled_forward(self._tile_fn(record_maps), source, size, overlap, margin=margin,
