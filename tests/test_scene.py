@@ -491,3 +491,36 @@ def test_tile_off_the_window_grid_is_refused_before_any_image_is_read(tmp_path, 
     assert exit_.value.code == 2 and len(err) == 1
     assert err[0].startswith('segsr-infer: error: --tile size 6 is not a multiple of') and 'Use 8' in err[0]
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('cog', [False, True], ids=['gtiff', 'cog'])
+def test_a_scene_in_bands_assembles_to_the_file_one_call_writes(tmp_path, cog):
+    """How ranks share one raster: each band written as a part, then assembled, gives the file (and semantic maps)
+    of one upscale_file call: same pixels, internal mask, georeferencing, tags; COG layout too."""
+    from tests.tiny_configs import TINY_GUIDANCE
+    torch.manual_seed(2)
+    net = build_network(dict(TINY_EDSR, guidance=dict(TINY_GUIDANCE))).eval()
+    model = SeGSRUpscaler(net)
+    data = smooth(np.random.default_rng(5), (3, 70, 30), 0, 255).round().astype(np.uint8)
+    src = write_raster(tmp_path / 'in.tif', data, tags={'SENSOR': 'x'})
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(src, 'r+') as ds:
+        mask = np.full((70, 30), 255, np.uint8)
+        mask[:9, :7] = 0
+        ds.write_mask(mask)
+    kw = dict(tile=16, overlap=4, cog=cog)
+    maps = [tmp_path / f'one_unit{k}.tif' for k in (1, 2)]
+    model.upscale_file(src, tmp_path / 'one.tif', maps_dst=maps, progress=False, **kw)
+    n = model.scene_bands(src, 3, 16, 4)
+    parts = [[tmp_path / f'p{k}{name}.tif' for name in ('', '_u1', '_u2')] for k in range(n)]
+    for k, (part, *map_parts) in enumerate(parts):
+        model.upscale_file(src, part, maps_dst=map_parts, progress=False, band=(k, n), **kw)
+    two_maps = [tmp_path / f'two_unit{k}.tif' for k in (1, 2)]
+    model.assemble_file(src, [p[0] for p in parts], tmp_path / 'two.tif', cog=cog,
+                        map_parts=[p[1:] for p in parts], maps_dst=two_maps)
+    assert n == 3
+    with rasterio.open(tmp_path / 'two.tif') as out:
+        assert (out.dataset_mask()[:36, :28] == 0).all() and out.dataset_mask()[36:].all()  # the mask came through
+    for a, b in [('one.tif', 'two.tif')] + [(m.name, t.name) for m, t in zip(maps, two_maps)]:
+        with rasterio.open(tmp_path / a) as x, rasterio.open(tmp_path / b) as y:
+            assert np.array_equal(x.read(), y.read()) and np.array_equal(x.dataset_mask(), y.dataset_mask()), a
+            assert x.profile == y.profile and x.tags() == y.tags() and x.overviews(1) == y.overviews(1), a
