@@ -299,7 +299,7 @@ def test_segsr_infer_runs_the_exported_file_like_the_checkpoint(exported, tmp_pa
 
 
 @pytest.mark.parametrize('extra,fragment', [
-    (['--tile', '32'], 'takes 16x16 LR tiles only'),
+    (['--tile', '32'], 'HAT_x4.onnx takes 16x16 LR tiles only'),
     (['--backend', 'torch'], 'is an ONNX file; run it with --backend onnxruntime'),
     (['--amp', 'bf16'], 'amp apply to PyTorch checkpoints'),
 ], ids=['other-tile', 'torch-backend', 'amp'])

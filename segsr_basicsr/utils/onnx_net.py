@@ -77,7 +77,8 @@ class OnnxNetwork:
 
     @property
     def name(self) -> str:
-        return str(self.metadata.get('name', self.path))
+        """The file, for messages (the checkpoint it was exported from is ``metadata['name']``)."""
+        return self.path
 
     def eval(self):
         return self
