@@ -243,7 +243,8 @@ class SeGSRUpscaler:
             self.assemble_file(src, parts, out, **{k: v for k, v in raster_kw.items() if k != 'maps_dst'})
 
         mine, _, skipped = jobs.run_share(*jobs.sort_out(plan, records, overwrite), records, out_dir, work, assemble,
-                                          lambda src, n: self.scene_bands(src, n, tile, overlap), progress=progress)
+                                          lambda src, n: self.scene_bands(src, n, tile, overlap), progress=progress,
+                                          overwrite=overwrite)
         done = sorted({(u.src, u.out) for u in mine})
         return {'done': done, 'skipped': len(skipped)}
 

@@ -254,7 +254,8 @@ def main(argv=None):
             model, records, todo, skipped = _prepare(args, _rank_device(args.device, world, local_rank))
             mine, mp, skipped = run_share(todo, skipped, records, args.output,
                                           lambda unit, outs, job: _run_one(model, args, unit, outs, job),
-                                          *_split(model, args), progress=not args.no_progress)
+                                          *_split(model, args), progress=not args.no_progress,
+                                          overwrite=args.overwrite)
             _summary(rank, world, (sum(u.share for u in mine), mp), len(skipped), t0)
     finally:
         import torch.distributed as dist

@@ -281,9 +281,9 @@ def _assemble_split(units, records, rank, world, assemble):
                 records.forget(part)
 
 
-def _run_unit(u, records, work, job):
+def _run_unit(u, records, work, job, overwrite):
     outs = u.outputs()
-    if u.band is not None and records.status(u.src, outs) == 'done':
+    if u.band is not None and not overwrite and records.status(u.src, outs) == 'done':
         job.finish(u.pixels / 1e6, u.share)  # a band a stopped run finished
         return
     Path(outs[0]).parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +292,12 @@ def _run_unit(u, records, work, job):
     job.finish(u.pixels / 1e6, u.share)
 
 
-def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=None, progress=True):
+def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=None, progress=True, overwrite=False):
     """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(unit, outputs, job)`` for each
     :class:`Unit` (with ``assemble``, large rasters are shared in bands, then ``assemble(src, out, maps,
     parts, map_parts)``), after clearing what a killed run left of its outputs, then its done-record. A
-    finished band is not recomputed. ``job`` (:class:`JobProgress`) takes ``advance(mp)`` calls; rank 0
-    prints the whole job's line. Returns (done units, LR MP, skipped)."""
+    finished band is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`) takes
+    ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units, LR MP, skipped)."""
     todo, skipped, token = agree_on_plan(todo, skipped)
     rank, world = rank_and_world()
     units = make_units(todo, world, bands_of if assemble else None)
@@ -309,7 +309,7 @@ def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=Non
                       enabled=progress and (world > 1 or len(todo) > 1))
     try:
         for u in mine:
-            _run_unit(u, records, work, job)
+            _run_unit(u, records, work, job, overwrite)
         if any(u.band for u in units):
             _barrier(world)
             _assemble_split(units, records, rank, world, assemble)
