@@ -184,8 +184,8 @@ def _prepare(args, device):
     if args.tile:  # before any image is read: a tile off the window grid gives seams, silently
         check_tile(tile_args(args, False), model.multiple, '--tile', 'the window of the network,')
     if args.save_maps and not model.num_maps:
-        raise InferError(f'--save-maps: the network of {args.model} has no semantic guidance, so there are '
-                         'no maps to save.')
+        raise InferError(f'--save-maps: {args.model} gives no semantic maps (a network without guidance, or an '
+                         'ONNX file); save maps from the checkpoint, or export with segsr-export --maps for QA.')
     plan = plan_outputs(files, args.output, model.scale, args.save_maps, model.num_maps if args.save_maps else 0)
     records = DoneRecords(args.output, fingerprint(args.model, _pixel_options(args)))
     todo, skipped = sort_out(plan, records, args.overwrite)

@@ -128,7 +128,7 @@ def test_save_maps_without_guidance_is_a_clear_error(tmp_path, trained, capsys):
     src, _ = image(tmp_path)
     with pytest.raises(SystemExit):
         run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
-    assert 'no semantic guidance' in capsys.readouterr().err
+    assert 'gives no semantic maps (a network without guidance' in capsys.readouterr().err
 
 
 def test_geotiff_keeps_crs_and_scaled_transform(tmp_path, trained):
