@@ -43,19 +43,23 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
     """
     if model_backend(path, backend) == 'onnxruntime':
         return _load_onnx(path, device, amp, self_ensemble, opt=opt, param_key=param_key, merge_lora=merge_lora)
-    from segsr_basicsr.io.checkpoint import load_checkpoint, pick_state_dict
-
     device = check_device(device)
+    net, _, _ = build_from_checkpoint(path, opt, param_key)
+    if merge_lora and callable(getattr(net, 'merge_lora', None)):  # fold CLIP LoRA into its weights
+        net.merge_lora()
+    net = net.to(device).eval()
+    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
+
+
+def build_from_checkpoint(path, opt=None, param_key=None):
+    """(network on the CPU, its network_g, the state_dict loaded into it) from a checkpoint, read once."""
+    from segsr_basicsr.io.checkpoint import load_checkpoint, pick_state_dict
     ckpt = load_checkpoint(path)
     net_opt, source = _network_options(path, ckpt, opt)
     if isinstance(ckpt, dict):
         ckpt = {k: v for k, v in ckpt.items() if k != META_KEY}
     state, param_key = pick_state_dict(ckpt, param_key, source=str(path), hint='pick one with --param-key')
-    net = _build_with(net_opt, state, f'{path} [{param_key}]', source)
-    if merge_lora and callable(getattr(net, 'merge_lora', None)):  # fold CLIP LoRA into its weights
-        net.merge_lora()
-    net = net.to(device).eval()
-    return SeGSRUpscaler(net, device=device, amp=parse_amp(amp, 'amp'), name=str(path), self_ensemble=self_ensemble)
+    return _build_with(net_opt, state, f'{path} [{param_key}]', source), net_opt, state
 
 
 def model_backend(path, backend='auto') -> str:

@@ -56,6 +56,9 @@ def check_args(args):
     outputs = [o for o in (args.output, args.safetensors) if o]
     if not outputs:
         raise InferError('nothing to write: give --output model.onnx and/or --safetensors weights.safetensors.')
+    if str(args.model).lower().endswith('.onnx'):
+        raise InferError(f'--model {args.model}: is already an ONNX file; segsr-export reads a .pth or .safetensors '
+                         'checkpoint.')
     if args.output and not args.output.lower().endswith('.onnx'):
         raise InferError(f'--output {args.output}: name an .onnx file.')
     if args.safetensors and not args.safetensors.lower().endswith('.safetensors'):
@@ -71,19 +74,15 @@ def check_args(args):
         check_free(*outputs)
 
 
-def load_network(args, merge_lora):
-    """The checkpoint's network (CPU, eval), its metadata ({network_g, scale}) and picked state_dict."""
-    from segsr_basicsr.api import load_model
-    from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, network_metadata, pick_state_dict
-    from segsr_basicsr.io.option_file import load_yaml
-    model = load_model(args.model, 'cpu', opt=args.opt, param_key=args.param_key, merge_lora=merge_lora,
-                       backend='torch')
-    ckpt = load_checkpoint(args.model)
-    net_opt = load_yaml(args.opt)['network_g'] if args.opt else ckpt[META_KEY]['network_g']
-    state, _ = pick_state_dict({k: v for k, v in ckpt.items() if k != META_KEY}, args.param_key,
-                               source=args.model, hint='pick one with --param-key')
-    meta = network_metadata({'network_g': net_opt, 'scale': model.scale})[META_KEY]  # plain, JSON-able
-    return model.net, meta, state
+def load_network(args):
+    """The checkpoint's network (CPU, eval, LoRA not merged), its metadata ({network_g, scale}) and the
+    state_dict it was loaded with; the checkpoint is read once."""
+    from segsr_basicsr.api import SeGSRUpscaler, build_from_checkpoint
+    from segsr_basicsr.io.checkpoint import META_KEY, network_metadata
+    net, net_opt, state = build_from_checkpoint(args.model, args.opt, args.param_key)
+    scale = SeGSRUpscaler(net.eval()).scale
+    meta = network_metadata({'network_g': net_opt, 'scale': scale})[META_KEY]  # plain, JSON-able
+    return net, meta, state
 
 
 def write_safetensors(args, net, meta, state):
@@ -146,7 +145,7 @@ def main(argv=None):
             except ImportError as e:
                 raise InferError(f"ONNX export needs the export extra ({e.name} is missing): "
                                  "pip install 'segsr_basicsr[export]'.") from None
-        net, meta, state = load_network(args, merge_lora=False)
+        net, meta, state = load_network(args)
         if args.safetensors:
             write_safetensors(args, net, meta, state)
         if args.output:

@@ -204,6 +204,12 @@ def test_cli_refuses_with_one_line_and_leaves_no_file(extra, fragment, exported,
     assert list(tmp_path.iterdir()) == []  # no file, no temporary left behind
 
 
+def test_cli_refuses_an_onnx_file_as_the_checkpoint(exported, tmp_path, capsys):
+    code, _, err = _cli(['--model', exported['EDSR', 4, False][2], '--output', tmp_path / 'm.onnx'], capsys)
+    assert code == 2 and 'is already an ONNX file; segsr-export reads a .pth or .safetensors' in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_never_overwrites_without_overwrite_and_never_the_checkpoint(exported, tmp_path, capsys):
     ckpt = exported['EDSR', 2, False][1]
     (tmp_path / 'm.onnx').write_bytes(b'old')

@@ -90,8 +90,6 @@ def load_checkpoint(path, map_location='cpu'):
 
 
 SAFETENSORS_SUFFIX = '.safetensors'
-#: the header entry naming the state_dict entry the tensors stand for (BasicSR: params / params_ema)
-SAFETENSORS_PARAM_KEY = 'segsr_param_key'
 
 
 def save_safetensors(state, metadata, path):
@@ -102,10 +100,10 @@ def save_safetensors(state, metadata, path):
     """
     from safetensors.torch import save_file
     tensors = {k: v.detach().to('cpu', copy=True).contiguous() for k, v in state.items()}
-    header = {SAFETENSORS_PARAM_KEY: 'params'}
+    header = {}
     if metadata is not None:
         header[META_KEY] = json.dumps(_plain(metadata))
-    return str(atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header)))
+    return str(atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header or None)))
 
 
 def _load_safetensors(path, map_location='cpu'):
@@ -123,7 +121,7 @@ def _load_safetensors(path, map_location='cpu'):
         raise CheckpointError(f'Cannot read safetensors file {path}: {detail}. The file is truncated or not a '
                               'safetensors file; copy it again or re-create it with segsr-export --safetensors.'
                               ) from None
-    ckpt = {header.get(SAFETENSORS_PARAM_KEY, 'params'): state}
+    ckpt = {'params': state}  # the tensors of one state_dict: what BasicSR calls params
     if meta is not None:
         ckpt[META_KEY] = meta
     return ckpt

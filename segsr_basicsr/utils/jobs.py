@@ -279,11 +279,10 @@ def _assemble_split(units, records, rank, world, assemble):
             for part in o.parent.joinpath(PARTS_DIR).glob(f'{o.stem}.band*of*{o.suffix}'):
                 part.unlink(missing_ok=True)
                 records.forget(part)
-    for u in units[:1]:  # the parts folder goes when the last part went (all were written before the barrier)
-        try:
-            u.out.parent.joinpath(PARTS_DIR).rmdir()
-        except OSError:
-            pass
+    try:  # the parts folder goes with the last part (every part was written before the barrier)
+        units[0].out.parent.joinpath(PARTS_DIR).rmdir()
+    except OSError:
+        pass
 
 
 def _run_unit(u, records, work, job, overwrite):

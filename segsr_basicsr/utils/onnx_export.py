@@ -32,7 +32,7 @@ from torch import nn
 from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, resize_positional_embedding
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
-from segsr_basicsr.utils.onnx_net import META_PREFIX
+from segsr_basicsr.utils.onnx_net import META_PREFIX, open_session
 
 __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready', 'DEFAULT_OPSET', 'TOLERANCE',
            'META_PREFIX']
@@ -174,14 +174,6 @@ def _export_program(wrapper, example, dynamic, multiple, opset, maps):
                          'a fixed --tile instead of --dynamic, or SEGSR_DEBUG=1 for the traceback.') from None
 
 
-def _session(path, threads: Optional[int] = None):
-    import onnxruntime as ort
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = int(threads)
-    return ort.InferenceSession(str(path), sess_options=opts, providers=['CPUExecutionProvider'])
-
-
 def check_deepness_shapes(session, tile: int, scale: int) -> None:
     """Deepness' Superresolution rules: one input (1, 3, T, T) float, one output (1, 3, T*s, T*s) float."""
     ins, outs = session.get_inputs(), session.get_outputs()
@@ -195,9 +187,8 @@ def check_deepness_shapes(session, tile: int, scale: int) -> None:
         raise InferError('the exported file breaks the Deepness Superresolution rules: ' + '; '.join(problems))
 
 
-def _verify(path, references, tolerance, threads=None) -> list:
+def _verify(session, references, tolerance) -> list:
     """Max |diff| of onnxruntime (CPU) against the PyTorch outputs, per check; InferError over ``tolerance``."""
-    session = _session(path, threads)
     results = []
     for name, x, expected in references:
         got = session.run(None, {INPUT: x.numpy()})
@@ -276,10 +267,11 @@ def export_onnx(net, path, tile: int = 256, dynamic: bool = False, fp16: bool = 
     def write(tmp):
         program.save(str(tmp), external_data=False)
         t1 = time.perf_counter()
-        report['checks'] = _verify(tmp, references, tolerance, threads)
+        session = open_session(tmp, threads=threads)
+        report['checks'] = _verify(session, references, tolerance)
         report['verify_seconds'] = time.perf_counter() - t1
         if deepness is not None:
-            check_deepness_shapes(_session(tmp, threads), tile, int(net.upscale))
+            check_deepness_shapes(session, tile, int(net.upscale))
 
     atomic_write(path, write, keep_suffix=True)
     report.update(path=str(path), size_bytes=os.path.getsize(path), export_seconds=export_seconds,

@@ -20,30 +20,36 @@ import torch
 from segsr_basicsr.archs.backbone import pad_to_multiple
 from segsr_basicsr.errors import InferError
 
-__all__ = ['OnnxNetwork']
+__all__ = ['OnnxNetwork', 'open_session']
 
 #: our metadata_props keys start with this (Deepness' keys are its own)
 META_PREFIX = 'segsr_'
+
+
+def open_session(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
+    """An onnxruntime session on ``path`` (CPU unless ``providers`` say otherwise); one-line InferError if the
+    file does not load."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    # idle onnxruntime threads otherwise spin for a while after each run, stealing the CPU from the
+    # tiler, the raster writer and any PyTorch work in the same process
+    opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts,
+                                    providers=list(providers or ['CPUExecutionProvider']))
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
+        raise InferError(f'Cannot load ONNX model {path}: {" ".join(str(e).split())[:300]}. Re-export '
+                         'it with segsr-export.') from None
 
 
 class OnnxNetwork:
     """``OnnxNetwork('model.onnx')(x)``: onnxruntime on (B, 3, h, w) tensors, results as float32 tensors."""
 
     def __init__(self, path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
-        import onnxruntime as ort
         self.path = str(path)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-        # idle onnxruntime threads otherwise spin for a while after each run, stealing the CPU from the
-        # tiler, the raster writer and any PyTorch work in the same process
-        opts.add_session_config_entry('session.intra_op.allow_spinning', '0')
-        try:
-            self.session = ort.InferenceSession(self.path, sess_options=opts,
-                                                providers=list(providers or ['CPUExecutionProvider']))
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types
-            raise InferError(f'Cannot load ONNX model {self.path}: {" ".join(str(e).split())[:300]}. Re-export '
-                             'it with segsr-export.') from None
+        self.session = open_session(self.path, providers, threads)
         self.metadata = self._read_metadata()
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
