@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_export.py --tile 64 --threads 2 --repeats 5
 
 Builds network_g of options/train_SeGSR_HAT_x4.yml with ``clip_pretrained: null`` (random CLIP weights:
-same graph and cost, no download), merges LoRA, exports it with :func:`segsr_basicsr.utils.onnx_export.
+same graph and cost, no download), merges LoRA, exports it with :func:`segsr_basicsr.inference.onnx_export.
 export_onnx` (verified against PyTorch as segsr-export does) and reports the file size and export time.
 Then onnxruntime (CPU) and PyTorch (CPU, no_grad) run the same LR tile, interleaved (ORT, PyTorch, ORT,
 ...) so load hits both alike: median seconds per tile, spread (IQR / median), the load average before
@@ -38,8 +38,8 @@ def main():
     import onnxruntime as ort
     from basicsr.archs import build_network
 
-    from segsr_basicsr.utils.onnx_export import export_onnx
-    from segsr_basicsr.utils.onnx_net import OnnxNetwork
+    from segsr_basicsr.inference.onnx_export import export_onnx
+    from segsr_basicsr.inference.onnx_net import OnnxNetwork
     torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, onnxruntime {ort.__version__}, threads {args.threads}, CPU, '
           f'load before {os.getloadavg()}', flush=True)

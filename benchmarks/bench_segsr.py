@@ -112,7 +112,7 @@ def build(name: str, opt: dict, device: torch.device, channels_last: bool = Fals
 
 def make_runner(net, case: str, x: torch.Tensor, target: torch.Tensor):
     """A no-argument callable running one ``case`` of ``net``; for ``forward``, LoRA merged (as infer does)."""
-    from segsr_basicsr.utils.engine import forward_padded
+    from segsr_basicsr.inference.engine import forward_padded
     if case == 'forward':
         def run():
             net.eval()
@@ -244,7 +244,7 @@ def child_scene(args) -> None:
     assert sr.shape == (n * s, n * s, 3)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == 'cuda' \
         else rss_mb('VmHWM')
-    from segsr_basicsr.utils.engine import TileSpec
+    from segsr_basicsr.inference.engine import TileSpec
     tiles = len(model.engine.windows(n, n, TileSpec(args.tile, args.tile_overlap)))
     print(json.dumps(dict(base_mb=base, peak_mb=peak, wall=wall, cpu=cpu, tiles=tiles)))
 
@@ -256,13 +256,13 @@ class _BudgetSpent(Exception):
 def child_throughput(args) -> None:
     """In a fresh process: tiles/s of SeG-SR over an LR scene, tiled and batched, under torch.inference_mode.
 
-    The tiles go through ``utils.tiling.tiled_forward`` (blending included; finished blocks are dropped)
+    The tiles go through ``inference.tiling.tiled_forward`` (blending included; finished blocks are dropped)
     with LoRA merged, as ``segsr-infer`` runs them. Stops after ``--tp-seconds``; the first batch is a
     warm-up and is left out of the steady rate.
     """
 
-    from segsr_basicsr.utils.engine import Engine, TileSpec
-    from segsr_basicsr.utils.tiling import tiled_forward
+    from segsr_basicsr.inference.engine import Engine, TileSpec
+    from segsr_basicsr.inference.tiling import tiled_forward
     device, opt, net, scene = _scene_child_setup(args)
     n, engine = args.child_size, Engine(net, device)
     multiple = engine.multiple
@@ -367,7 +367,7 @@ def measure(args, nets: dict, cases, size: int, device, title: str, memory: dict
 
 def check_outputs(nets: dict, x: torch.Tensor, target: torch.Tensor) -> None:
     """Our HAT == spandrel's HAT; merged == unmerged LoRA; checkpointed == plain (loss and gradients)."""
-    from segsr_basicsr.utils.engine import forward_padded
+    from segsr_basicsr.inference.engine import forward_padded
     with torch.no_grad():
         if 'hat' in nets and 'spandrel' in nets:
             nets['hat'][0].eval(), nets['spandrel'][0].eval()

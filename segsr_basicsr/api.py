@@ -9,7 +9,7 @@
 Checkpoints written by training carry their ``network_g`` options and scale (key
 :data:`META_KEY`, ignored by BasicSR's loader), so no option file is needed; older
 checkpoints take ``opt='train.yml'``. Everything goes through the feathered tiler
-(:mod:`segsr_basicsr.utils.tiling`); invalid pixels (alpha 0, nodata, ``mask``) are
+(:mod:`segsr_basicsr.inference.tiling`); invalid pixels (alpha 0, nodata, ``mask``) are
 filled before the network sees them and stay invalid in the output.
 """
 import copy
@@ -23,8 +23,8 @@ import numpy as np
 from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.bands import ArrayScene, channels_to_bands, make_radiometry
 from segsr_basicsr.io.checkpoint import META_KEY
-from segsr_basicsr.utils.engine import Engine
-from segsr_basicsr.utils.options import parse_amp, tile_spec
+from segsr_basicsr.inference.engine import Engine
+from segsr_basicsr.options import parse_amp, tile_spec
 from segsr_basicsr.utils.preflight import check_device, check_file_outputs
 from segsr_basicsr.utils.progress import Progress
 
@@ -125,7 +125,7 @@ def _load_onnx(path, device, amp, self_ensemble, **torch_only):
     except ImportError:
         raise InferError(f"{path}: running ONNX files needs onnxruntime: pip install 'segsr_basicsr[export]'.") \
             from None
-    from segsr_basicsr.utils.onnx_net import OnnxNetwork
+    from segsr_basicsr.inference.onnx_net import OnnxNetwork
     providers = ['CPUExecutionProvider']
     if check_device(device).type == 'cuda':
         if 'CUDAExecutionProvider' in ort.get_available_providers():
@@ -140,7 +140,7 @@ def _load_onnx(path, device, amp, self_ensemble, **torch_only):
 class SeGSRUpscaler:
     """A network in eval mode plus everything needed to run it on arrays and rasters of any size.
 
-    A thin layer over :class:`~segsr_basicsr.utils.engine.Engine` (the one inference path): this class
+    A thin layer over :class:`~segsr_basicsr.inference.engine.Engine` (the one inference path): this class
     adds dtype/band/mask handling for arrays and the GeoTIFF writing for rasters.
     """
 
@@ -155,13 +155,13 @@ class SeGSRUpscaler:
         """Semantic maps per image (one per SR unit), 0 for networks without guidance."""
         return self.engine.num_maps
 
-    def count_tiles(self, src, tile, overlap=None, band=None):
-        """Tiles the network runs on raster ``src`` (or its band ``(k, n)``, see :meth:`upscale_file`)."""
+    def count_tiles(self, src, tile, overlap=None, strip=None):
+        """Tiles the network runs on raster ``src`` (or its strip ``(k, n)``, see :meth:`upscale_file`)."""
         import rasterio
         with rasterio.open(src) as ds:
             h, w = ds.height, ds.width
         spec = tile_spec({'size': tile, 'overlap': overlap}, 'tile')
-        rows = self.engine.bands(h, w, spec, band[1])[band[0]][0] if band else None
+        rows = self.engine.strips(h, w, spec, strip[1])[strip[0]][0] if strip else None
         return len(self.engine.windows(h, w, spec, rows))
 
     # ------------------------------------------------------------------ arrays
@@ -208,7 +208,7 @@ class SeGSRUpscaler:
         """An image read whole (PNG, JPEG, ...; 8-bit rules of io.images) -> ``dst`` (PNG/TIFF, written
         atomically), and heat-map overlays to ``maps_dst``. Returns the LR (width, height)."""
         from segsr_basicsr.io.images import read_image, write_image
-        from segsr_basicsr.utils.visualize import semantic_overlays
+        from segsr_basicsr.results.heatmaps import semantic_overlays
         img = read_image(src, **(image_kw or {}))
         h, w = img.shape[:2]
         bar = Progress(len(self.engine.windows(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile'))),
@@ -247,20 +247,20 @@ class SeGSRUpscaler:
             self.assemble_file(src, parts, out, **{k: v for k, v in raster_kw.items() if k != 'maps_dst'})
 
         mine, _, skipped = jobs.run_share(*jobs.sort_out(plan, records, overwrite), records, out_dir, work, assemble,
-                                          lambda src, n: self.scene_bands(src, n, tile, overlap), progress=progress,
+                                          lambda src, n: self.scene_strips(src, n, tile, overlap), progress=progress,
                                           overwrite=overwrite)
         done = sorted({(u.src, u.out) for u in mine})
         return {'done': done, 'skipped': len(skipped)}
 
     # ------------------------------------------------------------------ rasters
     def upscale_file(self, src, dst, tile=256, overlap=None, batch=1, bands=None, max_value=None, stretch=None,
-                     cog=False, no_geo=False, maps_dst=None, progress=True, band=None):
+                     cog=False, no_geo=False, maps_dst=None, progress=True, strip=None):
         """Super-resolve a GDAL raster (GeoTIFF, COG, JP2, VRT, ...) into a tiled GeoTIFF ``dst``, streaming.
 
         Memory is set by the tile and the scene width. ``dst`` appears only when complete (temporary
         sibling, then rename). ``maps_dst``: also write the semantic maps as a float32 GeoTIFF on the
-        LR grid (one band per map channel and SR unit). ``band=(k, n)``: only band k of the scene's n
-        bands of tile rows, as a part for :meth:`assemble_file` (how ranks share one scene). Returns a
+        LR grid (one band per map channel and SR unit). ``strip=(k, n)``: only strip k of the scene's n
+        strips of tile rows, as a part for :meth:`assemble_file` (how ranks share one scene). Returns a
         dict with sizes, tiles, seconds and the valid fraction. Warnings (all-nodata scene, dropped
         metadata) are :class:`SceneWarning`.
         """
@@ -273,7 +273,7 @@ class SeGSRUpscaler:
         try:
             with R.gdal_env():
                 stats = self._stream_scene(scene, dst, tile_spec({'size': tile, 'overlap': overlap, 'batch': batch},
-                                                                 'tile'), cog, no_geo, maps_dst, progress, band)
+                                                                 'tile'), cog, no_geo, maps_dst, progress, strip)
         finally:
             scene.close()
         if stats['valid_pixels'] == 0 and band is None:
@@ -282,19 +282,19 @@ class SeGSRUpscaler:
         stats.update(seconds=time.perf_counter() - t0, src=str(src), dst=str(dst))
         return stats
 
-    def scene_bands(self, src, parts, tile=256, overlap=None):
-        """Up to ``parts`` bands of tile rows of raster ``src`` (see :meth:`upscale_file`'s ``band``)."""
+    def scene_strips(self, src, parts, tile=256, overlap=None):
+        """Up to ``parts`` strips of tile rows of raster ``src`` (see :meth:`upscale_file`'s ``band``)."""
         import rasterio
         with rasterio.open(src) as ds:
             h, w = ds.height, ds.width
-        return len(self.engine.bands(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile'), parts))
+        return len(self.engine.strips(h, w, tile_spec({'size': tile, 'overlap': overlap}, 'tile'), parts))
 
     def assemble_file(self, src, parts, dst, bands=None, max_value=None, stretch=None, cog=False, no_geo=False,
                       map_parts=(), maps_dst=()):
         """``dst`` (and ``maps_dst``) from the band parts :meth:`upscale_file` wrote, in band order: the same
         file one :meth:`upscale_file` call writes, copied strip by strip."""
         from segsr_basicsr.io import raster as R
-        from segsr_basicsr.utils.scene_files import assemble
+        from segsr_basicsr.inference.scene_files import assemble
         check_file_outputs(src, [dst, *maps_dst])
         scene = R.RasterScene(src, bands, max_value, stretch)
         try:
@@ -302,19 +302,19 @@ class SeGSRUpscaler:
         finally:
             scene.close()
 
-    def _stream_scene(self, scene, dst, spec, cog, no_geo, maps_dst, progress, band):
+    def _stream_scene(self, scene, dst, spec, cog, no_geo, maps_dst, progress, strip):
         from segsr_basicsr.io.atomic import temp_sibling
         from segsr_basicsr.io import raster as R
-        from segsr_basicsr.utils.scene_files import SceneFiles, write_geotiff
+        from segsr_basicsr.inference.scene_files import SceneFiles, write_geotiff
 
         s = self.scale
-        for w in scene.output_profile(s, no_geo)[1]['warnings'] if not band or band[0] == 0 else []:
+        for w in scene.output_profile(s, no_geo)[1]['warnings'] if not strip or strip[0] == 0 else []:
             warnings.warn(w, SceneWarning, stacklevel=3)
         maps_dst = [Path(p) for p in (maps_dst or [])]
         if maps_dst and len(maps_dst) != self.num_maps:
             raise InferError(f'{self.name}: has {self.num_maps} semantic map(s) (SR units), got {len(maps_dst)} '
                              'map outputs.')
-        rows, lr_rows = self.engine.bands(scene.height, scene.width, spec, band[1])[band[0]] if band else (None, None)
+        rows, lr_rows = self.engine.strips(scene.height, scene.width, spec, strip[1])[strip[0]] if strip else (None, None)
         n_tiles = len(self.engine.windows(scene.height, scene.width, spec, rows))
         bar = progress if callable(progress) else Progress(
             n_tiles, scene.path.name, 'tiles', every=5.0, megapixels=scene.height * scene.width / 1e6,
@@ -323,7 +323,7 @@ class SeGSRUpscaler:
         counts = {'valid_pixels': 0}
 
         def fill(target):
-            files = SceneFiles(scene, target, s, cog and not band, no_geo, list(zip(maps_tmp, maps_dst)), str(dst),
+            files = SceneFiles(scene, target, s, cog and not strip, no_geo, list(zip(maps_tmp, maps_dst)), str(dst),
                                lr_rows)
             try:
                 self.engine.upscale_scene(scene, files.sink, spec, bool(maps_dst), bar, rows=rows)
@@ -334,7 +334,7 @@ class SeGSRUpscaler:
             counts['valid_pixels'] = files.valid_pixels
 
         try:
-            write_geotiff(dst, cog and not band, fill)
+            write_geotiff(dst, cog and not strip, fill)
             for tmp, final in zip(maps_tmp, maps_dst):
                 os.replace(tmp, final)
         finally:

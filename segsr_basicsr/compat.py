@@ -4,7 +4,7 @@
 DataLoader workers). It only installs what importing basicsr needs and changes no BasicSR behaviour:
 a ``torchvision.transforms.functional_tensor`` stand-in (removed in torchvision 0.17) and
 ``distutils`` (gone in Python 3.12: setuptools' copy, else a LooseVersion-only stand-in). The changes
-our entry points make to BasicSR's train loop are :mod:`segsr_basicsr.train_loop`'s job.
+our entry points make to BasicSR's train loop are :mod:`segsr_basicsr.training.pipeline`'s job.
 """
 import sys
 import types
@@ -91,3 +91,19 @@ def apply():
     _ensure_distutils()
     import basicsr  # noqa: F401  (now importable)
     _applied = True
+
+
+def patch(owner, name, make):
+    """Replace ``owner.name`` by ``make(original)`` once; re-applying (reload) keeps the first original."""
+    current = getattr(owner, name)
+    original = getattr(current, '__segsr_original__', current)
+    new = make(original)
+    setattr(new, '__segsr_compat__', True)
+    new.__segsr_original__ = original
+    setattr(owner, name, new)
+    return new
+
+
+def original(func):
+    """The basicsr function under a compat patch (for tests and for code that wants the raw behaviour)."""
+    return getattr(func, '__segsr_original__', func)

@@ -7,7 +7,7 @@
 The ONNX file holds the whole network (LoRA merged, the CLIP tower inside) and appears only after
 onnxruntime reproduced PyTorch on a random and a real (``--check-image``, else synthetic) tile within
 ``--tolerance``. Existing files are never replaced without ``--overwrite``, the checkpoint never.
-A thin layer over :func:`segsr_basicsr.api.load_model` and :mod:`segsr_basicsr.utils.onnx_export`;
+A thin layer over :func:`segsr_basicsr.api.load_model` and :mod:`segsr_basicsr.inference.onnx_export`;
 see docs/export.md.
 """
 import argparse
@@ -111,8 +111,8 @@ def check_image(path, tile):
 
 
 def write_onnx(args, net, meta):
-    from segsr_basicsr.utils.onnx_export import TOLERANCE, dynamic_multiple, export_onnx
-    from segsr_basicsr.utils.tiling import default_overlap
+    from segsr_basicsr.inference.onnx_export import TOLERANCE, dynamic_multiple, export_onnx
+    from segsr_basicsr.inference.tiling import default_overlap
     tile = args.tile or 256
     deepness = None
     if args.deepness:

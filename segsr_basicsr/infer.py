@@ -5,13 +5,13 @@
 Checkpoints written by training name their network; older ones need the option file
 (``-opt options/test_SeGSR_HAT_x4.yml``). Rasters that GDAL reads (GeoTIFF, COG, JP2,
 VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimised,
-with overviews) that keeps the georeferencing, band layout, dtype, nodata and alpha;
+with overviews) that keeps the georeferencing, strip layout, dtype, nodata and alpha;
 memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and
 give PNG. Inputs are never overwritten, outputs only with ``--overwrite``; every file is
 written under a temporary name and renamed when complete. Re-running a command does only what is
 missing (records in ``<output>/.segsr-done/``). Many GPUs or machines:
 ``torchrun --nproc_per_node=N -m segsr_basicsr.infer ...`` shares the inputs among the ranks by pixel
-count (:mod:`segsr_basicsr.utils.jobs`). This is a thin layer over :mod:`segsr_basicsr.api`.
+count (:mod:`segsr_basicsr.inference.batch`). This is a thin layer over :mod:`segsr_basicsr.api`.
 """
 import argparse
 import sys
@@ -23,8 +23,8 @@ import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before ba
 from segsr_basicsr.api import load_model
 from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.io.images import TIFF_EXTS, add_image_args, image_kwargs, read_image
-from segsr_basicsr.utils.jobs import DoneRecords, fingerprint, list_inputs, plan_outputs, run_share, sort_out, streams
-from segsr_basicsr.utils.options import check_tile, tile_spec
+from segsr_basicsr.inference.batch import DoneRecords, fingerprint, list_inputs, plan_outputs, run_share, sort_out, streams
+from segsr_basicsr.options import check_tile, tile_spec
 from segsr_basicsr.utils.preflight import check_device
 from segsr_basicsr.utils.progress import progress
 
@@ -33,7 +33,7 @@ RASTER_TILE = 256
 
 
 def check_inputs(files, args):
-    """Open every input the way it will be read (images decoded with the band/range options, rasters opened
+    """Open every input the way it will be read (images decoded with the strip/range options, rasters opened
     with them) before the first output is written, so a bad file late in a folder costs no half-done run."""
     from segsr_basicsr.io import raster as R
     for src in progress(files, 'checking inputs', unit='files', closing_line=False):
@@ -88,7 +88,7 @@ def parse_args(argv=None):
     p.add_argument('--overwrite', action='store_true', help='replace existing outputs (never inputs)')
     p.add_argument('--cog', action='store_true', help='rasters: write a Cloud-Optimised GeoTIFF with overviews')
     p.add_argument('--stretch', type=float, nargs=2, metavar=('LOW', 'HIGH'), default=None,
-                   help='rasters: map each RGB band by its LOW..HIGH percentiles (e.g. 1 99) instead of '
+                   help='rasters: map each RGB strip by its LOW..HIGH percentiles (e.g. 1 99) instead of '
                    '--max-value; inverted on output, so the dtype and range are kept')
     p.add_argument('--no-geo', action='store_true', help='write rasters without georeferencing')
     p.add_argument('--no-progress', action='store_true', help='no progress bar / progress lines')
@@ -98,7 +98,7 @@ def parse_args(argv=None):
                    help='many processes: auto (torchrun is detected), pytorch (RANK/WORLD_SIZE/MASTER_ADDR set by '
                    'your launcher), slurm (srun --ntasks=N, one process per GPU), none (this process alone)')
     p.add_argument('--no-split', action='store_true', help='many ranks: never share one raster among ranks (by '
-                   'default a raster larger than an even share is cut into bands of tile rows; same pixels)')
+                   'default a raster larger than an even share is cut into strips of tile rows; same pixels)')
     p.add_argument('--self-ensemble', action='store_true',
                    help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
     add_image_args(p)
@@ -115,15 +115,15 @@ def _raster_kw(args):
     return dict(bands=args.bands, max_value=args.max_value, stretch=args.stretch, cog=args.cog, no_geo=args.no_geo)
 
 
-def _run_file(model, args, src, out, map_paths, band=None, progress=True):
-    """One input (or band ``(k, n)`` of a raster) -> its output(s) (or parts); returns the line to print."""
+def _run_file(model, args, src, out, map_paths, strip=None, progress=True):
+    """One input (or strip ``(k, n)`` of a raster) -> its output(s) (or parts); returns the line to print."""
     s = model.scale
     if streams(src):
         tile = tile_args(args, raster=True)
         st = model.upscale_file(src, out, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
-                                maps_dst=map_paths or None, progress=progress, band=band, **_raster_kw(args))
+                                maps_dst=map_paths or None, progress=progress, strip=strip, **_raster_kw(args))
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
-        what = f'{src} band {band[0] + 1}/{band[1]} (LR rows {st["lr_rows"][0]}:{st["lr_rows"][1]})' if band else str(src)
+        what = f'{src} strip {strip[0] + 1}/{strip[1]} (LR rows {st["lr_rows"][0]}:{st["lr_rows"][1]})' if strip else str(src)
         return f'{what} -> {out} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
     tile = tile_args(args, raster=False)
     w, h = model.upscale_image_file(src, out, map_paths, tile=tile.size, overlap=tile.overlap, batch=tile.batch,
@@ -145,7 +145,7 @@ def _ranks(launcher):
         if world > 1:
             from basicsr.utils.dist_util import init_dist
 
-            from segsr_basicsr.train_loop import patch_dist
+            from segsr_basicsr.utils.dist import patch_dist
             patch_dist()
             init_dist(launcher)
     if dist.is_available() and dist.is_initialized():
@@ -195,7 +195,7 @@ def _prepare(args, device):
 
 def _scene_progress(model, args, unit, job):
     """Under many ranks a raster's tiles advance the job's line (no line per scene); alone, a line per scene."""
-    from segsr_basicsr.utils.jobs import rank_and_world
+    from segsr_basicsr.inference.batch import rank_and_world
     if args.no_progress:
         return False
     if rank_and_world()[1] == 1:
@@ -203,14 +203,14 @@ def _scene_progress(model, args, unit, job):
     if not streams(unit.src):
         return False
     tile = tile_args(args, raster=True)
-    tiles = model.count_tiles(unit.src, tile.size, tile.overlap, unit.band)
+    tiles = model.count_tiles(unit.src, tile.size, tile.overlap, unit.strip)
     return lambda n: job.advance(unit.pixels / 1e6 * n / tiles)
 
 
 def _run_one(model, args, unit, outs, job):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', SceneWarning)
-        line = _run_file(model, args, unit.src, outs[0], outs[1:], unit.band, _scene_progress(model, args, unit, job))
+        line = _run_file(model, args, unit.src, outs[0], outs[1:], unit.strip, _scene_progress(model, args, unit, job))
     for w in caught:
         if issubclass(w.category, SceneWarning):
             print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
@@ -220,7 +220,7 @@ def _run_one(model, args, unit, outs, job):
 
 
 def _split(model, args):
-    """(assemble, bands_of) for run_share: how a large raster is shared among ranks in bands of tile rows."""
+    """(assemble, strips_of) for run_share: how a large raster is shared among ranks in strips of tile rows."""
     if args.no_split:
         return None, None
     tile = tile_args(args, raster=True)
@@ -229,7 +229,7 @@ def _split(model, args):
         model.assemble_file(src, parts, out, map_parts=map_parts, maps_dst=maps, **_raster_kw(args))
         print(f'{src} -> {out} (assembled from {len(parts)} bands)', flush=True)
 
-    return assemble, lambda src, parts: model.scene_bands(src, parts, tile.size, tile.overlap)
+    return assemble, lambda src, parts: model.scene_strips(src, parts, tile.size, tile.overlap)
 
 
 def _summary(rank, world, done_mp, skipped, t0):

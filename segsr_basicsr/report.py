@@ -14,8 +14,8 @@ from pathlib import Path
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
 from segsr_basicsr.errors import DataError
 from segsr_basicsr.io.atomic import atomic_write
-from segsr_basicsr.utils.results import RESULTS_NAME, read_results
-from segsr_basicsr.utils.tables import build_table, check_same_images, render_csv, render_latex, render_markdown
+from segsr_basicsr.results.results_json import RESULTS_NAME, read_results
+from segsr_basicsr.results.tables import build_table, check_same_images, render_csv, render_latex, render_markdown
 
 
 def find_results(paths):
@@ -64,7 +64,7 @@ def main(argv=None):
 
 
 def _figures(args, runs, out):
-    from segsr_basicsr.utils.figures import comparison_figure, training_curves
+    from segsr_basicsr.results.figures import comparison_figure, training_curves
     if args.figure:
         crop = (args.crop[1], args.crop[0], args.crop[2]) if args.crop else None
         path = comparison_figure(runs, f'{out}_figure.png', image=None if args.figure == 'auto' else args.figure,

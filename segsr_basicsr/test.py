@@ -47,7 +47,7 @@ def _with_progress(pipeline):
 def main(argv=None):
     from basicsr.test import test_pipeline
 
-    from segsr_basicsr.train_loop import run
+    from segsr_basicsr.training.pipeline import run
     run(_with_progress(test_pipeline), is_train=False, argv=argv, prog='segsr-test')
 
 

@@ -7,7 +7,7 @@ import segsr_basicsr  # noqa: F401  (compat layer + registration)
 def main(argv=None):
     from basicsr.train import train_pipeline
 
-    from segsr_basicsr.train_loop import run
+    from segsr_basicsr.training.pipeline import run
     run(train_pipeline, is_train=True, argv=argv, prog='segsr-train')
 
 

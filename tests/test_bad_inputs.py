@@ -193,7 +193,7 @@ def test_the_shipped_option_files_pass_the_checks(tmp_path, monkeypatch):
     """The checks must not refuse what BasicSR accepts (e.g. ``save_checkpoint_freq: !!float 5e3``), on the
     machine each file is for: the train files ship ``num_gpu: 1`` (one GPU; more GPUs means torchrun)."""
     from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
-    from segsr_basicsr.utils.options import validate_options
+    from segsr_basicsr.options import validate_options
     import torch
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
@@ -609,7 +609,7 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
     both through our option loading and through BasicSR's parse_options (the loader our entry points patch)."""
     import yaml
 
-    from segsr_basicsr.train_loop import patch_train_loop
+    from segsr_basicsr.training.pipeline import patch_train_loop
     from segsr_basicsr.io.option_file import load_option_file
     text = 'name: x\nval:\n  save_img: false\ntile:\n  tile_size: 64\n  tile_pad: 8\n'
     (tmp_path / 'o.yml').write_text(text)
@@ -618,8 +618,8 @@ def test_hat_top_level_tile_is_val_tile(tmp_path):
     from basicsr.utils.options import ordered_yaml
     opt = yaml.load(text, Loader=ordered_yaml()[0])
     assert opt['val']['tile'] == {'size': 80, 'overlap': 16} and opt['tile'] == {'tile_size': 64, 'tile_pad': 8}
-    from segsr_basicsr.utils.options import tile_spec
-    from segsr_basicsr.utils.tiling import TileSpec
+    from segsr_basicsr.options import tile_spec
+    from segsr_basicsr.inference.tiling import TileSpec
     assert tile_spec(opt['val']['tile']) == TileSpec(80, 16)
 
 

@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from segsr_basicsr.utils.stop import STOP_EXIT_CODE
+from segsr_basicsr.training.stop import STOP_EXIT_CODE
 from train_opts import exp_logs, losses, run_train, train_opt, write_opt, write_pairs
 
 KW = dict(total_iter=10, save_freq=4, val_freq=2)

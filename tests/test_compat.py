@@ -10,7 +10,8 @@ import torch
 
 import segsr_basicsr  # noqa: F401
 from basicsr.models.base_model import BaseModel
-from segsr_basicsr import compat, train_loop
+from segsr_basicsr import compat
+from segsr_basicsr.training import pipeline as train_loop
 from segsr_basicsr.models.segsr_model import SeGSRModel
 from train_opts import PYTHON, env
 
@@ -48,7 +49,7 @@ funcs = [basicsr.train.load_resume_state, basicsr.train.create_train_val_dataloa
          basicsr.utils.dist_util._init_dist_slurm, Registry._do_register, Registry.register]
 assert all(f.__module__.startswith('basicsr.') and not hasattr(f, '__segsr_original__') for f in funcs), funcs
 assert basicsr.train.EnlargedSampler.__module__ == 'basicsr.data.data_sampler'
-from segsr_basicsr.train_loop import patch_train_loop
+from segsr_basicsr.training.pipeline import patch_train_loop
 patch_train_loop()  # what segsr_basicsr.train / .test do when they run
 assert {n: getattr(BaseModel, n) for n in methods} == methods, 'BaseModel changed by the entry-point patches'
 assert basicsr.train.load_resume_state.__segsr_original__ is funcs[0]

@@ -8,7 +8,7 @@ import torch
 import segsr_basicsr  # noqa: F401,I001  (compat first, then registers everything)
 from basicsr.models import build_model
 from segsr_basicsr.models.segsr_model import set_tf32
-from segsr_basicsr.utils.options import parse_finite_check_freq, parse_tf32
+from segsr_basicsr.options import parse_finite_check_freq, parse_tf32
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 
 GUIDED_HAT = dict(type='SeGSR_HAT', **TINY_HAT, guidance=dict(TINY_GUIDANCE))

@@ -6,8 +6,8 @@ import torch
 
 import segsr_basicsr  # noqa: F401,I001
 from basicsr.models import build_model
-from segsr_basicsr.utils.per_class import class_of_image, find_split_classes, per_class_table, write_per_class
-from segsr_basicsr.utils.self_ensemble import dihedral, dihedral_inverse, self_ensemble
+from segsr_basicsr.results.per_class import class_of_image, find_split_classes, per_class_table, write_per_class
+from segsr_basicsr.inference.self_ensemble import dihedral, dihedral_inverse, self_ensemble
 from tests.test_model import make_opt, segsr_hat
 
 
@@ -22,8 +22,8 @@ def test_the_eight_transforms_are_distinct_and_each_inverse_undoes_its_transform
 def test_model_self_ensemble_equals_the_mean_of_the_eight_manual_transforms_per_tile(tmp_path, tile):
     """Self-ensemble is per tile (docs/testing.md): each tile's 8 views, averaged, then blended; without
     tiles the tile is the whole image."""
-    from segsr_basicsr.utils.engine import forward_padded
-    from segsr_basicsr.utils.tiling import tiled_forward
+    from segsr_basicsr.inference.engine import forward_padded
+    from segsr_basicsr.inference.tiling import tiled_forward
     opt = make_opt(tmp_path, network=segsr_hat())
     opt['is_train'] = False
     opt['val'].update(self_ensemble=True, tile=tile)

@@ -57,7 +57,7 @@ def _real_image():
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     """(backbone, scale, dynamic) -> (merged PyTorch net, checkpoint, onnx path, export report)."""
-    from segsr_basicsr.utils.onnx_export import export_onnx
+    from segsr_basicsr.inference.onnx_export import export_onnx
     root = tmp_path_factory.mktemp('export')
     real, out = _real_image(), {}
     for name, scale, dynamic in CASES:
@@ -115,9 +115,9 @@ def test_export_leaves_the_pytorch_network_unchanged(exported):
 # ----------------------------------------------------------------------------- OnnxNetwork in the engine
 @pytest.mark.parametrize('dynamic', [False, True], ids=['fixed', 'dynamic'])
 def test_onnx_network_through_the_engine_equals_pytorch(dynamic, exported):
-    from segsr_basicsr.utils.engine import Engine
-    from segsr_basicsr.utils.onnx_net import OnnxNetwork
-    from segsr_basicsr.utils.options import tile_spec
+    from segsr_basicsr.inference.engine import Engine
+    from segsr_basicsr.inference.onnx_net import OnnxNetwork
+    from segsr_basicsr.options import tile_spec
     net, _, path, _ = exported['HAT', 4, dynamic]
     onnx_net = OnnxNetwork(path)
     assert (onnx_net.upscale, onnx_net.size_multiple, onnx_net.fixed_tile) == (4, 4, None if dynamic else TILE)
@@ -132,7 +132,7 @@ def test_onnx_network_through_the_engine_equals_pytorch(dynamic, exported):
 
 def test_onnx_network_pads_a_small_input_to_its_tile_and_refuses_a_larger_one(exported):
     from segsr_basicsr.errors import InferError
-    from segsr_basicsr.utils.onnx_net import OnnxNetwork
+    from segsr_basicsr.inference.onnx_net import OnnxNetwork
     onnx_net = OnnxNetwork(exported['EDSR', 2, False][2])
     assert onnx_net(torch.rand(1, 3, 10, 13)).shape == (1, 3, 20, 26)
     with pytest.raises(InferError, match=f'takes {TILE}x{TILE} LR tiles, got 17x8'):
@@ -140,7 +140,7 @@ def test_onnx_network_pads_a_small_input_to_its_tile_and_refuses_a_larger_one(ex
 
 
 def test_fp16_and_maps(tmp_path, exported):
-    from segsr_basicsr.utils.onnx_export import export_onnx
+    from segsr_basicsr.inference.onnx_export import export_onnx
     net = exported['EDSR', 4, False][0]
     report = export_onnx(net, tmp_path / 'half.onnx', tile=TILE, fp16=True)
     assert max(c['max_abs_diff'] for c in report['checks']) <= 2e-2 and report['tolerance'] == 2e-2

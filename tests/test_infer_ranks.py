@@ -11,7 +11,7 @@ import torch
 
 from segsr_basicsr.archs.tiny_configs import TINY_EDSR
 from segsr_basicsr.io.checkpoint import network_metadata
-from segsr_basicsr.utils.jobs import shares
+from segsr_basicsr.inference.batch import shares
 from train_opts import PYTHON, env
 
 rasterio = pytest.importorskip('rasterio')

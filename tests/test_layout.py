@@ -1,6 +1,7 @@
 """The package's shape: imports run one way with no cycle, modules and functions stay short enough to read whole.
 
-Layers (docs/development.md): errors -> io -> archs -> data/utils -> models/api -> entry points. An import
+Layers (docs/development.md): errors -> io -> archs -> data/utils/options -> inference/results/training ->
+models/api -> entry points. An import
 inside a function counts like one at the top: a cycle hidden in a function is still a cycle.
 """
 import ast
@@ -21,9 +22,12 @@ LAYERS = {
     'segsr_basicsr.archs': 2,
     'segsr_basicsr.data': 3,
     'segsr_basicsr.utils': 3,
-    'segsr_basicsr.models': 4,
-    'segsr_basicsr.api': 4,
-    'segsr_basicsr.train_loop': 4,
+    'segsr_basicsr.options': 3,
+    'segsr_basicsr.inference': 4,
+    'segsr_basicsr.results': 4,
+    'segsr_basicsr.training': 4,
+    'segsr_basicsr.models': 5,
+    'segsr_basicsr.api': 5,
     'segsr_basicsr.train': 6,
     'segsr_basicsr.test': 6,
     'segsr_basicsr.infer': 6,

@@ -322,7 +322,7 @@ def test_test_entry_point_reports_metrics_and_writes_images_and_maps(tmp_path, m
 
 
 def test_heatmap_marks_the_strong_region_red_at_image_size():
-    from segsr_basicsr.utils.visualize import heatmap, semantic_overlays
+    from segsr_basicsr.results.heatmaps import heatmap, semantic_overlays
     sem = torch.zeros(1, 8, 10)
     sem[0, :, 5:] = 30.0  # right half matches the unit's embedding
     heat = heatmap(sem, (32, 40))

@@ -11,8 +11,8 @@ from basicsr.archs import build_network
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.models import build_model
 from segsr_basicsr.io.checkpoint import network_metadata
-from segsr_basicsr.utils.engine import Engine, forward_padded
-from segsr_basicsr.utils.tiling import TileSpec, axis_weights, tile_starts
+from segsr_basicsr.inference.engine import Engine, forward_padded
+from segsr_basicsr.inference.tiling import TileSpec, axis_weights, tile_starts
 from tests.test_model import make_opt
 from tests.tiny_configs import TINY_GUIDANCE, TINY_HAT
 

@@ -204,7 +204,7 @@ def test_python_tag_in_option_file_is_refused_and_nothing_ran(tmp_path):
     import yaml
 
     import basicsr.utils.options
-    from segsr_basicsr.train_loop import patch_train_loop
+    from segsr_basicsr.training.pipeline import patch_train_loop
     patch_train_loop()
     parse_options = basicsr.utils.options.parse_options
     saved = sys.argv

@@ -152,7 +152,7 @@ def test_training_warns_when_validation_is_the_test_split_or_shares_its_images(t
 def test_figure_and_curves_are_written_with_their_panels(tmp_path, monkeypatch):
     pytest.importorskip('matplotlib', reason="figures need the [report] extra (matplotlib)")
     from segsr_basicsr.report import main
-    from segsr_basicsr.utils.figures import _parse_log
+    from segsr_basicsr.results.figures import _parse_log
     data = _test_set(tmp_path / 'data')
     net = dict(type='SeGSR_HAT', **__import__('tests.tiny_configs', fromlist=['TINY_HAT']).TINY_HAT,
                guidance=dict(__import__('tests.tiny_configs', fromlist=['TINY_GUIDANCE']).TINY_GUIDANCE))

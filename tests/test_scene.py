@@ -462,8 +462,8 @@ def test_progress_without_a_terminal_prints_plain_lines_with_tiles_megapixels_an
 
 def test_api_self_ensemble_is_the_mean_of_the_eight_transforms_through_the_network(ckpt):
     """segsr-infer --self-ensemble / load_model(..., self_ensemble=True): per tile, the 8 views averaged."""
-    from segsr_basicsr.utils.engine import forward_padded
-    from segsr_basicsr.utils.self_ensemble import dihedral, dihedral_inverse
+    from segsr_basicsr.inference.engine import forward_padded
+    from segsr_basicsr.inference.self_ensemble import dihedral, dihedral_inverse
     _, net = ckpt
     img = np.random.default_rng(3).random((12, 14, 3)).astype(np.float32)
     got = SeGSRUpscaler(net, self_ensemble=True).upscale(img, tile=None)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from segsr_basicsr.archs.backbone import pad_to_multiple
-from segsr_basicsr.utils.tiling import TileError, band_lr_rows, row_bands, rows_to_run, tile_grid, tile_starts, tiled_forward
+from segsr_basicsr.inference.tiling import TileError, band_lr_rows, row_bands, rows_to_run, tile_grid, tile_starts, tiled_forward
 
 
 class LocalSR(nn.Module):
@@ -152,8 +152,8 @@ def test_bad_tile_options_are_named(kw, msg):
 def test_tile_option_forms():
     """One parser for val.tile, --tile and the API; one default overlap (32, at most a quarter of the tile)."""
     from segsr_basicsr.errors import OptionError
-    from segsr_basicsr.utils.options import tile_spec
-    from segsr_basicsr.utils.tiling import TileSpec
+    from segsr_basicsr.options import tile_spec
+    from segsr_basicsr.inference.tiling import TileSpec
     assert tile_spec(None) == TileSpec()
     assert tile_spec(128) == TileSpec(128, 32)  # `--force_yml val:tile=128`
     assert tile_spec(64) == TileSpec(64, 16)

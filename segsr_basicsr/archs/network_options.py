@@ -1,6 +1,6 @@
 """network_g, checked before any work: the keys its arch takes, the guidance block, and one CPU build.
 
-Called by :func:`segsr_basicsr.utils.options.validate_options`; lives with the archs because only they
+Called by :func:`segsr_basicsr.options.validate_options`; lives with the archs because only they
 know their constructors. Every refusal is an :class:`~segsr_basicsr.errors.OptionError` naming the key.
 """
 import inspect

@@ -353,7 +353,7 @@ def split_manifest(src_root, splits, method):
     lists it came from), and one digest over all of it: a split you can cite and check."""
     import hashlib
 
-    from segsr_basicsr.utils.results import file_sha256
+    from segsr_basicsr.io.digest import file_sha256
     files = {split: [{'file': f, 'name': output_name(f), 'sha256': file_sha256(Path(src_root) / f)}
                      for f in _progress(names, f'hashing {split}')] for split, names in splits.items()}
     canonical = json.dumps(files, sort_keys=True, separators=(',', ':')).encode()

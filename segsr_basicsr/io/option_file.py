@@ -2,7 +2,7 @@
 
 basicsr parses option files with ``yaml.Loader`` (which runs ``!!python/object/apply`` tags) and
 applies ``--force_yml key=value`` through ``exec``; our entry points route both through here.
-What the keys mean and which values are allowed is :mod:`segsr_basicsr.utils.options`' job.
+What the keys mean and which values are allowed is :mod:`segsr_basicsr.options`' job.
 """
 import difflib
 import os

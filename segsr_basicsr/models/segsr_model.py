@@ -24,9 +24,9 @@ from segsr_basicsr.errors import OptionError
 from segsr_basicsr.models.checkpoints import CheckpointsMixin, warn_if_disk_is_short
 from segsr_basicsr.models.nonfinite import NonFiniteRecord, raise_if_nonfinite
 from segsr_basicsr.utils.dist import dist_ready
-from segsr_basicsr.utils.stop import STOP, STOP_EXIT_CODE
-from segsr_basicsr.utils.engine import Engine, autocast
-from segsr_basicsr.utils.options import (parse_amp, parse_finite_check_freq, parse_grad_clip,
+from segsr_basicsr.training.stop import STOP, STOP_EXIT_CODE
+from segsr_basicsr.inference.engine import Engine, autocast
+from segsr_basicsr.options import (parse_amp, parse_finite_check_freq, parse_grad_clip,
                                          parse_guidance_lr_mult, parse_tf32, tile_spec)
 from segsr_basicsr.registry import register
 
@@ -53,7 +53,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
     """SRModel for SeG-SR networks (any GuidedBackbone, or any BasicSR arch)."""
 
     def __init__(self, opt):
-        val_opt = opt.get('val') or {}  # checked by utils.options.validate_options before the run
+        val_opt = opt.get('val') or {}  # checked by segsr_basicsr.options.validate_options before the run
         self.val_tile = tile_spec(val_opt.get('tile'))
         self.val_amp = parse_amp(val_opt.get('amp'), 'val.amp')
         self.self_ensemble = val_opt.get('self_ensemble', False)
@@ -298,7 +298,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
         return self.net_g_ema if hasattr(self, 'net_g_ema') else self.net_g
 
     def infer(self, lq: torch.Tensor, record_maps: bool = False, progress=None):
-        """(B,3,H,W) -> SR (B,3,H*s,W*s) [, maps] through the one engine (:mod:`segsr_basicsr.utils.engine`):
+        """(B,3,H,W) -> SR (B,3,H*s,W*s) [, maps] through the one engine (:mod:`segsr_basicsr.inference.engine`):
         tiled as ``val.tile`` says, self-ensembled per tile when ``val.self_ensemble`` is true. Leaves
         ``net_g`` in the mode it had (BasicSR/HAT leave it in eval mode)."""
         net = self.get_bare_model(self._test_net())
@@ -312,7 +312,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
     # ----------------------------------------------------------------- validation
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """SRModel's loop, plus semantic heat maps when ``save_img`` (maps are only recorded then)."""
-        from segsr_basicsr.utils.visualize import semantic_overlays
+        from segsr_basicsr.results.heatmaps import semantic_overlays
 
         dataset_name = dataloader.dataset.opt['name']
         val_opt = self.opt['val']
@@ -376,8 +376,8 @@ class SeGSRModel(CheckpointsMixin, SRModel):
 
     def _write_tables(self, dataset_opt, dataset_name, per_image, scored):
         """Test runs: per-class PSNR/SSIM as CSV + Markdown, and results.json, next to BasicSR's test log."""
-        from segsr_basicsr.utils.per_class import find_split_classes, write_per_class
-        from segsr_basicsr.utils.results import write_results
+        from segsr_basicsr.results.per_class import find_split_classes, write_per_class
+        from segsr_basicsr.results.results_json import write_results
         classes = find_split_classes(dataset_opt.get('dataroot_gt') or dataset_opt.get('dataroot_lq'))
         out_dir = self.opt['path'].get('log') or self.opt['path'].get('results_root')
         paths = write_per_class(per_image, classes, out_dir, dataset_name)

@@ -34,3 +34,49 @@ def dist_timeout() -> datetime.timedelta:
     if seconds <= 0:
         raise OptionError(f'{DIST_TIMEOUT_ENV}={raw!r} must be > 0 seconds.')
     return datetime.timedelta(seconds=seconds)
+
+
+def patch_dist():
+    """BasicSR's init_dist('pytorch' | 'slurm') with gloo on CPU-only machines and the long timeout (idempotent)."""
+    import basicsr.utils.dist_util as dist_util
+
+    def make_init(orig):
+
+        def _init_dist_pytorch(backend, **kwargs):
+            """nccl on CUDA (basicsr's own code), gloo on a CPU-only machine; long timeout either way."""
+            import torch
+            import torch.distributed as dist
+            kwargs.setdefault('timeout', dist_timeout())
+            if torch.cuda.is_available() and backend == 'nccl':
+                return orig(backend, **kwargs)
+            dist.init_process_group(backend='gloo', **kwargs)
+
+        return _init_dist_pytorch
+
+    def make_slurm(orig):
+
+        def _init_dist_slurm(backend, port=None):
+            """basicsr's SLURM setup with the long timeout (it passed none); gloo and no set_device without CUDA."""
+            import subprocess
+
+            import torch
+            import torch.distributed as dist
+            proc_id, ntasks = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
+            num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if num_gpus:
+                torch.cuda.set_device(proc_id % num_gpus)
+            else:
+                backend = 'gloo'
+            addr = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
+            if port is not None:
+                os.environ['MASTER_PORT'] = str(port)
+            os.environ.setdefault('MASTER_PORT', '29500')
+            local = proc_id % num_gpus if num_gpus else int(os.environ.get('SLURM_LOCALID', 0))
+            os.environ.update(MASTER_ADDR=addr, WORLD_SIZE=str(ntasks), LOCAL_RANK=str(local), RANK=str(proc_id))
+            dist.init_process_group(backend=backend, timeout=dist_timeout())
+
+        return _init_dist_slurm
+
+    from segsr_basicsr.compat import patch
+    patch(dist_util, '_init_dist_pytorch', make_init)
+    patch(dist_util, '_init_dist_slurm', make_slurm)

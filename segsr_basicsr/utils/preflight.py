@@ -2,7 +2,7 @@
 
 A run that is going to fail should fail in the first second, with one line, before a network is
 built or a file is written. :func:`check_run` does that for ``segsr_basicsr.train`` / ``.test``
-after the option pass (:func:`~segsr_basicsr.utils.options.validate_options`); ``segsr-infer``, the
+after the option pass (:func:`~segsr_basicsr.options.validate_options`); ``segsr-infer``, the
 API and the ``datasets_prep`` scripts use :func:`check_writable`, :func:`check_file_outputs` and
 :func:`check_device`. Images are listed and sized by :mod:`segsr_basicsr.io.images` (headers only).
 """
@@ -46,7 +46,7 @@ def _crop_need(opt, path):
     for name, metric in metrics.items():
         if not isinstance(metric, dict):
             continue
-        crop = metric.get('crop_border', 0)  # an integer >= 0 (utils.options.check_val)
+        crop = metric.get('crop_border', 0)  # an integer >= 0 (options.check_val)
         side = 2 * crop + (11 if 'ssim' in str(metric.get('type', '')).lower() else 1)
         if side > need:
             need, why = side, f'val:metrics:{name} (crop_border {crop})'
@@ -129,7 +129,7 @@ def _check_pairs(sizes, folders, ds, where, scale, train, gt_size):
 
 
 def check_run(opt, path, is_train):
-    """The whole pass for train/test, after :func:`~segsr_basicsr.utils.options.validate_options`:
+    """The whole pass for train/test, after :func:`~segsr_basicsr.options.validate_options`:
     option cross-checks, every dataset input, and that the outputs can be written (./experiments,
     ./tb_logger, ./results under the current directory, BasicSR's layout)."""
     check_datasets(opt, path, is_train)
@@ -156,7 +156,7 @@ def validation_is_test(folder, where):
     test = Path(*parts[:i], 'test', *parts[i + 1:])
     if not test.is_dir():
         return None
-    from segsr_basicsr.utils.results import file_sha256
+    from segsr_basicsr.io.digest import file_sha256
     val_hashes = {file_sha256(Path(folder) / n) for n in readable_images(folder, IMG_EXTS)}
     shared = sum(file_sha256(test / n) in val_hashes for n in readable_images(test, IMG_EXTS))
     if not shared:

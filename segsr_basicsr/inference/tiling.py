@@ -14,45 +14,18 @@ Memory: tiles are processed in rows; an output pixel is handed to a ``sink``
 besides the network's activations on one tile (batch) only about one tile and a
 strip of ``overlap`` rows across the scene are held in float.
 
-This module knows nothing about networks: :mod:`segsr_basicsr.utils.engine` runs one through it.
+This module knows nothing about networks: :mod:`segsr_basicsr.inference.engine` runs one through it.
 """
 import math
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from segsr_basicsr.errors import TileError
+from segsr_basicsr.options import DEFAULT_OVERLAP, TileSpec, default_overlap  # noqa: F401
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 Sink = Callable[[int, int, int, int, int, torch.Tensor], None]
-
-#: the one default overlap between tiles (LR pixels), at most a quarter of the tile
-DEFAULT_OVERLAP = 32
-
-
-def default_overlap(tile: int) -> int:
-    """Overlap used when none is given: :data:`DEFAULT_OVERLAP`, at most a quarter of ``tile``."""
-    return min(DEFAULT_OVERLAP, int(tile) // 4)
-
-
-@dataclass(frozen=True)
-class TileSpec:
-    """How to tile: ``size`` LR pixels (None: the whole image in one pass), ``overlap`` (None: the
-    default), ``margin`` (None: overlap // 4) and ``batch`` tiles per forward pass."""
-    size: Optional[int] = None
-    overlap: Optional[int] = None
-    margin: Optional[int] = None
-    batch: int = 1
-
-    def resolve(self, h: int, w: int) -> Tuple[int, int, int]:
-        """(tile, overlap, margin) for an h x w image; the whole image is one tile of max(h, w)."""
-        if not self.size:
-            return max(h, w), 0, 0
-        overlap = default_overlap(self.size) if self.overlap is None else self.overlap
-        margin = overlap // 4 if self.margin is None else self.margin
-        return self.size, overlap, margin
-
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> List[int]:
     """Start offsets of tiles of size ``tile`` covering ``[0, length)``.
@@ -81,9 +54,9 @@ def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 1) -> Tup
     return th, tw, tile_starts(h, th, overlap, multiple), tile_starts(w, tw, overlap, multiple)
 
 
-def row_bands(ys: List[int], th: int, parts: int) -> List[Tuple[int, int]]:
+def row_strips(ys: List[int], th: int, parts: int) -> List[Tuple[int, int]]:
     """Tile rows (starts ``ys``, height ``th``) cut into at most ``parts`` contiguous bands ``(first, end)`` that
-    cost about the same: a band after the first also runs the rows above it that reach into it."""
+    cost about the same: a strip after the first also runs the rows above it that reach into it."""
     n = len(ys)
     parts = max(1, min(int(parts), n))
     lead = len(rows_to_run(ys, th, (n // 2, n // 2 + 1))) - 1
@@ -93,7 +66,7 @@ def row_bands(ys: List[int], th: int, parts: int) -> List[Tuple[int, int]]:
 
 
 def rows_to_run(ys: List[int], th: int, rows: Tuple[int, int]) -> range:
-    """Tile rows to run so that the final pixels of tile rows ``rows`` come out as in a whole run: the band
+    """Tile rows to run so that the final pixels of tile rows ``rows`` come out as in a whole run: the strip
     itself and every earlier row whose tiles reach into it (its output starts at LR row ``ys[first]``)."""
     first, end = rows
     r = first
@@ -102,7 +75,7 @@ def rows_to_run(ys: List[int], th: int, rows: Tuple[int, int]) -> range:
     return range(r, end)
 
 
-def band_lr_rows(h: int, ys: List[int], rows: Tuple[int, int]) -> Tuple[int, int]:
+def strip_lr_rows(h: int, ys: List[int], rows: Tuple[int, int]) -> Tuple[int, int]:
     """LR rows [y0, y1) whose outputs the tile rows ``rows`` hand out (see :func:`tiled_forward`)."""
     first, end = rows
     return ys[first], (ys[end] if end < len(ys) else h)
@@ -236,7 +209,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     ``fn`` maps a batch of tiles (n*B, C, h, w) on ``device`` to one tensor (n*B, C', h*s, w*s) or a
     tuple of them, each with its own integer scale s (e.g. SR at x4 and semantic maps at x1).
     ``tile``/``overlap``/``margin`` are LR pixels; ``tile`` is rounded up to ``multiple``; ``margin``
-    (default ``overlap // 4``) is the band at inner tile edges that gets zero weight. ``batch`` tiles
+    (default ``overlap // 4``) is the strip at inner tile edges that gets zero weight. ``batch`` tiles
     of a tile row go through ``fn`` at once. ``lq`` may be any object with ``shape`` and 4-D slicing.
 
     Without ``sink`` returns the blended output(s), float32 on ``out_device`` (default: ``lq.device``).
@@ -245,7 +218,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     A failing tile raises :class:`TileError` naming its position.
 
     ``rows=(first, end)`` (with ``sink``): only the pixels of tile rows first..end-1 are handed over
-    (LR rows :func:`band_lr_rows`), bit-identical to a whole run: the earlier rows that reach into them
+    (LR rows :func:`strip_lr_rows`), bit-identical to a whole run: the earlier rows that reach into them
     are run too (:func:`rows_to_run`) but not handed over. Ranks share one scene this way.
     """
     margin = overlap // 4 if margin is None else margin
@@ -258,7 +231,7 @@ def tiled_forward(fn: Callable[[torch.Tensor], Outputs], lq: torch.Tensor, tile:
     blender = _Blender(grid, (b, h, w), overlap, margin, out_device, sink)
     single = False
     if rows is not None and sink is None:
-        raise ValueError('tiled_forward(rows=...) hands a band of rows to a sink; pass sink')
+        raise ValueError('tiled_forward(rows=...) hands a strip of rows to a sink; pass sink')
     run = range(len(ys)) if rows is None else rows_to_run(ys, grid[0], rows)
     for r in run:
         blender.emit = rows is None or r >= rows[0]
@@ -285,7 +258,7 @@ class _Blender:
         self.blends: List[_OutputBlend] = []
         self.results: List[torch.Tensor] = []
         self.weights: Dict[int, tuple] = {}
-        self.emit = True  # False while running the rows before a band (see tiled_forward's rows)
+        self.emit = True  # False while running the rows before a strip (see tiled_forward's rows)
 
     def put(self, i, r0, r1, c0, c1, block):
         if not self.emit:

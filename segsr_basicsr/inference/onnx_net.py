@@ -1,9 +1,9 @@
 """An exported ONNX file run by onnxruntime, shaped like a network for the one inference engine.
 
-:class:`OnnxNetwork` is what :class:`~segsr_basicsr.utils.engine.Engine` needs of a network:
+:class:`OnnxNetwork` is what :class:`~segsr_basicsr.inference.engine.Engine` needs of a network:
 ``net(x)`` for x (B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s), ``upscale``, ``size_multiple``,
 ``training`` / ``eval()`` / ``train()``. Scale, window multiple and tile come from the file's own
-metadata (written by :mod:`segsr_basicsr.utils.onnx_export`), so the file alone is enough.
+metadata (written by :mod:`segsr_basicsr.inference.onnx_export`), so the file alone is enough.
 
 A fixed-tile file (``fixed_tile`` = T) takes exactly T x T: run the engine with tile size T. Every tile
 of an image of at least T x T is then full; an input smaller than T (a small image) is padded here up to
@@ -80,6 +80,13 @@ class OnnxNetwork:
         """The network's window (a dynamic file: the multiple its sizes must have). Not the fixed tile: the
         tiler aligns tile starts to it, and edge tiles are padded up to the fixed tile in :meth:`__call__`."""
         return int(self.metadata.get('size_multiple') or 1)
+
+    @property
+    def info(self):
+        """The file's :class:`~segsr_basicsr.inference.network.NetworkInfo` (no semantic maps: an exported
+        file gives the SR image only)."""
+        from segsr_basicsr.inference.network import NetworkInfo
+        return NetworkInfo(self.upscale, self.size_multiple, self.fixed_tile, 0, 3, self.path)
 
     @property
     def name(self) -> str:

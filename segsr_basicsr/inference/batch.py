@@ -21,7 +21,7 @@ from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS
 from segsr_basicsr.io.raster import RASTER_EXTS
 from segsr_basicsr.utils.preflight import check_writable
 from segsr_basicsr.utils.progress import JobProgress
-from segsr_basicsr.utils.results import file_sha256
+from segsr_basicsr.io.digest import file_sha256
 
 INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
 RECORDS_DIR = '.segsr-done'
@@ -220,34 +220,34 @@ def remove_stale_temps(outputs):
 
 @dataclass(frozen=True)
 class Unit:
-    """One piece of work: a whole input, or band ``k`` of ``n`` bands of tile rows of one large raster."""
+    """One piece of work: a whole input, or strip ``k`` of ``n`` strips of tile rows of one large raster."""
     src: Path
     out: Path
     maps: tuple
     pixels: int
-    band: Optional[Tuple[int, int]] = None
+    strip: Optional[Tuple[int, int]] = None
 
     @property
     def share(self) -> float:
-        """How much of its scene this unit is (1, or 1/n for a band)."""
-        return 1 / self.band[1] if self.band else 1.0
+        """How much of its scene this unit is (1, or 1/n for a strip)."""
+        return 1 / self.strip[1] if self.strip else 1.0
 
     def outputs(self):
-        """What this unit writes: the outputs, or for a band its parts in ``<output>/.segsr-parts/``."""
-        if self.band is None:
+        """What this unit writes: the outputs, or for a strip its parts in ``<output>/.segsr-parts/``."""
+        if self.strip is None:
             return [self.out, *self.maps]
-        k, n = self.band
-        return [self.out.parent / PARTS_DIR / f'{o.stem}.band{k + 1}of{n}{o.suffix}' for o in [self.out, *self.maps]]
+        k, n = self.strip
+        return [self.out.parent / PARTS_DIR / f'{o.stem}.strip{k + 1}of{n}{o.suffix}' for o in [self.out, *self.maps]]
 
 
-def make_units(todo, world, bands_of=None):
+def make_units(todo, world, strips_of=None):
     """Units of ``todo`` for ``world`` ranks: a streamed raster larger than an even share of all pixels is cut
-    into up to ``world`` bands of tile rows (``bands_of(src, parts)`` says how many it has) when given."""
+    into up to ``world`` strips of tile rows (``strips_of(src, parts)`` says how many it has) when given."""
     pixels = [scene_pixels(src) for src, _, _ in todo]
     fair = sum(pixels) / max(world, 1)
     units = []
     for (src, out, maps), px in zip(todo, pixels):
-        n = bands_of(src, world) if bands_of and world > 1 and px > fair and streams(src) else 1
+        n = strips_of(src, world) if strips_of and world > 1 and px > fair and streams(src) else 1
         if n < 2:
             units.append(Unit(src, out, tuple(maps), px))
             continue
@@ -262,21 +262,21 @@ def _barrier(world):
 
 
 def _assemble_split(units, records, rank, world, assemble):
-    """Every band of every split scene is done: each scene's parts become its output on one rank (round
+    """Every strip of every split scene is done: each scene's parts become its output on one rank (round
     robin), recorded as done, and the parts go."""
     scenes = {}
     for u in units:
-        if u.band is not None:
+        if u.strip is not None:
             scenes.setdefault(u.out, []).append(u)
     for j, bands in enumerate(scenes.values()):
         if j % world != rank:
             continue
         u = bands[0]
-        parts = [b.outputs() for b in sorted(bands, key=lambda b: b.band)]
+        parts = [b.outputs() for b in sorted(bands, key=lambda b: b.strip)]
         assemble(u.src, u.out, list(u.maps), [p[0] for p in parts], [p[1:] for p in parts])
         records.mark(u.src, [u.out, *u.maps])
         for o in [u.out, *u.maps]:  # this run's parts, and any a stopped run with another rank count left
-            for part in o.parent.joinpath(PARTS_DIR).glob(f'{o.stem}.band*of*{o.suffix}'):
+            for part in o.parent.joinpath(PARTS_DIR).glob(f'{o.stem}.strip*of*{o.suffix}'):
                 part.unlink(missing_ok=True)
                 records.forget(part)
     try:  # the parts folder goes with the last part (every part was written before the barrier)
@@ -287,8 +287,8 @@ def _assemble_split(units, records, rank, world, assemble):
 
 def _run_unit(u, records, work, job, overwrite):
     outs = u.outputs()
-    if u.band is not None and not overwrite and records.status(u.src, outs) == 'done':
-        job.finish(u.pixels / 1e6, u.share)  # a band a stopped run finished
+    if u.strip is not None and not overwrite and records.status(u.src, outs) == 'done':
+        job.finish(u.pixels / 1e6, u.share)  # a strip a stopped run finished
         return
     Path(outs[0]).parent.mkdir(parents=True, exist_ok=True)
     work(u, outs, job)
@@ -296,15 +296,15 @@ def _run_unit(u, records, work, job, overwrite):
     job.finish(u.pixels / 1e6, u.share)
 
 
-def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=None, progress=True, overwrite=False):
+def run_share(todo, skipped, records, out_dir, work, assemble=None, strips_of=None, progress=True, overwrite=False):
     """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(unit, outputs, job)`` for each
     :class:`Unit` (with ``assemble``, large rasters are shared in bands, then ``assemble(src, out, maps,
     parts, map_parts)``), after clearing what a killed run left of its outputs, then its done-record. A
-    finished band is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`) takes
+    finished strip is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`) takes
     ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units, LR MP, skipped)."""
     todo, skipped, token = agree_on_plan(todo, skipped)
     rank, world = rank_and_world()
-    units = make_units(todo, world, bands_of if assemble else None)
+    units = make_units(todo, world, strips_of if assemble else None)
     mine = [units[i] for i in shares([u.pixels for u in units], world)[rank]]
     remove_stale_temps(o for u in mine for o in u.outputs())  # only this rank's: others may be in progress
     Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -314,7 +314,7 @@ def run_share(todo, skipped, records, out_dir, work, assemble=None, bands_of=Non
     try:
         for u in mine:
             _run_unit(u, records, work, job, overwrite)
-        if any(u.band for u in units):
+        if any(u.strip for u in units):
             _barrier(world)
             _assemble_split(units, records, rank, world, assemble)
     finally:

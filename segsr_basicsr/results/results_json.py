@@ -13,19 +13,12 @@ from pathlib import Path
 from typing import Dict, Iterable, Optional, Tuple
 
 from segsr_basicsr.io.atomic import atomic_write
+from segsr_basicsr.io.digest import file_sha256
 
 __all__ = ['RESULTS_NAME', 'file_sha256', 'pairs_digest', 'checkpoint_iter', 'write_results', 'read_results']
 
 RESULTS_NAME = 'results.json'
 _ITER = re.compile(r'_(\d+)\.(pth|safetensors)$')
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def pairs_digest(pairs: Iterable[Tuple[str, Optional[str]]]) -> str:

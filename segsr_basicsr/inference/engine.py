@@ -6,7 +6,7 @@ setting give the same pixels everywhere. Per tile batch the engine: pads to the 
 (:func:`forward_padded`), runs it under autocast, averages the 8 self-ensemble views *of the tile*
 (per tile, so a scene of any size streams; without tiles the tile is the image), records the
 semantic maps, and leaves tiles without a valid pixel out. The tiles are cut and blended by
-:func:`~segsr_basicsr.utils.tiling.tiled_forward`.
+:func:`~segsr_basicsr.inference.tiling.tiled_forward`.
 
 Every input is a stack of channels (B, 3 + E + 1, H, W): RGB in [0, 1], E extra bands (bicubic,
 not seen by the network) and a last valid/alpha channel (> 0 where the pixel is valid).
@@ -22,10 +22,12 @@ import torch.nn.functional as F
 
 from segsr_basicsr.archs.backbone import pad_to_multiple
 from segsr_basicsr.errors import InferError
-from segsr_basicsr.utils.self_ensemble import self_ensemble
-from segsr_basicsr.utils.tiling import TileSpec, band_lr_rows, row_bands, rows_to_run, tile_grid, tiled_forward
+from segsr_basicsr.inference.network import NetworkInfo, describe
+from segsr_basicsr.inference.self_ensemble import self_ensemble
+from segsr_basicsr.options import check_tile
+from segsr_basicsr.inference.tiling import TileSpec, strip_lr_rows, row_strips, rows_to_run, tile_grid, tiled_forward
 
-__all__ = ['Engine', 'TileSpec', 'autocast', 'forward_padded', 'probe_scale']
+__all__ = ['Engine', 'TileSpec', 'autocast', 'forward_padded']
 
 
 def autocast(device: torch.device, dtype):
@@ -35,55 +37,46 @@ def autocast(device: torch.device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def forward_padded(net, x: torch.Tensor, record_maps: bool = False):
-    """(B,3,H,W) -> SR (B,3,H*s,W*s) [, K maps (B,E,H,W)]: pads to ``net.size_multiple`` and crops.
-
-    GuidedBackbones pad internally too (then this pad is a no-op); plain BasicSR
-    archs that need a multiple (SwinIR-like) get it here.
-    """
+def forward_padded(net, x: torch.Tensor, record_maps: bool = False, multiple: int = 1):
+    """(B,3,H,W) -> SR (B,3,H*s,W*s) [, K maps (B,E,H,W)]: pads to ``multiple`` (the network's window,
+    :class:`NetworkInfo`) and crops. GuidedBackbones pad internally too (then this pad is a no-op); plain
+    BasicSR archs that need a multiple (SwinIR-like) get it here. ``record_maps``: the network records them."""
     h, w = x.shape[-2:]
-    x = pad_to_multiple(x, getattr(net, 'size_multiple', 1))
+    x = pad_to_multiple(x, multiple)
     out = net(x)
     s = out.shape[-2] // x.shape[-2]
     out = out[..., :h * s, :w * s]
     if not record_maps:
         return out
-    maps = getattr(net, 'semantic_maps', None) or []
-    return (out, *[m[..., :h, :w].float() for m in maps])
-
-
-def probe_scale(net, device) -> int:
-    """Scale of a plain BasicSR arch without ``upscale``: run it once on a small input."""
-    with torch.no_grad():
-        return net(torch.zeros(1, 3, 16, 16, device=device)).shape[-1] // 16
+    return (out, *[m[..., :h, :w].float() for m in net.semantic_maps or []])
 
 
 class Engine:
-    """A network and how to run it: device, autocast dtype, self-ensemble. Tiling is per call."""
+    """A network and how to run it: device, autocast dtype, self-ensemble. Tiling is per call.
 
-    def __init__(self, net, device='cpu', amp=None, self_ensemble: bool = False, scale: Optional[int] = None):
+    ``info`` (:class:`NetworkInfo`) is filled by whoever loaded the network; without it the engine asks
+    :func:`describe` once."""
+
+    def __init__(self, net, device='cpu', amp=None, self_ensemble: bool = False, scale: Optional[int] = None,
+                 info: Optional[NetworkInfo] = None):
         self.net, self.device, self.amp = net, torch.device(device), amp
         self.self_ensemble = bool(self_ensemble)
-        self.multiple = getattr(net, 'size_multiple', 1)
-        self.scale = scale or getattr(net, 'upscale', None) or probe_scale(net, self.device)
+        self.info = info or describe(net, self.device, scale)
+        self.multiple, self.scale, self.num_maps = self.info.multiple, self.info.scale, self.info.num_maps
 
-    @property
-    def num_maps(self) -> int:
-        """Semantic maps per image (one per SR unit), 0 for networks without guidance."""
-        if getattr(self.net, 'guidance', None) is None or not hasattr(self.net, 'record_semantic_maps'):
-            return 0
-        return len(self.net.sr_units)
-
-    def tile_for(self, tile: TileSpec) -> TileSpec:
-        """``tile`` as this network runs it: a network that takes one tile size only (a fixed-tile ONNX file)
-        runs every image in tiles of that size, and refuses another."""
-        fixed = getattr(self.net, 'fixed_tile', None)
-        if fixed is None or tile.size == fixed:
-            return tile
+    def tile_for(self, tile: TileSpec, origin: str = 'tile') -> TileSpec:
+        """``tile`` as this network runs it, checked once for every entry point: a size off the network's
+        window gives seams (refused); a network that takes one tile size only (a fixed-tile ONNX file) runs
+        every image in tiles of that size, and refuses another."""
+        fixed = self.info.fixed_tile
+        if fixed is not None and tile.size != fixed:
+            if tile.size:
+                raise InferError(f'{self.info.name} takes {fixed}x{fixed} LR tiles only (fixed at export), got '
+                                 f'tile size {tile.size}: use --tile {fixed}, or export with --dynamic.')
+            return TileSpec(fixed, tile.overlap, tile.margin, tile.batch)
         if tile.size:
-            raise InferError(f'{getattr(self.net, "name", "the network")} takes {fixed}x{fixed} LR tiles only (fixed '
-                             f'at export), got tile size {tile.size}: use --tile {fixed}, or export with --dynamic.')
-        return TileSpec(fixed, tile.overlap, tile.margin, tile.batch)
+            check_tile(tile, self.multiple, origin, 'the window of the network,')
+        return tile
 
     def grid(self, h: int, w: int, tile: TileSpec) -> tuple:
         """(tile height, tile width, row starts, column starts) of an h x w image."""
@@ -91,25 +84,25 @@ class Engine:
         return tile_grid(h, w, size, overlap, self.multiple)
 
     def windows(self, h: int, w: int, tile: TileSpec, rows=None) -> list:
-        """(y0, y1, x0, x1) of every tile of an h x w image that runs (for a band: see :meth:`bands`), in order."""
+        """(y0, y1, x0, x1) of every tile of an h x w image that runs (for a strip: see :meth:`strips`), in order."""
         th, tw, ys, xs = self.grid(h, w, tile)
         run = range(len(ys)) if rows is None else rows_to_run(ys, th, rows)
         return [(ys[r], ys[r] + th, x, x + tw) for r in run for x in xs]
 
-    def bands(self, h: int, w: int, tile: TileSpec, parts: int) -> list:
-        """Up to ``parts`` bands of tile rows ``((first, end), (lr_y0, lr_y1))`` that together make the image:
-        each band's output (rows lr_y0*s..lr_y1*s) computed alone equals those rows of a whole run."""
+    def strips(self, h: int, w: int, tile: TileSpec, parts: int) -> list:
+        """Up to ``parts`` strips of tile rows ``((first, end), (lr_y0, lr_y1))`` that together make the image:
+        each strip's output (rows lr_y0*s..lr_y1*s) computed alone equals those rows of a whole run."""
         th, _, ys, _ = self.grid(h, w, tile)
-        return [(b, band_lr_rows(h, ys, b)) for b in row_bands(ys, th, parts)]
+        return [(b, strip_lr_rows(h, ys, b)) for b in row_strips(ys, th, parts)]
 
     # ------------------------------------------------------------------ the network on one batch of tiles
     def forward(self, x: torch.Tensor, record_maps: bool = False) -> tuple:
         """(n, 3, h, w) on the device -> (SR (n, 3, h*s, w*s), *maps (n, E, h, w)); self-ensemble per tile."""
         with autocast(self.device, self.amp):
             if self.self_ensemble:
-                res = self_ensemble(lambda v: forward_padded(self.net, v, record_maps), x)
+                res = self_ensemble(lambda v: forward_padded(self.net, v, record_maps, self.multiple), x)
             else:
-                res = forward_padded(self.net, x, record_maps)
+                res = forward_padded(self.net, x, record_maps, self.multiple)
         return res if isinstance(res, tuple) else (res, )
 
     def _valid_forward(self, t, record_maps, map_channels):
@@ -151,7 +144,7 @@ class Engine:
     def _inference(self, record_maps: bool):
         """eval + no_grad (+ map recording) for the block; the network's mode is restored after."""
         net = self.net
-        was_training, record = net.training, record_maps and hasattr(net, 'record_semantic_maps')
+        was_training, record = net.training, record_maps and self.num_maps > 0
         net.eval()
         if record:
             net.record_semantic_maps = True
@@ -190,7 +183,7 @@ class Engine:
         """Stream ``scene`` (``height``, ``width``, ``n_extra``, ``read(y0, y1, x0, x1)`` -> float32
         (3 + E + 1, h, w)) through the tiler into ``sink`` (see :func:`tiled_forward`). Output 0 is
         (1, 3 + E + 1, h*s, w*s): SR, bicubic extra bands, nearest valid channel; 1..: maps. ``rows``: only
-        that band of tile rows (:meth:`bands`). Returns the tile count."""
+        that strip of tile rows (:meth:`strips`). Returns the tile count."""
         h, w = scene.height, scene.width
         windows = self.windows(h, w, tile, rows)
         reader = _Prefetcher(scene.read, windows, depth=2 * tile.batch + 2) if prefetch else None

@@ -19,32 +19,16 @@ from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.io.checkpoint import load_checkpoint
 from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
-from segsr_basicsr.utils.options import validate_options
+from segsr_basicsr.options import validate_options
 from segsr_basicsr.utils.preflight import check_run
-from segsr_basicsr.utils.stop import STOP, signal_numbers
-from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout  # noqa: F401
+from segsr_basicsr.training.stop import STOP, signal_numbers
+from segsr_basicsr.compat import original, patch as _patch  # noqa: F401
+from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout, patch_dist  # noqa: F401
 
 _train_loop_patched = False
-_MARK = '__segsr_compat__'
 
 
 # ----------------------------------------------------------------------------- helpers
-def _patch(owner, name, make):
-    """Replace ``owner.name`` by ``make(original)`` once; re-applying (reload) keeps the first original."""
-    current = getattr(owner, name)
-    original = getattr(current, '__segsr_original__', current)
-    new = make(original)
-    setattr(new, _MARK, True)
-    new.__segsr_original__ = original
-    setattr(owner, name, new)
-    return new
-
-
-def original(func):
-    """The basicsr function under a compat patch (for tests and for code that wants the raw behaviour)."""
-    return getattr(func, '__segsr_original__', func)
-
-
 def _logger():
     from basicsr.utils import get_root_logger
     return get_root_logger()
@@ -126,52 +110,6 @@ def split_argv(argv):
             out.append(arg)
         i += 1
     return out, overrides
-
-
-# ----------------------------------------------------------------------------- distributed
-def patch_dist():
-    """BasicSR's init_dist('pytorch' | 'slurm') with gloo on CPU-only machines and the long timeout (idempotent)."""
-    import basicsr.utils.dist_util as dist_util
-
-    def make_init(orig):
-
-        def _init_dist_pytorch(backend, **kwargs):
-            """nccl on CUDA (basicsr's own code), gloo on a CPU-only machine; long timeout either way."""
-            import torch
-            import torch.distributed as dist
-            kwargs.setdefault('timeout', dist_timeout())
-            if torch.cuda.is_available() and backend == 'nccl':
-                return orig(backend, **kwargs)
-            dist.init_process_group(backend='gloo', **kwargs)
-
-        return _init_dist_pytorch
-
-    def make_slurm(orig):
-
-        def _init_dist_slurm(backend, port=None):
-            """basicsr's SLURM setup with the long timeout (it passed none); gloo and no set_device without CUDA."""
-            import subprocess
-
-            import torch
-            import torch.distributed as dist
-            proc_id, ntasks = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
-            num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if num_gpus:
-                torch.cuda.set_device(proc_id % num_gpus)
-            else:
-                backend = 'gloo'
-            addr = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
-            if port is not None:
-                os.environ['MASTER_PORT'] = str(port)
-            os.environ.setdefault('MASTER_PORT', '29500')
-            local = proc_id % num_gpus if num_gpus else int(os.environ.get('SLURM_LOCALID', 0))
-            os.environ.update(MASTER_ADDR=addr, WORLD_SIZE=str(ntasks), LOCAL_RANK=str(local), RANK=str(proc_id))
-            dist.init_process_group(backend=backend, timeout=dist_timeout())
-
-        return _init_dist_slurm
-
-    _patch(dist_util, '_init_dist_pytorch', make_init)
-    _patch(dist_util, '_init_dist_slurm', make_slurm)
 
 
 # ----------------------------------------------------------------------------- resume
@@ -369,7 +307,7 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
         with exit_on_user_error(prog):
             opt = _check_args(sys.argv[1:], is_train, prog)
             patch_train_loop()
-            if is_train and opt is not None:  # stop on a signal at an iteration boundary (utils/stop.py)
+            if is_train and opt is not None:  # stop on a signal at an iteration boundary (training/stop.py)
                 STOP.install(signal_numbers((opt.get('train') or {}).get('stop_signals')))
             pipeline(os.getcwd())
         import torch.distributed as dist

@@ -2,7 +2,7 @@
 
 The engine hands finished blocks to :class:`SceneFiles`, which GDAL compresses and writes on a thread
 while the network computes. When ranks share one scene (``segsr-infer`` under torchrun), each rank
-writes the rows of its band of tile rows into a *part* (a plain tiled GeoTIFF of those rows), and
+writes the rows of its strip of tile rows into a *part* (a plain tiled GeoTIFF of those rows), and
 :func:`assemble` copies the parts, strip by strip, into the one output with the scene's georeferencing
 and metadata: the same file a single process writes, without ever holding the scene in memory.
 """

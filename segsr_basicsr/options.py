@@ -8,15 +8,78 @@ options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this 
 """
 import difflib
 import os
+import signal
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
 
 from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import suggest
-from segsr_basicsr.utils.stop import signal_numbers
-from segsr_basicsr.utils.tiling import TileSpec, default_overlap
 
 __all__ = ['validate_options', 'tile_spec',
            'check_tile', 'parse_amp', 'parse_tf32', 'parse_finite_check_freq', 'parse_grad_clip',
            'parse_guidance_lr_mult', 'choice', 'AMP_DTYPES']
+
+
+#: the one default overlap between tiles (LR pixels), at most a quarter of the tile
+DEFAULT_OVERLAP = 32
+
+
+def default_overlap(tile: int) -> int:
+    """Overlap used when none is given: :data:`DEFAULT_OVERLAP`, at most a quarter of ``tile``."""
+    return min(DEFAULT_OVERLAP, int(tile) // 4)
+
+
+#: ``tile: auto`` (the default of segsr-infer and the API): streamed rasters in tiles of this many LR pixels
+#: (memory set by the tile, not the scene), images read whole in one pass
+RASTER_TILE = 256
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How to tile: ``size`` LR pixels (None: the whole image in one pass; 'auto': see
+    :meth:`for_input`), ``overlap`` (None: the default), ``margin`` (None: overlap // 4) and ``batch``
+    tiles per forward pass."""
+    size: Optional[Union[int, str]] = None
+    overlap: Optional[int] = None
+    margin: Optional[int] = None
+    batch: int = 1
+
+    def for_input(self, streamed: bool) -> 'TileSpec':
+        """'auto' made concrete: :data:`RASTER_TILE` for a streamed raster, the whole image otherwise."""
+        if self.size != 'auto':
+            return self
+        return TileSpec(RASTER_TILE, self.overlap, self.margin, self.batch) if streamed else \
+            TileSpec(None, None, None, self.batch)
+
+    def resolve(self, h: int, w: int) -> Tuple[int, int, int]:
+        """(tile, overlap, margin) for an h x w image; the whole image is one tile of max(h, w)."""
+        if not self.size:
+            return max(h, w), 0, 0
+        overlap = default_overlap(self.size) if self.overlap is None else self.overlap
+        margin = overlap // 4 if self.margin is None else self.margin
+        return self.size, overlap, margin
+
+
+DEFAULT_STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGUSR1', 'SIGUSR2')
+
+
+def signal_numbers(names, where='train:stop_signals'):
+    """['SIGTERM', 'USR1', 15, ...] -> signal numbers; an unknown name is an OptionError naming it."""
+    if names is None:
+        names = DEFAULT_STOP_SIGNALS
+    if not isinstance(names, (list, tuple)):
+        raise OptionError(f'{where} must be a list of signal names, e.g. [SIGTERM, SIGUSR1], got {names!r}.')
+    known = {s.name: s for s in signal.Signals}
+    numbers = []
+    for name in names:
+        text = str(name).upper()
+        text = text if text.startswith('SIG') or text.isdigit() else f'SIG{text}'
+        sig = known.get(text) or (signal.Signals(int(text)) if text.isdigit() and int(text) in
+                                  {s.value for s in signal.Signals} else None)
+        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
+            raise OptionError(f'{where}: {name!r} is not a signal a process can catch{suggest(text, known)}.')
+        numbers.append(int(sig))
+    return numbers
 
 
 _TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
@@ -74,7 +137,8 @@ TILE_KEYS = ('size', 'overlap', 'margin', 'batch')
 
 
 def tile_spec(value, where='val:tile') -> TileSpec:
-    """``val.tile`` (an int, ``{size, overlap, margin, batch}``, or ~) or the CLI's --tile -> TileSpec."""
+    """``val.tile`` (an int, ``{size, overlap, margin, batch}``, or ~), the API's or the CLI's tile ('auto',
+    an int, 0 / None: whole image) -> TileSpec, checked here once for every entry point."""
     if not isinstance(value, dict):
         value = {'size': value}
     unknown = [k for k in value if k not in TILE_KEYS]
@@ -82,8 +146,9 @@ def tile_spec(value, where='val:tile') -> TileSpec:
         raise OptionError(f'{where}: unknown key {unknown[0]!r}{suggest(unknown[0], TILE_KEYS)}; '
                           'write {size: 256, overlap: 32}.')
     if value.get('size') is None or value.get('size') is False or value.get('size') == 0:
-        return TileSpec()  # 0 / ~: the whole image in one pass
-    size = _whole(value['size'], f'{where} size', 1)
+        return TileSpec(batch=_whole(value.get('batch', 1), f'{where} batch', 1))  # 0 / ~: the whole image
+    auto = value['size'] == 'auto'
+    size = RASTER_TILE if auto else _whole(value['size'], f'{where} size', 1)
     overlap = value.get('overlap')
     overlap = default_overlap(size) if overlap is None else _whole(overlap, f'{where} overlap', 0)
     if overlap >= size:
@@ -92,7 +157,7 @@ def tile_spec(value, where='val:tile') -> TileSpec:
     if margin is not None and (_whole(margin, f'{where} margin', 0) * 2 > overlap):
         raise OptionError(f'{where} margin must be an integer between 0 and overlap/2, got {margin!r}.')
     batch = _whole(value.get('batch', 1), f'{where} batch', 1)
-    return TileSpec(size, overlap, margin, batch)
+    return TileSpec('auto' if auto else size, None if auto and value.get('overlap') is None else overlap, margin, batch)
 
 
 def check_tile(spec: TileSpec, window: int, origin: str, window_name='the network window'):

@@ -12,33 +12,12 @@ import signal
 import sys
 import threading
 
-from segsr_basicsr.errors import OptionError
-from segsr_basicsr.io.option_file import suggest
+from segsr_basicsr.options import DEFAULT_STOP_SIGNALS, signal_numbers  # noqa: F401
 
 __all__ = ['STOP_EXIT_CODE', 'DEFAULT_STOP_SIGNALS', 'StopRequest', 'STOP', 'signal_numbers']
 
 #: exit code of a run stopped by a signal after saving (EX_TEMPFAIL: "try again"); docs/training.md
 STOP_EXIT_CODE = 75
-DEFAULT_STOP_SIGNALS = ('SIGTERM', 'SIGINT', 'SIGUSR1', 'SIGUSR2')
-
-
-def signal_numbers(names, where='train:stop_signals'):
-    """['SIGTERM', 'USR1', 15, ...] -> signal numbers; an unknown name is an OptionError naming it."""
-    if names is None:
-        names = DEFAULT_STOP_SIGNALS
-    if not isinstance(names, (list, tuple)):
-        raise OptionError(f'{where} must be a list of signal names, e.g. [SIGTERM, SIGUSR1], got {names!r}.')
-    known = {s.name: s for s in signal.Signals}
-    numbers = []
-    for name in names:
-        text = str(name).upper()
-        text = text if text.startswith('SIG') or text.isdigit() else f'SIG{text}'
-        sig = known.get(text) or (signal.Signals(int(text)) if text.isdigit() and int(text) in
-                                  {s.value for s in signal.Signals} else None)
-        if sig is None or sig in (signal.SIGKILL, signal.SIGSTOP):
-            raise OptionError(f'{where}: {name!r} is not a signal a process can catch{suggest(text, known)}.')
-        numbers.append(int(sig))
-    return numbers
 
 
 class StopRequest:

@@ -32,7 +32,7 @@ from torch import nn
 from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, resize_positional_embedding
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
-from segsr_basicsr.utils.onnx_net import META_PREFIX, open_session
+from segsr_basicsr.inference.onnx_net import META_PREFIX, open_session
 
 __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready', 'DEFAULT_OPSET', 'TOLERANCE',
            'META_PREFIX']

@@ -9,7 +9,7 @@ import io
 from typing import Dict, List, Tuple
 
 from segsr_basicsr.errors import DataError
-from segsr_basicsr.utils.results import pairs_digest
+from segsr_basicsr.results.results_json import pairs_digest
 
 __all__ = ['build_table', 'bicubic_scores', 'render_markdown', 'render_csv', 'render_latex']
 
