@@ -5,7 +5,7 @@
 
 Each scene is a synthetic 3-band uint8 GeoTIFF (tiled, deflate; same content statistics at
 every size) written block by block by the benchmark itself, then super-resolved in a fresh
-process by ``SeGSRUpscaler.upscale_file`` (what ``segsr-infer`` runs): windowed reads on a
+process by ``SeGSRUpscaler.upscale_raster`` (what ``segsr-infer`` runs): windowed reads on a
 reader thread, the feathered tiler, block-aligned writes on a writer thread into a tiled
 (Big)GeoTIFF. Printed per scene: peak RSS (VmHWM), RSS before the scene (python + torch +
 GDAL + the net), wall and CPU seconds, seconds per LR megapixel, and the load average around
@@ -74,7 +74,7 @@ def child(args):
     base = status('VmRSS')
     load0 = os.getloadavg()[0]
     t0, c0 = time.perf_counter(), time.process_time()
-    st = model.upscale_file(args.scene, args.out, tile=args.tile, overlap=args.overlap, batch=args.batch,
+    st = model.upscale_raster(args.scene, args.out, tile=args.tile, overlap=args.overlap, batch=args.batch,
                             cog=args.cog, progress=args.progress)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps(dict(base_mb=base, peak_mb=status('VmHWM'), wall=wall, cpu=cpu, tiles=st['tiles'],

@@ -897,12 +897,12 @@ CONTRACT_API_ROWS = [
      'OptionError', ["--device 'gpu' is not a device name"], []),
     ('autocast dtype misspelt', lambda d, c: __import__('segsr_basicsr').load_model(c, amp='bf61'),
      'OptionError', ["did you mean 'bf16'"], []),
-    ('scene output is the input', lambda d, c: _api_model(c).upscale_file(_img(d / 's.png', 12, 16), d / 's.png'),
+    ('scene output is the input', lambda d, c: _api_model(c).upscale_raster(_img(d / 's.png', 12, 16), d / 's.png'),
      'DataError', ['is the input', "refusing to overwrite it"], []),
     ('scene output under a file',
-     lambda d, c: _api_model(c).upscale_file(_img(d / 's.png', 12, 16), d / 's.png' / 'o.tif'),
+     lambda d, c: _api_model(c).upscale_raster(_img(d / 's.png', 12, 16), d / 's.png' / 'o.tif'),
      'DataError', ['s.png is a file, not a folder'], ['s.png/o.tif']),
-    ('scene input missing', lambda d, c: _api_model(c).upscale_file(d / 'nope.tif', d / 'o.tif'),
+    ('scene input missing', lambda d, c: _api_model(c).upscale_raster(d / 'nope.tif', d / 'o.tif'),
      'DataError', ['nope.tif: no such file'], ['o.tif']),
 ]
 

@@ -11,7 +11,7 @@ import torch
 
 from segsr_basicsr.archs.tiny_configs import TINY_EDSR
 from segsr_basicsr.io.checkpoint import network_metadata
-from segsr_basicsr.inference.batch import shares
+from segsr_basicsr.inference.batch_plan import shares
 from train_opts import PYTHON, env
 
 rasterio = pytest.importorskip('rasterio')
@@ -28,7 +28,7 @@ def _scenes(folder):
     for i, (h, w) in enumerate([(40, 52), (12, 16), (24, 20)]):
         img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (3, 3), 0)
         cv2.imwrite(str(folder / f'p{i}.png'), img)
-    for i, (h, w) in enumerate([(120, 96), (16, 24)]):  # g0 holds most pixels: 2 ranks share it in bands
+    for i, (h, w) in enumerate([(120, 96), (16, 24)]):  # g0 holds most pixels: 2 ranks share it in strips
         data = rng.integers(1, 256, (3, h, w), dtype=np.uint8)
         data[:, :8, :8] = 0
         profile = dict(driver='GTiff', width=w, height=h, count=3, dtype='uint8', crs='EPSG:32633', nodata=0,
@@ -74,7 +74,7 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     names = _same_outputs(tmp_path / 'one', tmp_path / 'two')
     assert len(names) == 5 and 'on 2 rank(s)' in two.stdout and '5 scene(s)' in two.stdout
     assert sum(two.stdout.count(f' -> {tmp_path / "two" / n}') for n in names) == 5  # each written once
-    assert 'g0.tif band 2/2 (LR rows ' in two.stdout and 'assembled from 2 bands' in two.stdout  # one scene, two ranks
+    assert 'g0.tif strip 2/2 (LR rows ' in two.stdout and 'assembled from 2 strips' in two.stdout  # one scene, two ranks
     assert not (tmp_path / 'two' / '.segsr-parts').exists()  # the parts went, and their folder
 
     # a rank killed while writing one output; the re-run does only what is missing
@@ -89,13 +89,13 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     assert {n: (cut / n).stat().st_mtime_ns for n in before} == before  # nothing finished was recomputed
     _same_outputs(tmp_path / 'one', cut)
     assert not [p for p in cut.iterdir() if '.tmp' in p.name]  # the killed run's temporary file was cleared
-    # a rank killed while writing its band of the shared scene: the re-run redoes only the missing band
+    # a rank killed while writing its strip of the shared scene: the re-run redoes only the missing strip
     cut2 = tmp_path / 'cut2'
-    assert _infer(tmp_path, cut2, ckpt, ranks=2, hook='kill:g0_SeGSR_x4.band2of2.tif').returncode != 0
-    band1_done = (cut2 / '.segsr-done' / 'g0_SeGSR_x4.band1of2.tif.json').is_file()
+    assert _infer(tmp_path, cut2, ckpt, ranks=2, hook='kill:g0_SeGSR_x4.strip2of2.tif').returncode != 0
+    strip1_done = (cut2 / '.segsr-done' / 'g0_SeGSR_x4.strip1of2.tif.json').is_file()
     again = _infer(tmp_path, cut2, ckpt, ranks=2)
-    assert again.returncode == 0 and 'g0.tif band 2/2 (LR rows ' in again.stdout, again.stderr[-3000:]
-    assert ('g0.tif band 1/2 (LR rows ' in again.stdout) != band1_done
+    assert again.returncode == 0 and 'g0.tif strip 2/2 (LR rows ' in again.stdout, again.stderr[-3000:]
+    assert ('g0.tif strip 1/2 (LR rows ' in again.stdout) != strip1_done
     _same_outputs(tmp_path / 'one', cut2)
     # a changed option recomputes every output
     changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8')
@@ -111,11 +111,11 @@ def test_api_upscale_files_does_only_what_is_missing(tmp_path):
                 **network_metadata({'network_g': TINY_EDSR, 'scale': 4})}, ckpt)
     _scenes(tmp_path / 'in')
     model = segsr_basicsr.load_model(ckpt, device='cpu')
-    first = model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
+    first = model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
     assert len(first['done']) == 5 and first['skipped'] == 0
-    again = model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
+    again = model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
     assert again == {'done': [], 'skipped': 5}
-    assert len(model.upscale_files([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
+    assert len(model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
 
 
 def test_the_job_line_adds_up_every_rank_of_this_job_only(tmp_path):
@@ -123,7 +123,7 @@ def test_the_job_line_adds_up_every_rank_of_this_job_only(tmp_path):
     jobs = [JobProgress(4, 10.0, rank=r, world=2, folder=tmp_path, token='run-a', enabled=False) for r in (0, 1)]
     jobs[0].advance(1.5)
     jobs[1].advance(2.0)
-    jobs[1].finish(3.0, scenes=0.5)  # half a shared scene: its band is done
+    jobs[1].finish(3.0, scenes=0.5)  # half a shared scene: its strip is done
     jobs[0].finish(2.5)
     JobProgress(4, 10.0, rank=1, world=2, folder=tmp_path / 'old', token='run-b', enabled=False).finish(9.0)
     assert jobs[0].totals() == (1.5, 5.5)
@@ -158,5 +158,5 @@ def test_launcher_slurm_shares_the_inputs_like_torchrun(tmp_path):
              for r in (0, 1)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
-    assert 'on 2 rank(s)' in outs[0][0] and 'assembled from 2 bands' in outs[0][0] + outs[1][0]
+    assert 'on 2 rank(s)' in outs[0][0] and 'assembled from 2 strips' in outs[0][0] + outs[1][0]
     _same_outputs(tmp_path / 'one', tmp_path / 'slurm')

@@ -185,7 +185,7 @@ def test_radiometry_is_mapped_and_mapped_back_exactly(tmp_path, dtype, args):
         smooth(rng, (3, 36, 44), 0, hi).round().astype(dtype)
     src = write_raster(tmp_path / 'in.tif', data)
     model = SeGSRUpscaler(NearestX4())
-    model.upscale_file(src, tmp_path / 'out.tif', tile=16, overlap=4, progress=False, **args)
+    model.upscale_raster(src, tmp_path / 'out.tif', tile=16, overlap=4, progress=False, **args)
     with rasterio.open(tmp_path / 'out.tif') as out:
         assert out.dtypes[0] == np.dtype(dtype).name
         sr = out.read()
@@ -205,7 +205,7 @@ def test_vrt_and_jp2_inputs_stream_like_geotiff(tmp_path, driver, ext, opts):
     tif = write_raster(tmp_path / 'scene.tif', data)
     other = tmp_path / f'scene{ext}'
     gdal_copy(str(tif), str(other), driver=driver, **opts)
-    SeGSRUpscaler(NearestX4()).upscale_file(other, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
+    SeGSRUpscaler(NearestX4()).upscale_raster(other, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
     with rasterio.open(tmp_path / 'o.tif') as out:
         assert out.crs.to_epsg() == 32633 and out.transform.almost_equals(from_origin(500000, 4200000, 2.5, 2.5))
         assert np.array_equal(out.read(), up(data))
@@ -214,7 +214,7 @@ def test_vrt_and_jp2_inputs_stream_like_geotiff(tmp_path, driver, ext, opts):
 def test_gray_band_stays_one_band(tmp_path):
     data = smooth(np.random.default_rng(5), (1, 30, 20), 0, 255).round().astype(np.uint8)
     src = write_raster(tmp_path / 'gray.tif', data)
-    SeGSRUpscaler(NearestX4()).upscale_file(src, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
+    SeGSRUpscaler(NearestX4()).upscale_raster(src, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
     with rasterio.open(tmp_path / 'o.tif') as out:
         assert out.count == 1 and np.array_equal(out.read(), up(data))
 
@@ -227,7 +227,7 @@ def test_gcps_and_rpcs_are_carried_with_scaled_image_coordinates(tmp_path):
             GroundControlPoint(row=0, col=32, x=10.1, y=50.0)]
     src = write_raster(tmp_path / 'gcp.tif', data, transform=None, gcps=gcps, crs='EPSG:4326')
     model = SeGSRUpscaler(NearestX4())
-    model.upscale_file(src, tmp_path / 'gcp_x4.tif', tile=16, overlap=4, progress=False)
+    model.upscale_raster(src, tmp_path / 'gcp_x4.tif', tile=16, overlap=4, progress=False)
     with rasterio.open(tmp_path / 'gcp_x4.tif') as out:
         got, crs = out.gcps
     assert crs.to_epsg() == 4326
@@ -237,7 +237,7 @@ def test_gcps_and_rpcs_are_carried_with_scaled_image_coordinates(tmp_path):
               line_num_coeff=[0, 0, -1] + [0] * 17, line_off=12, line_scale=12, long_off=10, long_scale=0.05,
               samp_den_coeff=[1] + [0] * 19, samp_num_coeff=[0, 1] + [0] * 18, samp_off=16, samp_scale=16)
     src = write_raster(tmp_path / 'rpc.tif', data, transform=None, rpcs=rpc)
-    model.upscale_file(src, tmp_path / 'rpc_x4.tif', tile=16, overlap=4, progress=False)
+    model.upscale_raster(src, tmp_path / 'rpc_x4.tif', tile=16, overlap=4, progress=False)
     with rasterio.open(tmp_path / 'rpc_x4.tif') as out:
         r = out.rpcs
     assert (r.line_off, r.line_scale, r.samp_off, r.samp_scale) == pytest.approx((12 * 4 + 1.5, 48, 16 * 4 + 1.5, 64))
@@ -247,7 +247,7 @@ def test_gcps_and_rpcs_are_carried_with_scaled_image_coordinates(tmp_path):
 def test_all_nodata_scene_is_written_through_with_a_warning_without_running_the_network(tmp_path):
     src = write_raster(tmp_path / 'empty.tif', np.zeros((3, 30, 40), np.uint8), nodata=0)
     with pytest.warns(SceneWarning, match='every pixel is nodata'):
-        SeGSRUpscaler(MustNotRun()).upscale_file(src, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
+        SeGSRUpscaler(MustNotRun()).upscale_raster(src, tmp_path / 'o.tif', tile=16, overlap=4, progress=False)
     with rasterio.open(tmp_path / 'o.tif') as out:
         assert out.shape == (120, 160) and out.nodata == 0 and not out.dataset_mask().any()
 
@@ -287,7 +287,7 @@ def test_scene_larger_than_the_tile_streams_with_a_small_memory_budget(tmp_path,
         src = write_raster(tmp_path / f'tall{h}.tif', data, tiled=True, blockxsize=64, blockysize=64)
         tracemalloc.start()
         try:
-            st = model.upscale_file(src, tmp_path / f'tall{h}_x4.tif', tile=32, overlap=8, progress=False)
+            st = model.upscale_raster(src, tmp_path / f'tall{h}_x4.tif', tile=32, overlap=8, progress=False)
             peaks[h] = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -440,7 +440,7 @@ def test_semantic_maps_of_a_raster_are_georeferenced_geotiffs_on_the_lr_grid(tmp
     data = smooth(np.random.default_rng(11), (3, 24, 36), 0, 255).round().astype(np.uint8)
     src = write_raster(tmp_path / 'in.tif', data)
     maps = [tmp_path / 'unit1.tif', tmp_path / 'unit2.tif']
-    model.upscale_file(src, tmp_path / 'sr.tif', tile=16, overlap=4, maps_dst=maps, progress=False)
+    model.upscale_raster(src, tmp_path / 'sr.tif', tile=16, overlap=4, maps_dst=maps, progress=False)
     _, ref = model.upscale(np.moveaxis(data, 0, -1), tile=16, overlap=4, return_maps=True)
     for path, m in zip(maps, ref):
         with rasterio.open(path) as out:
@@ -496,7 +496,7 @@ def test_tile_off_the_window_grid_is_refused_before_any_image_is_read(tmp_path, 
 @pytest.mark.parametrize('cog', [False, True], ids=['gtiff', 'cog'])
 def test_a_scene_in_bands_assembles_to_the_file_one_call_writes(tmp_path, cog):
     """How ranks share one raster: each band written as a part, then assembled, gives the file (and semantic maps)
-    of one upscale_file call: same pixels, internal mask, georeferencing, tags; COG layout too."""
+    of one upscale_raster call: same pixels, internal mask, georeferencing, tags; COG layout too."""
     from tests.tiny_configs import TINY_GUIDANCE
     torch.manual_seed(2)
     net = build_network(dict(TINY_EDSR, guidance=dict(TINY_GUIDANCE))).eval()
@@ -509,13 +509,13 @@ def test_a_scene_in_bands_assembles_to_the_file_one_call_writes(tmp_path, cog):
         ds.write_mask(mask)
     kw = dict(tile=16, overlap=4, cog=cog)
     maps = [tmp_path / f'one_unit{k}.tif' for k in (1, 2)]
-    model.upscale_file(src, tmp_path / 'one.tif', maps_dst=maps, progress=False, **kw)
-    n = model.scene_bands(src, 3, 16, 4)
+    model.upscale_raster(src, tmp_path / 'one.tif', maps_dst=maps, progress=False, **kw)
+    n = model.scene_strips(src, 3, 16, 4)
     parts = [[tmp_path / f'p{k}{name}.tif' for name in ('', '_u1', '_u2')] for k in range(n)]
     for k, (part, *map_parts) in enumerate(parts):
-        model.upscale_file(src, part, maps_dst=map_parts, progress=False, band=(k, n), **kw)
+        model.upscale_raster(src, part, maps_dst=map_parts, progress=False, strip=(k, n), **kw)
     two_maps = [tmp_path / f'two_unit{k}.tif' for k in (1, 2)]
-    model.assemble_file(src, [p[0] for p in parts], tmp_path / 'two.tif', cog=cog,
+    model.assemble_raster(src, [p[0] for p in parts], tmp_path / 'two.tif', cog=cog,
                         map_parts=[p[1:] for p in parts], maps_dst=two_maps)
     assert n == 3
     with rasterio.open(tmp_path / 'two.tif') as out:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from segsr_basicsr.archs.backbone import pad_to_multiple
-from segsr_basicsr.inference.tiling import TileError, band_lr_rows, row_bands, rows_to_run, tile_grid, tile_starts, tiled_forward
+from segsr_basicsr.inference.tiling import TileError, strip_lr_rows, row_strips, rows_to_run, tile_grid, tile_starts, tiled_forward
 
 
 class LocalSR(nn.Module):
@@ -92,7 +92,7 @@ def test_multi_output_scales_and_streaming_sink():
 
 @pytest.mark.parametrize('h, w, tile, overlap', [(100, 70, 24, 8), (61, 45, 16, 12), (50, 50, 20, 4)])
 def test_bands_of_tile_rows_give_the_whole_run_bit_for_bit(h, w, tile, overlap):
-    """How ranks share one scene: each band alone hands out exactly its rows, equal to a whole run's, even
+    """How ranks share one scene: each strip alone hands out exactly its rows, equal to a whole run's, even
     where the last tile row is shifted so that three tile rows cover a pixel (61x45: overlap 12 of 16)."""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 3, 5, padding=2)
@@ -105,20 +105,20 @@ def test_bands_of_tile_rows_give_the_whole_run_bit_for_bit(h, w, tile, overlap):
     full = tiled_forward(fn, x, tile, overlap)
     th, _, ys, _ = tile_grid(h, w, tile, overlap)
     for parts in (2, 3, 5):
-        bands = row_bands(ys, th, parts)
-        assert bands[0][0] == 0 and bands[-1][1] == len(ys) and all(a < b for a, b in bands)
+        strips = row_strips(ys, th, parts)
+        assert strips[0][0] == 0 and strips[-1][1] == len(ys) and all(a < b for a, b in strips)
         out = [torch.full_like(f, float('nan')) for f in full]
-        for band in bands:
-            y0, y1 = band_lr_rows(h, ys, band)
+        for strip in strips:
+            y0, y1 = strip_lr_rows(h, ys, strip)
 
             def sink(i, r0, r1, c0, c1, block, y0=y0, y1=y1):
                 s = 2 if i == 0 else 1
-                assert y0 * s <= r0 < r1 <= y1 * s  # a band hands out its own rows only
+                assert y0 * s <= r0 < r1 <= y1 * s  # a strip hands out its own rows only
                 out[i][:, :, r0:r1, c0:c1] = block
-            tiled_forward(fn, x, tile, overlap, sink=sink, rows=band)
+            tiled_forward(fn, x, tile, overlap, sink=sink, rows=strip)
         assert all(torch.equal(a, b) for a, b in zip(out, full)), parts
-        runs = [len(rows_to_run(ys, th, b)) for b in bands]
-        assert max(runs) - min(runs) <= 2, (bands, runs)  # balanced by the rows each band runs
+        runs = [len(rows_to_run(ys, th, b)) for b in strips]
+        assert max(runs) - min(runs) <= 2, (strips, runs)  # balanced by the rows each strip runs
 
 
 def test_tile_starts_cover_with_overlap_and_alignment():

@@ -1,112 +1,18 @@
-"""A batch of scenes: inputs listed, outputs planned, work shared among ranks, and what is already done.
+"""A batch of scenes run: this rank's share of the units, what is already done skipped, shared scenes assembled.
 
-``segsr-infer`` (one process or a torchrun job) and :meth:`SeGSRUpscaler.upscale_files` both go through
-here. Work is shared by pixel count, not file count (:func:`shares`), the same way on every rank, so
-each output is written by exactly one rank. A finished output gets a small record
-(:class:`DoneRecords`: the input's size and mtime, the checkpoint's digest and the options that change
-pixels); re-running the same command skips what a record proves finished, recomputes what a changed
-checkpoint or option made stale, and never mistakes a half-written file (outputs appear only complete)
-or somebody else's file (no record: refused unless ``--overwrite``) for done.
+:func:`run_batch` is the one batch path (``segsr-infer`` and :meth:`SeGSRUpscaler.upscale_batch`): list the
+inputs, plan the outputs, sort out what the done-records (:mod:`.records`) prove finished, check every input
+the way it will be read, then run this rank's units and assemble the scenes shared in strips.
 """
-import hashlib
-import json
-import os
-from dataclasses import dataclass
+import sys
+import warnings
 from pathlib import Path
-from typing import Optional, Tuple
 
-from segsr_basicsr.errors import InferError
-from segsr_basicsr.io.atomic import atomic_write
-from segsr_basicsr.io.images import IMG_EXTS, TIFF_EXTS
-from segsr_basicsr.io.raster import RASTER_EXTS
-from segsr_basicsr.utils.preflight import check_writable
+from segsr_basicsr.errors import SceneWarning
+from segsr_basicsr.inference.batch_plan import (PARTS_DIR, check_inputs, check_job_paths, make_units, plan_outputs,
+                                                shares, streams)
+from segsr_basicsr.inference.records import RECORDS_DIR, DoneRecords, done_record, remove_stale_temps, sort_out
 from segsr_basicsr.utils.progress import JobProgress
-from segsr_basicsr.io.digest import file_sha256
-
-INPUT_EXTS = tuple(dict.fromkeys(IMG_EXTS + RASTER_EXTS))
-RECORDS_DIR = '.segsr-done'
-#: where ranks sharing one scene write their bands before one of them assembles the output
-PARTS_DIR = '.segsr-parts'
-
-
-def _has_rasterio():
-    try:
-        import rasterio  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def streams(path):
-    """True for inputs read window by window through GDAL."""
-    return path.suffix.lower() in RASTER_EXTS and _has_rasterio()
-
-
-def list_inputs(inputs):
-    """The files named by --input (files, folders), each once, in order; refuses what is not an image."""
-    files = []
-    for text in inputs:
-        if not str(text).strip():
-            raise InferError("--input '': an empty path; name an image, raster or folder.")
-    for p in map(Path, inputs):
-        if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in INPUT_EXTS)
-            if not found:
-                raise InferError(f'{p}: folder holds no images ({", ".join(INPUT_EXTS)}).')
-            files += found
-        elif p.is_file():
-            if p.suffix.lower() not in INPUT_EXTS:
-                raise InferError(f'{p}: not an image or raster file ({", ".join(INPUT_EXTS)}).')
-            files.append(p)
-        else:
-            raise InferError(f'--input {p}: no such file or folder.')
-    seen = {}
-    for f in files:
-        if f.resolve() in seen:
-            raise InferError(f'--input names {f} twice (also as {seen[f.resolve()]}); name each input once.')
-        seen[f.resolve()] = f
-    return files
-
-
-def plan_outputs(files, out_dir, scale, save_maps, num_maps):
-    """(input, output, [map outputs]) per file; refuses anything that could destroy an input or an output."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InferError(f'--output {out_dir}: exists and is not a folder.')
-    check_writable(out_dir, '--output')
-    in_dirs = {f.parent.resolve() for f in files}
-    if out_dir.resolve() in in_dirs:
-        raise InferError(f'--output {out_dir}: is the folder of the input image(s); results must go to another '
-                         'folder so that inputs are never overwritten (e.g. --output results/sr).')
-    inputs = {f.resolve() for f in files}
-    plan, seen = [], set()
-    for f in files:
-        raster = streams(f)
-        ext = '.tif' if raster or f.suffix.lower() in TIFF_EXTS else '.png'
-        out = out_dir / f'{f.stem}_SeGSR_x{scale}{ext}'
-        map_ext = '.tif' if raster else '.png'
-        maps = [out_dir / f'{f.stem}_SeGSR_x{scale}_semantic_unit{k + 1}{map_ext}' for k in range(num_maps)] \
-            if save_maps else []
-        for o in [out] + maps:
-            if o.resolve() in inputs:
-                raise InferError(f'{o}: is one of the inputs; refusing to overwrite it. Choose another --output.')
-            if o in seen:
-                raise InferError(f'{f}: two inputs map to the same output {o} (same name, different extension?); '
-                                 'process them separately.')
-            seen.add(o)
-        plan.append((f, out, maps))
-    return plan
-
-
-def shares(weights, world):
-    """Indices of ``weights`` for each of ``world`` ranks, largest first to the least loaded rank (ties: the
-    lower rank), so every rank computes the same split and the loads differ by at most one item's weight."""
-    loads, out = [0] * world, [[] for _ in range(world)]
-    for i in sorted(range(len(weights)), key=lambda i: (-weights[i], i)):
-        r = min(range(world), key=lambda r: (loads[r], r))
-        loads[r] += weights[i]
-        out[r].append(i)
-    return [sorted(s) for s in out]
 
 
 def rank_and_world():
@@ -129,130 +35,6 @@ def agree_on_plan(todo, skipped):
     box = [(todo, skipped, uuid.uuid4().hex)]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def scene_pixels(path) -> int:
-    """LR pixels of an input, from its header (rasters through rasterio, images through io.images)."""
-    if streams(path):
-        import rasterio
-        with rasterio.open(path) as src:
-            return src.width * src.height
-    from segsr_basicsr.io.images import image_size
-    w, h = image_size(path)
-    return w * h
-
-
-class DoneRecords:
-    """``<out_dir>/.segsr-done/<output name>.json`` for every finished output: what it was made from."""
-
-    def __init__(self, out_dir, fingerprint: dict):
-        self.dir = Path(out_dir) / RECORDS_DIR
-        self.fingerprint = fingerprint
-
-    def _path(self, out):
-        return self.dir / f'{Path(out).name}.json'
-
-    def _expected(self, src, outs):
-        st = Path(src).stat()
-        return {'input': str(Path(src).resolve()), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
-                **self.fingerprint, 'outputs': {Path(o).name: None for o in outs}}
-
-    def status(self, src, outs) -> str:
-        """'done' (record matches, outputs intact), 'stale' (our record, other inputs/settings), 'foreign'
-        (an output exists that no record explains), or 'todo'."""
-        rec_path = self._path(outs[0])
-        existing = [o for o in outs if os.path.lexists(o)]
-        if not rec_path.is_file():
-            return 'foreign' if existing else 'todo'
-        rec = json.loads(rec_path.read_text())
-        want = self._expected(src, outs)
-        sizes = rec.get('outputs') or {}
-        intact = all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in outs)
-        same = all(rec.get(k) == v for k, v in want.items() if k != 'outputs') and set(sizes) == set(want['outputs'])
-        return 'done' if same and intact else 'stale'
-
-    def forget(self, out):
-        """Drop the record of ``out`` (a part that became an output)."""
-        self._path(out).unlink(missing_ok=True)
-
-    def mark(self, src, outs):
-        """Record finished ``outs`` of ``src`` (after they are complete on disk)."""
-        rec = self._expected(src, outs)
-        rec['outputs'] = {Path(o).name: os.path.getsize(o) for o in outs}
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self._path(outs[0]), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)),
-                     durable=False)
-
-
-def fingerprint(checkpoint, options: dict) -> dict:
-    """What makes an output what it is besides its input: the checkpoint's SHA-256 and the pixel options."""
-    digest = file_sha256(checkpoint) if checkpoint and os.path.isfile(checkpoint) else str(checkpoint)
-    canon = json.dumps(options, sort_keys=True, default=str)
-    return {'checkpoint_sha256': digest, 'options_sha256': hashlib.sha256(canon.encode()).hexdigest(),
-            'options': json.loads(canon)}
-
-
-def sort_out(plan, records, overwrite):
-    """(todo, skipped): finished outputs skipped; stale ones of ours recomputed; anyone else's refused
-    unless ``overwrite`` (then everything is recomputed)."""
-    todo, skipped, foreign = [], [], []
-    for src, out, maps in plan:
-        status = 'todo' if overwrite else records.status(src, [out, *maps])
-        if status == 'done':
-            skipped.append((src, out, maps))
-            continue
-        if status == 'foreign':
-            foreign += [str(o) for o in [out, *maps] if os.path.lexists(o)]
-        todo.append((src, out, maps))
-    if foreign:
-        more = f' (and {len(foreign) - 5} more)' if len(foreign) > 5 else ''
-        raise InferError(f'output exists: {", ".join(foreign[:5])}{more}, and no record says segsr-infer made it '
-                         'from this input. Pass --overwrite to replace it, or choose another --output.')
-    return todo, skipped
-
-
-def remove_stale_temps(outputs):
-    """Delete the temporary siblings (``.<name>.<pid>.tmp*``) that a killed run left beside ``outputs``."""
-    for o in outputs:
-        for tmp in Path(o).parent.glob(f'.{Path(o).name}.*.tmp*'):
-            tmp.unlink(missing_ok=True)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One piece of work: a whole input, or strip ``k`` of ``n`` strips of tile rows of one large raster."""
-    src: Path
-    out: Path
-    maps: tuple
-    pixels: int
-    strip: Optional[Tuple[int, int]] = None
-
-    @property
-    def share(self) -> float:
-        """How much of its scene this unit is (1, or 1/n for a strip)."""
-        return 1 / self.strip[1] if self.strip else 1.0
-
-    def outputs(self):
-        """What this unit writes: the outputs, or for a strip its parts in ``<output>/.segsr-parts/``."""
-        if self.strip is None:
-            return [self.out, *self.maps]
-        k, n = self.strip
-        return [self.out.parent / PARTS_DIR / f'{o.stem}.strip{k + 1}of{n}{o.suffix}' for o in [self.out, *self.maps]]
-
-
-def make_units(todo, world, strips_of=None):
-    """Units of ``todo`` for ``world`` ranks: a streamed raster larger than an even share of all pixels is cut
-    into up to ``world`` strips of tile rows (``strips_of(src, parts)`` says how many it has) when given."""
-    pixels = [scene_pixels(src) for src, _, _ in todo]
-    fair = sum(pixels) / max(world, 1)
-    units = []
-    for (src, out, maps), px in zip(todo, pixels):
-        n = strips_of(src, world) if strips_of and world > 1 and px > fair and streams(src) else 1
-        if n < 2:
-            units.append(Unit(src, out, tuple(maps), px))
-            continue
-        units += [Unit(src, out, tuple(maps), px // n, (k, n)) for k in range(n)]
-    return units
 
 
 def _barrier(world):
@@ -320,3 +102,80 @@ def run_share(todo, skipped, records, out_dir, work, assemble=None, strips_of=No
     finally:
         job.close()
     return mine, sum(u.pixels for u in mine) / 1e6, skipped
+
+
+# ----------------------------------------------------------------------------- the one batch path
+def run_batch(model, inputs, out_dir, out, overwrite=False, split=True, progress=True, log=None) -> dict:
+    """``model`` (a :class:`SeGSRUpscaler`) on ``inputs`` into ``out_dir`` with :class:`OutputSettings` ``out``;
+    every check before any work (identical on every rank). See :meth:`SeGSRUpscaler.upscale_batch`."""
+    from segsr_basicsr.errors import InferError
+    files = check_job_paths(inputs, out_dir)
+    if out.save_maps and not model.num_maps:
+        raise InferError(f'--save-maps: {model.name} gives no semantic maps (a network without guidance, or an '
+                         'ONNX file); save maps from the checkpoint, or export with segsr-export --maps for QA.')
+    plan = plan_outputs(files, out_dir, model.scale, out.save_maps, model.num_maps if out.save_maps else 0)
+    records = DoneRecords(out_dir, done_record(model.settings, out))
+    todo, skipped = sort_out(plan, records, overwrite)
+    check_inputs([src for src, _, _ in todo], out)
+
+    def work(unit, outs, job):
+        _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
+
+    assemble, strips_of = _sharing(model, out, log) if split else (None, None)
+    mine, mp, skipped = run_share(todo, skipped, records, out_dir, work, assemble, strips_of, progress=progress,
+                                  overwrite=overwrite)
+    return {'done': sorted({(u.src, u.out) for u in mine}), 'skipped': len(skipped),
+            'scenes': sum(u.share for u in mine), 'megapixels': mp}
+
+
+def _upscale_unit(model, out, unit, outs, progress) -> str:
+    """One input (or strip ``(k, n)`` of a raster) -> its output(s) (or parts); returns the line to print."""
+    src, dst, maps = unit.src, outs[0], outs[1:]
+    if streams(src):
+        st = model.upscale_raster(src, dst, tile=out.tile, maps_dst=maps or None, progress=progress,
+                                  strip=unit.strip, **out.raster_kw())
+        (w, h), (sw, sh) = st['lr_size'], st['sr_size']
+        what = f'{src} strip {unit.strip[0] + 1}/{unit.strip[1]} (LR rows {st["lr_rows"][0]}:{st["lr_rows"][1]})' \
+            if unit.strip else str(src)
+        return f'{what} -> {dst} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
+    w, h = model.upscale_image_file(src, dst, maps, tile=out.tile, image_kw=out.image_kw(), progress=progress)
+    return f'{src} -> {dst} ({w}x{h} -> {w * model.scale}x{h * model.scale})'
+
+
+def _unit_progress(model, out, unit, job, progress):
+    """Alone, a bar per scene; under many ranks a raster's tiles advance the job's line (no bar per scene)."""
+    if not progress:
+        return False
+    if rank_and_world()[1] == 1:
+        return True
+    if not streams(unit.src):
+        return False
+    tiles = model.count_tiles(unit.src, out.tile, strip=unit.strip)
+    return lambda n: job.advance(unit.pixels / 1e6 * n / tiles)
+
+
+def _run_one(model, out, unit, outs, progress, log):
+    """:func:`_upscale_unit`; with ``log`` (the CLI) its line is logged and scene warnings become lines."""
+    if log is None:
+        _upscale_unit(model, out, unit, outs, progress)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', SceneWarning)
+        line = _upscale_unit(model, out, unit, outs, progress)
+    for w in caught:
+        if issubclass(w.category, SceneWarning):
+            print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    log(line)
+
+
+def _sharing(model, out, log):
+    """(assemble, strips_of) for :func:`run_share`: how a large raster is shared among ranks in strips."""
+
+    def assemble(src, dst, maps, parts, map_parts):
+        model.assemble_raster(src, parts, dst, map_parts=map_parts, maps_dst=maps, **out.raster_kw())
+        if log is not None:
+            log(f'{src} -> {dst} (assembled from {len(parts)} strips)')
+
+    return assemble, lambda src, parts: model.scene_strips(src, parts, out.tile)

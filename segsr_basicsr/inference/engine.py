@@ -64,11 +64,13 @@ class Engine:
         self.info = info or describe(net, self.device, scale)
         self.multiple, self.scale, self.num_maps = self.info.multiple, self.info.scale, self.info.num_maps
 
-    def tile_for(self, tile: TileSpec, origin: str = 'tile') -> TileSpec:
+    def tile_for(self, tile: TileSpec, origin: str = 'tile', streamed: bool = False) -> TileSpec:
         """``tile`` as this network runs it, checked once for every entry point: a size off the network's
         window gives seams (refused); a network that takes one tile size only (a fixed-tile ONNX file) runs
-        every image in tiles of that size, and refuses another."""
+        every image in tiles of that size (also by default: 'auto'), and refuses another."""
         fixed = self.info.fixed_tile
+        tile = tile.for_input(streamed) if fixed is None or tile.size != 'auto' else \
+            TileSpec(fixed, tile.overlap, tile.margin, tile.batch)
         if fixed is not None and tile.size != fixed:
             if tile.size:
                 raise InferError(f'{self.info.name} takes {fixed}x{fixed} LR tiles only (fixed at export), got '

@@ -33,10 +33,10 @@ def probe_scale(net, device) -> int:
 
 
 def describe(net, device='cpu', scale: Optional[int] = None, name: Optional[str] = None) -> NetworkInfo:
-    """The :class:`NetworkInfo` of a built network: a guided backbone, an :class:`OnnxNetwork` (its own
-    ``info``), or a plain BasicSR arch (scale read from ``upscale`` or measured once)."""
-    from segsr_basicsr.inference.onnx_net import OnnxNetwork
-    if isinstance(net, OnnxNetwork):
+    """The :class:`NetworkInfo` of a built network: one that carries its own ``info`` (an ONNX file), a
+    guided backbone, or a plain BasicSR arch (scale read from ``upscale`` or measured once). The only place
+    that asks a module what it is."""
+    if isinstance(getattr(net, 'info', None), NetworkInfo):  # a network that describes itself (OnnxNetwork)
         return net.info
     if isinstance(net, GuidedBackbone):
         maps = len(net.sr_units) if net.guidance is not None else 0

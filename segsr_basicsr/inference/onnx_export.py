@@ -32,6 +32,7 @@ from torch import nn
 from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, resize_positional_embedding
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
+from segsr_basicsr.inference.network import describe
 from segsr_basicsr.inference.onnx_net import META_PREFIX, open_session
 
 __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready', 'DEFAULT_OPSET', 'TOLERANCE',
@@ -72,7 +73,7 @@ def _encoders(net):
 def dynamic_multiple(net) -> int:
     """LR sizes a dynamic file accepts are multiples of this: the window, and patch / gcd(patch, s) so that
     the CLIP token grid h*s/patch is a whole number (no rounding to trace)."""
-    multiple = int(getattr(net, 'size_multiple', 1) or 1)
+    multiple = describe(net).multiple
     scale = int(net.upscale)
     for enc in _encoders(net):
         for patch in enc.patch_size:
@@ -209,7 +210,7 @@ def _verify(session, references, tolerance) -> list:
 
 def _properties(net, tile, dynamic, multiple, fp16, maps, name, extra) -> dict:
     """metadata_props (JSON values): what OnnxNetwork and other readers need to run the file."""
-    window = multiple if dynamic else int(getattr(net, 'size_multiple', 1) or 1)
+    window = multiple if dynamic else describe(net).multiple
     props = {'scale': int(net.upscale), 'size_multiple': window,
              'tile': None if dynamic else int(tile), 'name': name, 'fp16': bool(fp16),
              'outputs': [OUTPUT, MAPS] if maps else [OUTPUT], 'input_range': [0.0, 1.0]}

@@ -7,7 +7,6 @@ else from the file-name stem without its trailing digits (``airplane07`` -> ``ai
 """
 import csv
 import io
-import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple

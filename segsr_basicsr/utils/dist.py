@@ -80,3 +80,36 @@ def patch_dist():
     from segsr_basicsr.compat import patch
     patch(dist_util, '_init_dist_pytorch', make_init)
     patch(dist_util, '_init_dist_slurm', make_slurm)
+
+
+def init_process_group(launcher='auto'):
+    """(rank, world, local rank) for an entry point: ``auto`` treats a torchrun job (TORCHELASTIC_RUN_ID set)
+    as ``pytorch``, anything else as one process; ``pytorch`` reads RANK/WORLD_SIZE/MASTER_ADDR, ``slurm``
+    SLURM_PROCID/NTASKS/NODELIST, as training does (nccl on CUDA, gloo on CPU, SEGSR_DIST_TIMEOUT)."""
+    import torch.distributed as dist
+    if launcher == 'auto':
+        launcher = 'pytorch' if 'TORCHELASTIC_RUN_ID' in os.environ else 'none'
+    if not dist.is_initialized() and launcher != 'none':
+        world = int(os.environ.get('SLURM_NTASKS' if launcher == 'slurm' else 'WORLD_SIZE', '1'))
+        if world > 1:
+            from basicsr.utils.dist_util import init_dist
+            patch_dist()
+            init_dist(launcher)
+    if dist_ready():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', '0'))
+    return 0, 1, 0
+
+
+def rank_device(name, world, local_rank):
+    """Under many ranks each runs on its own GPU (LOCAL_RANK), or on the CPU."""
+    import torch
+    if world > 1 and name in ('auto', 'cuda') and torch.cuda.is_available():
+        return f'cuda:{local_rank}'
+    return name
+
+
+def end_process_group():
+    """Destroy the process group if one is up (an entry point's last step)."""
+    if dist_ready():
+        import torch.distributed as dist
+        dist.destroy_process_group()
