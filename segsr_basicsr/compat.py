@@ -3,7 +3,7 @@
 :func:`apply` runs when ``segsr_basicsr`` is imported (also in every torchrun rank and in spawned
 DataLoader workers). It only installs what importing basicsr needs and changes no BasicSR behaviour:
 a ``torchvision.transforms.functional_tensor`` stand-in (removed in torchvision 0.17) and
-``distutils`` (gone in Python 3.12: setuptools' copy, else a LooseVersion-only stand-in). The changes
+``distutils`` (gone in Python 3.12: setuptools' copy, a dependency). The changes
 our entry points make to BasicSR's train loop are :mod:`segsr_basicsr.training.pipeline`'s job.
 """
 import sys
@@ -42,44 +42,8 @@ def _ensure_distutils():
         return
     except ImportError:
         pass
-    import re
-
-    class LooseVersion:
-        """Minimal stand-in: basicsr only compares torchvision versions with it."""
-
-        def __init__(self, vstring):
-            self.vstring = str(vstring)
-            self.version = [int(p) if p.isdigit() else p for p in re.findall(r'\d+|[a-z]+', self.vstring.lower())]
-
-        def _cmp(self, other):
-            other = other if isinstance(other, LooseVersion) else LooseVersion(other)
-            try:
-                return (self.version > other.version) - (self.version < other.version)
-            except TypeError:  # int vs str component: compare as strings like distutils did
-                a, b = [str(v) for v in self.version], [str(v) for v in other.version]
-                return (a > b) - (a < b)
-
-        def __eq__(self, other):
-            return self._cmp(other) == 0
-
-        def __lt__(self, other):
-            return self._cmp(other) < 0
-
-        def __le__(self, other):
-            return self._cmp(other) <= 0
-
-        def __gt__(self, other):
-            return self._cmp(other) > 0
-
-        def __ge__(self, other):
-            return self._cmp(other) >= 0
-
-    pkg = types.ModuleType('distutils')
-    version = types.ModuleType('distutils.version')
-    version.LooseVersion = LooseVersion
-    pkg.version = version
-    sys.modules.setdefault('distutils', pkg)
-    sys.modules['distutils.version'] = version
+    raise ImportError('basicsr needs distutils, which Python 3.12 dropped: pip install setuptools '
+                      '(a dependency of segsr_basicsr; reinstall it with pip install -e .).')
 
 
 def apply():

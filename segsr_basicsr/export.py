@@ -7,7 +7,8 @@
 The ONNX file holds the whole network (LoRA merged, the CLIP tower inside) and appears only after
 onnxruntime reproduced PyTorch on a random and a real (``--check-image``, else synthetic) tile within
 ``--tolerance``. Existing files are never replaced without ``--overwrite``, the checkpoint never.
-A thin layer over :func:`segsr_basicsr.api.load_model` and :mod:`segsr_basicsr.inference.onnx_export`;
+Argument parsing over :func:`segsr_basicsr.api.build_from_checkpoint` (the checkpoint read once) and
+:mod:`segsr_basicsr.inference.onnx_export`;
 see docs/export.md.
 """
 import argparse

@@ -75,8 +75,8 @@ def test_train_loop_patches_are_idempotent():
     assert basicsr.train.parse_options is importlib.import_module('basicsr.utils.options').parse_options
 
 
-def test_python312_without_distutils_uses_a_stand_in():
-    """Simulate Python 3.12 without setuptools: distutils and setuptools cannot be imported at all."""
+def test_python312_without_setuptools_says_what_to_install():
+    """Simulate Python 3.12 without setuptools: the import names the missing package, not a basicsr line."""
     proc = _run('''
         import sys
         class Block:
@@ -87,13 +87,8 @@ def test_python312_without_distutils_uses_a_stand_in():
             del sys.modules[m]
         sys.meta_path.insert(0, Block())
         import segsr_basicsr
-        from basicsr.archs.arch_util import LooseVersion
-        assert LooseVersion('0.29.1') >= LooseVersion('0.9.0') and LooseVersion('1.10') > LooseVersion('1.9')
-        assert LooseVersion('2.14.1+cu130') > LooseVersion('2.2')
-        print('ok', LooseVersion.__module__)
     ''')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'ok segsr_basicsr.compat' in proc.stdout  # our stand-in served the import
+    assert proc.returncode != 0 and 'pip install setuptools' in proc.stderr, proc.stderr[-3000:]
 
 
 def test_init_dist_pytorch_uses_gloo_on_cpu_with_long_timeout(monkeypatch):

@@ -102,7 +102,7 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     assert changed.returncode == 0 and '5 scene(s)' in changed.stdout and 'already done' not in changed.stdout
 
 
-def test_api_upscale_files_does_only_what_is_missing(tmp_path):
+def test_api_upscale_batch_does_only_what_is_missing(tmp_path):
     import segsr_basicsr
     from basicsr.archs import build_network
     torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_api_upscale_files_does_only_what_is_missing(tmp_path):
     first = model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
     assert len(first['done']) == 5 and first['skipped'] == 0
     again = model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
-    assert again == {'done': [], 'skipped': 5}
+    assert again['done'] == [] and again['skipped'] == 5 and again['megapixels'] == 0
     assert len(model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
 
 

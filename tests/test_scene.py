@@ -489,7 +489,7 @@ def test_tile_off_the_window_grid_is_refused_before_any_image_is_read(tmp_path, 
         run(path, '--input', src, '--output', tmp_path / 'out', '--tile', 6, '--tile-overlap', 2)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1
-    assert err[0].startswith('segsr-infer: error: --tile size 6 is not a multiple of') and 'Use 8' in err[0]
+    assert err[0].startswith('segsr-infer: error: tile size 6 is not a multiple of') and 'Use 8' in err[0]
     assert not (tmp_path / 'out').exists()
 
 

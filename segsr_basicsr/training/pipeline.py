@@ -29,11 +29,6 @@ _train_loop_patched = False
 
 
 # ----------------------------------------------------------------------------- helpers
-def _logger():
-    from basicsr.utils import get_root_logger
-    return get_root_logger()
-
-
 # ----------------------------------------------------------------------------- options
 _pending_overrides = None
 
