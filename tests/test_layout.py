@@ -21,6 +21,7 @@ LAYERS = {
     'segsr_basicsr.archs': 2,
     'segsr_basicsr.data': 3,
     'segsr_basicsr.utils': 3,
+    'segsr_basicsr.metrics': 3,
     'segsr_basicsr.models': 4,
     'segsr_basicsr.api': 4,
     'segsr_basicsr.train_loop': 4,
