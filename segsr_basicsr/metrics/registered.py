@@ -10,7 +10,7 @@ import numpy as np
 
 from basicsr.utils.registry import METRIC_REGISTRY
 from segsr_basicsr.errors import DataError, OptionError
-from segsr_basicsr.metrics import quality
+import segsr_basicsr.metrics.quality as quality
 from segsr_basicsr.registry import register
 
 
