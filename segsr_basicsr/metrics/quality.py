@@ -141,6 +141,8 @@ class QualitySums:
         if img.shape != ref.shape:
             raise DataError(f'the images differ in shape: {img.shape} and {ref.shape} (H, W, bands).')
         valid = np.ones(img.shape[:2], bool) if valid is None else np.asarray(valid, bool)
+        if valid.shape != img.shape[:2]:
+            raise DataError(f'the valid-pixel mask is {valid.shape} but the images are {img.shape[:2]} (H, W).')
         a, b = img[valid], ref[valid]
         sums = cls(sse=((a - b) ** 2).sum(0), ref_sum=b.sum(0), count=int(valid.sum()))
         if img.shape[2] >= 2:
