@@ -8,7 +8,7 @@ from segsr_basicsr import compat  # noqa: F401  (must run before basicsr is impo
 
 compat.apply()
 
-from segsr_basicsr import archs, data, models  # noqa: E402,F401
+from segsr_basicsr import archs, data, metrics, models  # noqa: E402,F401
 from segsr_basicsr.api import load_model  # noqa: E402,F401
 
 __version__ = '0.1.0'

@@ -28,6 +28,7 @@ LAYERS = {
     'segsr_basicsr.training': 4,
     'segsr_basicsr.models': 5,
     'segsr_basicsr.api': 5,
+    'segsr_basicsr.metrics': 3,
     'segsr_basicsr.train': 6,
     'segsr_basicsr.test': 6,
     'segsr_basicsr.infer': 6,

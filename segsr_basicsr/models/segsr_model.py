@@ -337,6 +337,7 @@ class SeGSRModel(CheckpointsMixin, SRModel):
                 visuals = self.get_current_visuals()
                 sr_img = tensor2img([visuals['result']])
                 metric_data['img'] = sr_img
+                metric_data['lq'] = tensor2img([visuals['lq']])  # for LR-consistency (segsr_basicsr.metrics)
                 if 'gt' in visuals:
                     metric_data['img2'] = tensor2img([visuals['gt']])
                     del self.gt
