@@ -247,7 +247,7 @@ def test_the_demo_test_file_uses_the_metrics_and_passes_the_option_check():
     from pathlib import Path
 
     from segsr_basicsr.io.option_file import load_option_file
-    from segsr_basicsr.utils.options import check_val
+    from segsr_basicsr.options import check_val
     path = Path(__file__).resolve().parents[1] / 'options' / 'demo' / 'test_SeGSR_HAT_demo_x4.yml'
     opt = load_option_file(path)
     types = {m['type'] for m in opt['val']['metrics'].values()}
