@@ -1,1 +1,1 @@
-"""Reusable helpers: option files, tiling, CLI front, heat maps."""
+"""Small helpers every room uses: the exit convention (cli), process groups (dist), progress, path/device checks."""
