@@ -26,7 +26,7 @@ from segsr_basicsr.inference.records import ModelSettings
 from segsr_basicsr.inference.upscaler import SeGSRUpscaler
 from segsr_basicsr.io.checkpoint import META_KEY
 from segsr_basicsr.io.digest import file_sha256
-from segsr_basicsr.options import _NO_AMP, parse_amp
+from segsr_basicsr.options import parse_amp
 from segsr_basicsr.utils.preflight import check_device
 
 __all__ = ['load_model', 'build_from_checkpoint', 'model_backend', 'SeGSRUpscaler']
@@ -47,12 +47,12 @@ def load_model(path, device='auto', opt=None, param_key=None, amp=None, self_ens
     if model_backend(path, backend) == 'onnxruntime':
         return _load_onnx(path, device, amp, self_ensemble, opt=opt, param_key=param_key, merge_lora=merge_lora)
     device = check_device(device)
-    parse_amp(amp, 'amp')
+    amp = None if parse_amp(amp, 'amp') is None else str(amp)
     net, net_opt, _, param_key = _build(path, opt, param_key)
     merge_lora = bool(merge_lora and isinstance(net, GuidedBackbone) and net.guidance is not None)
     if merge_lora:  # fold CLIP LoRA into its weights
         net.merge_lora()
-    settings = ModelSettings(_digest(path), _digest(net_opt), param_key, None if amp in _NO_AMP else str(amp),
+    settings = ModelSettings(_digest(path), _digest(net_opt), param_key, amp,
                              bool(self_ensemble), merge_lora, 'torch')
     return SeGSRUpscaler(net.to(device).eval(), device=device, name=str(path), settings=settings,
                          info=describe(net, device, name=str(path)))
