@@ -42,6 +42,7 @@ setup(
             'segsr-infer=segsr_basicsr.infer:main',
             'segsr-report=segsr_basicsr.report:main',
             'segsr-export=segsr_basicsr.export:main',
+            'segsr-launch=segsr_basicsr.launch:main',
         ],
     },
 )

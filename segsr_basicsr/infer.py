@@ -11,11 +11,17 @@ give PNG. Inputs are never overwritten, outputs only with ``--overwrite``; every
 written under a temporary name and renamed when complete. Re-running a command does only what is
 missing (records in ``<output>/.segsr-done/``). Many GPUs or machines:
 ``torchrun --nproc_per_node=N -m segsr_basicsr.infer ...`` shares the inputs among the ranks by pixel
-count.
+count. A stop (SIGTERM, SIGINT, SIGUSR1, SIGUSR2; under torchrun sent to the launcher, which forwards it)
+exits 75 and the same command finishes the job (``python -m segsr_basicsr.launch`` for torchrun's exit
+code; docs/contract.md).
 
 This module is argument parsing: the work is :meth:`SeGSRUpscaler.upscale_batch`, the one batch path
 the API offers too (:mod:`segsr_basicsr.inference.batch`). """
 import argparse
+import os
+import signal
+import sys
+import threading
 import time
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
@@ -23,8 +29,9 @@ import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before ba
 from segsr_basicsr.api import load_model
 from segsr_basicsr.inference.batch_plan import check_job_paths
 from segsr_basicsr.io.images import add_image_args, image_kwargs
-from segsr_basicsr.options import RASTER_TILE, tile_spec
-from segsr_basicsr.utils.dist import end_process_group, gather_objects, init_process_group, rank_device
+from segsr_basicsr.options import RASTER_TILE, signal_numbers, tile_spec
+from segsr_basicsr.training.stop import STOP_EXIT_CODE
+from segsr_basicsr.utils.dist import end_process_group, gather_objects, init_process_group, rank_device, record_stop
 from segsr_basicsr.utils.preflight import check_device
 
 
@@ -103,15 +110,41 @@ def run(args):
     _summary(rank, world, result, t0)
 
 
+def _stop_on_signals():
+    """The stop signals end this process at once with exit 75: nothing is lost, since an output appears only
+    complete and is then recorded, and the same command does what is missing. Returns the previous handlers."""
+    numbers = signal_numbers(None)
+
+    def stop(signum, frame):
+        for num in numbers:  # a repeated signal does not interrupt the way out
+            signal.signal(num, signal.SIG_IGN)
+        rank = os.environ.get('RANK')
+        who = f' (rank {rank})' if rank is not None else ''
+        print(f'segsr-infer: {signal.Signals(signum).name} received{who}: stopping; finished outputs are kept, '
+              f'the same command finishes the job (exit code {STOP_EXIT_CODE}).', file=sys.stderr, flush=True)
+        raise SystemExit(STOP_EXIT_CODE)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {num: signal.signal(num, stop) for num in numbers}
+
+
 def main(argv=None):
     from segsr_basicsr.utils.cli import exit_on_user_error
 
     args = parse_args(argv)
+    previous = _stop_on_signals()
     try:
         with exit_on_user_error('segsr-infer'):
             run(args)
+    except SystemExit as e:
+        if e.code == STOP_EXIT_CODE:
+            record_stop(STOP_EXIT_CODE, 'segsr-infer stopped by a signal; run the same command to finish')
+        raise
     finally:
         end_process_group()
+        for num, handler in previous.items():
+            signal.signal(num, handler)
 
 
 if __name__ == '__main__':

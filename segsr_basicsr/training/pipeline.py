@@ -21,9 +21,9 @@ from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_key
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
 from segsr_basicsr.options import validate_options
 from segsr_basicsr.utils.preflight import check_run
-from segsr_basicsr.training.stop import STOP, signal_numbers
+from segsr_basicsr.training.stop import STOP, STOP_EXIT_CODE, signal_numbers
 from segsr_basicsr.compat import original, patch as _patch  # noqa: F401
-from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout, patch_dist  # noqa: F401
+from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout, patch_dist, record_stop  # noqa: F401
 
 _train_loop_patched = False
 
@@ -292,6 +292,18 @@ def _check_args(argv, is_train, prog='segsr'):
     return opt
 
 
+def _run_recording_stop(pipeline):
+    """``pipeline(cwd)``; a stop on a signal (the model saved, then every rank raised SystemExit(75) after the
+    save barrier) leaves this rank's stop record for the launcher (:func:`record_stop`)."""
+    try:
+        pipeline(os.getcwd())
+    except SystemExit as e:
+        if e.code == STOP_EXIT_CODE:
+            record_stop(STOP_EXIT_CODE, f'segsr-train stopped by {STOP.name}, checkpoint saved; continue with '
+                        '--auto_resume')
+        raise
+
+
 def run(pipeline, is_train, argv=None, prog='segsr'):
     """Validate the option file, patch BasicSR's train loop (:func:`patch_train_loop`),
     then ``pipeline(cwd)``, so experiments/, tb_logger/ and results/ land in the current directory."""
@@ -304,7 +316,7 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
             patch_train_loop()
             if is_train and opt is not None:  # stop on a signal at an iteration boundary (training/stop.py)
                 STOP.install(signal_numbers((opt.get('train') or {}).get('stop_signals')))
-            pipeline(os.getcwd())
+            _run_recording_stop(pipeline)
         import torch.distributed as dist
         if dist.is_available() and dist.is_initialized():  # one line per process of a torchrun job
             print(f'{prog}: rank {dist.get_rank()}/{dist.get_world_size()} finished', flush=True)

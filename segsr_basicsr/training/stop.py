@@ -5,7 +5,9 @@ kills the job a grace period later. :class:`StopRequest` turns the signals of ``
 a flag; the model checks it after every optimizer step (all ranks agree first under torchrun), writes
 that iteration's checkpoint exactly as a periodic save does, and the process exits with
 :data:`STOP_EXIT_CODE`, so a job script can tell "stopped early, requeue me" from "finished" (0) and
-from "failed" (1, 2). ``--auto_resume`` then continues from the saved iteration.
+from "failed" (1, 2). ``--auto_resume`` then continues from the saved iteration. Under torchrun the
+scheduler signals torchrun, which exits 1 whatever the ranks did: each rank leaves a stop record
+(:func:`segsr_basicsr.utils.dist.record_stop`) and :mod:`segsr_basicsr.launch` exits 75 on it.
 """
 import os
 import signal

@@ -1,10 +1,13 @@
-"""Small process-group helpers shared by the model and the entry points."""
+"""Small process-group helpers shared by the model and the entry points; the stop records a launcher reads."""
 import datetime
 import os
+from pathlib import Path
 
 #: process-group timeout (seconds) for --launcher pytorch / slurm
 DIST_TIMEOUT_ENV = 'SEGSR_DIST_TIMEOUT'
 DEFAULT_DIST_TIMEOUT = 3 * 3600
+#: a folder where each rank that stops on a signal with its work saved leaves ``rank<RANK>`` (docs/contract.md)
+STOP_DIR_ENV = 'SEGSR_STOP_DIR'
 
 
 def dist_ready() -> bool:
@@ -113,3 +116,24 @@ def end_process_group():
     if dist_ready():
         import torch.distributed as dist
         dist.destroy_process_group()
+
+
+def record_stop(code: int, what: str):
+    """Leave ``$SEGSR_STOP_DIR/rank<RANK>`` (``<code> <what>``) when that variable is set: this rank stopped on
+    a signal after its work was saved. torchrun, signalled itself, exits 1 whatever its ranks did; this
+    file is how ``segsr_basicsr.launch`` (or a job script around bare torchrun) tells "stopped" from "failed"."""
+    folder = os.environ.get(STOP_DIR_ENV)
+    if not folder:
+        return
+    from segsr_basicsr.io.atomic import atomic_write
+    path = Path(folder) / f'rank{os.environ.get("RANK", "0")}'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(f'{code} {what}\n'), durable=False)
+
+
+def stop_records(folder) -> dict:
+    """``{rank file name: its line}`` of the stop records in ``folder`` (see :func:`record_stop`)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.read_text().strip() for p in sorted(folder.glob('rank*')) if p.is_file()}

@@ -33,21 +33,41 @@ if os.environ.get(HOOK_ENV):
 # ``SEGSR_TEST_SIGNAL=<NAME>`` with ``SEGSR_TEST_SIGNAL_AT=step:<iter> | validation:<iter> | save:<file>`` sends the
 # signal to this process at that point (``SEGSR_TEST_SIGNAL_RANK``: only on that torchrun rank;
 # ``SEGSR_TEST_SIGNAL_COUNT``: that many times in a row), to test the stop-on-signal path deterministically.
+# ``SEGSR_TEST_SIGNAL_TO=launcher`` sends it to this rank's parent (torchrun) instead, ``job`` to the launcher's
+# parent (the job script), as a scheduler does; this rank then waits there until the forwarded stop arrives.
 SIGNAL_ENV = 'SEGSR_TEST_SIGNAL'
 
 if os.environ.get(SIGNAL_ENV):
     import signal
+    import time
 
     _sig = getattr(signal, os.environ[SIGNAL_ENV])
     _where, _, _what = os.environ.get('SEGSR_TEST_SIGNAL_AT', 'step:1').partition(':')
     _rank = os.environ.get('SEGSR_TEST_SIGNAL_RANK')
+    _to = os.environ.get('SEGSR_TEST_SIGNAL_TO', 'self')
+
+    def _target():
+        if _to == 'self':
+            return os.getpid()
+        if _to == 'launcher':
+            return os.getppid()
+        with open(f'/proc/{os.getppid()}/stat') as f:  # 'job': field 4 (ppid) of the launcher's stat line
+            return int(f.read().rsplit(')', 1)[1].split()[1])
+
+    def _wait_for_the_forwarded_stop():
+        from segsr_basicsr.training.stop import STOP
+        end = time.monotonic() + 60
+        while not STOP.requested and time.monotonic() < end:  # segsr-infer's handler exits from this sleep
+            time.sleep(0.01)
 
     def _send(label):
         if _rank is not None and os.environ.get('RANK', '0') != _rank:
             return
         for _ in range(int(os.environ.get('SEGSR_TEST_SIGNAL_COUNT', '1'))):
-            print(f'[{SIGNAL_ENV}] {_sig.name} at {label}', flush=True)
-            os.kill(os.getpid(), _sig)
+            print(f'[{SIGNAL_ENV}] {_sig.name} to {_to} at {label}', flush=True)
+            os.kill(_target(), _sig)
+        if _to != 'self':
+            _wait_for_the_forwarded_stop()
 
     from segsr_basicsr.models.segsr_model import SeGSRModel
 
