@@ -62,7 +62,7 @@ def _same_outputs(a, b):
     return names
 
 
-def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_change(tmp_path):
+def test_two_ranks_equal_one_process_resume_after_a_kill_and_refuse_a_change_without_overwrite(tmp_path):
     from basicsr.archs import build_network
     torch.manual_seed(0)
     ckpt = tmp_path / 'net.pth'
