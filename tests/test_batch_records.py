@@ -2,7 +2,8 @@
 
 The CLI (``segsr-infer``) and the API (``SeGSRUpscaler.upscale_batch``) run the same batch; a change of any
 field of ``ModelSettings`` or ``OutputSettings`` makes a finished output another job's (docs/contract.md): refused
-through either, naming the field, and replaced only with ``--overwrite``; both write the same record. A new field without a row here fails the coverage test below.
+through either, naming the field, and replaced only with ``--overwrite``; both write the same record. A new
+field without a row here fails the coverage test below.
 """
 import dataclasses
 import json

@@ -71,6 +71,7 @@ def check_split_images(folders, where):
         if changed or added or missing:
             what = '; '.join(f'{len(v)} {k} (e.g. {v[0]})' for k, v in
                              (('changed', changed), ('added', added), ('missing', missing)) if v)
-            raise DataError(f'{where}: {hr} is not the split {path} describes (digest {manifest.get("digest", "")[:12]}): '
-                            f'{what} since it was written. Restore those images, or make a new split with '
+            digest = str(manifest.get('digest', ''))[:12]
+            raise DataError(f'{where}: {hr} is not the split {path} describes (digest {digest}): {what} since it '
+                            'was written. Restore those images, or make a new split with '
                             'datasets_prep/split_dataset.py into a new --out.')

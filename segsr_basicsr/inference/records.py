@@ -128,7 +128,8 @@ class DoneRecords:
         diff = [f'{k} {_short(theirs.get(part, {}).get(k))} (this job: {_short(v)})'
                 for part in ('model', 'output') for k, v in ours[part].items() if theirs.get(part, {}).get(k) != v]
         if diff:
-            return 'was made by other settings: ' + ', '.join(diff[:3]) + (f' and {len(diff) - 3} more' if len(diff) > 3 else '')
+            more = f' and {len(diff) - 3} more' if len(diff) > 3 else ''
+            return 'was made by other settings: ' + ', '.join(diff[:3]) + more
         return f'was made from another input ({rec.get("input")})'
 
     def forget(self, out):
