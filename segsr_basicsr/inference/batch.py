@@ -1,8 +1,9 @@
 """A batch of scenes run: this rank's share of the units, what is already done skipped, shared scenes assembled.
 
 :func:`run_batch` is the one batch path (``segsr-infer`` and :meth:`SeGSRUpscaler.upscale_batch`): list the
-inputs, plan the outputs, sort out what the done-records (:mod:`.records`) prove finished, check every input
-the way it will be read, then run this rank's units and assemble the scenes shared in strips.
+inputs, plan the outputs, take the output folder's job lock and sort out under it what the done-records
+(:mod:`.records`) prove finished and who may replace what (docs/contract.md), check every input the way it
+will be read, then run this rank's units and assemble the scenes shared in strips.
 """
 import sys
 import warnings
@@ -24,30 +25,36 @@ def rank_and_world():
     return 0, 1
 
 
-def agree_on_plan(todo, skipped, records):
-    """Rank 0 takes the output folder's :class:`JobLock` for the whole job and clears what a stopped run left
-    of the plan's outputs (temporaries, parts of another rank count are cleared after assembly); then its plan
-    goes to every rank (one broadcast) with a token naming this job, or its refusal, which every rank raises:
-    a rank that starts later must not see outputs another rank already wrote as done and compute a different
-    split (then some input would be nobody's). Returns (todo, skipped, token, lock or None)."""
+def agree_on_plan(plan, records, overwrite):
+    """Rank 0 takes the output folder's :class:`JobLock` for the whole job, sorts out the plan under it
+    (:func:`sort_out`: docs/contract.md's rule; inputs hashed once, by rank 0) and clears what a stopped run
+    left of the plan's outputs; then its decision goes to every rank (one broadcast) with a token naming this
+    job, or its refusal, which every rank raises. A rank that sorted out on its own could see outputs another
+    rank already wrote as done and compute a different split (then some input would be nobody's). Returns
+    (todo, skipped, changed, token, lock or None); only rank 0 holds the lock."""
     import uuid
     rank, world = rank_and_world()
-    token, lock, refusal = uuid.uuid4().hex, None, None
+    decided, lock, failure = None, None, None
     if rank == 0:
+        token = uuid.uuid4().hex
         lock = JobLock(records.dir, records.settings['settings_sha256'], token)
         try:
             lock.acquire()
-            remove_stale_temps(o for src, out, maps in todo + skipped for o in [out, *maps])
-        except InferError as e:
-            refusal, lock = str(e), None
+            decided = (*sort_out(plan, records, overwrite), token)
+            remove_stale_temps(o for src, out, maps in plan for o in [out, *maps])
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, then it is raised
+            lock.release()
+            failure, lock = e, None
     if world > 1:
         import torch.distributed as dist
-        box = [(todo, skipped, token, refusal)]
+        box = [(decided, failure and (isinstance(failure, InferError), str(failure)), records.digests)]
         dist.broadcast_object_list(box, src=0)
-        todo, skipped, token, refusal = box[0]
-    if refusal:
-        raise InferError(refusal)
-    return todo, skipped, token, lock
+        decided, refused, records.digests = box[0]
+        if refused and rank > 0:
+            raise InferError(refused[1]) if refused[0] else RuntimeError(f'rank 0 failed planning: {refused[1]}')
+    if failure is not None:
+        raise failure
+    return (*decided, lock)
 
 
 def _barrier(world):
@@ -100,35 +107,31 @@ def _run_unit(u, records, work, job, overwrite):
     job.finish(u.pixels / 1e6, u.share)
 
 
-def run_share(todo, skipped, records, out_dir, work, assemble=None, strips_of=None, progress=True, overwrite=False):
+def run_share(todo, token, records, out_dir, work, assemble=None, strips_of=None, progress=True, overwrite=False):
     """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(unit, outputs, job)`` for each
-    :class:`Unit` (with ``assemble``, large rasters are shared in bands, then ``assemble(src, out, maps,
-    parts, map_parts)``), after clearing what a killed run left of its outputs, then its done-record. A
-    finished strip is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`) takes
-    ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units, LR MP, skipped)."""
-    todo, skipped, token, lock = agree_on_plan(todo, skipped, records)
+    :class:`Unit` (with ``assemble``, large rasters are shared in strips, then ``assemble(src, out, maps,
+    parts, map_parts)``), after clearing what a killed run left of its parts, then its done-record. A
+    finished strip is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`, named by the
+    job's ``token``) takes ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units,
+    LR MP); every rank has finished when it returns."""
+    rank, world = rank_and_world()
+    units = make_units(todo, world, strips_of if assemble else None)
+    mine = [units[i] for i in shares([u.pixels for u in units], world)[rank]]
+    remove_stale_temps(o for u in mine for o in u.outputs())  # the parts of this rank's strips
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    job = JobProgress(len(todo), sum(u.pixels for u in units) / 1e6, rank, world,
+                      Path(out_dir) / RECORDS_DIR / 'progress', token, desc='segsr-infer',
+                      enabled=progress and (world > 1 or len(todo) > 1))
     try:
-        rank, world = rank_and_world()
-        units = make_units(todo, world, strips_of if assemble else None)
-        mine = [units[i] for i in shares([u.pixels for u in units], world)[rank]]
-        remove_stale_temps(o for u in mine for o in u.outputs())  # the parts of this rank's strips
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        job = JobProgress(len(todo), sum(u.pixels for u in units) / 1e6, rank, world,
-                          Path(out_dir) / RECORDS_DIR / 'progress', token, desc='segsr-infer',
-                          enabled=progress and (world > 1 or len(todo) > 1))
-        try:
-            for u in mine:
-                _run_unit(u, records, work, job, overwrite)
-            if any(u.strip for u in units):
-                _barrier(world)
-                _assemble_split(units, records, rank, world, assemble)
-            _barrier(world)  # the lock goes when every rank is done
-        finally:
-            job.close()
+        for u in mine:
+            _run_unit(u, records, work, job, overwrite)
+        if any(u.strip for u in units):
+            _barrier(world)
+            _assemble_split(units, records, rank, world, assemble)
+        _barrier(world)  # the job's lock goes when every rank is done
     finally:
-        if lock is not None:
-            lock.release()
-    return mine, sum(u.pixels for u in mine) / 1e6, skipped
+        job.close()
+    return mine, sum(u.pixels for u in mine) / 1e6
 
 
 # ----------------------------------------------------------------------------- the one batch path
@@ -141,17 +144,21 @@ def run_batch(model, inputs, out_dir, out, overwrite=False, split=True, progress
                          'ONNX file); save maps from the checkpoint, or export with segsr-export --maps for QA.')
     plan = plan_outputs(files, out_dir, model.scale, out.save_maps, model.num_maps if out.save_maps else 0)
     records = DoneRecords(out_dir, done_record(model.settings, out))
-    todo, skipped, changed = sort_out(plan, records, overwrite)
-    check_inputs([src for src, _, _ in todo], out)
-    for src, dst in changed if log is not None and rank_and_world()[0] == 0 else []:
-        log(f'{src}: changed since {dst} was made from it (content digest); recomputing it')
+    todo, skipped, changed, token, lock = agree_on_plan(plan, records, overwrite)
+    try:
+        check_inputs([src for src, _, _ in todo], out)
+        for src, dst in changed if log is not None and rank_and_world()[0] == 0 else []:
+            log(f'{src}: changed since {dst} was made from it (content digest); recomputing it')
 
-    def work(unit, outs, job):
-        _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
+        def work(unit, outs, job):
+            _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
 
-    assemble, strips_of = _sharing(model, out, log) if split else (None, None)
-    mine, mp, skipped = run_share(todo, skipped, records, out_dir, work, assemble, strips_of, progress=progress,
-                                  overwrite=overwrite)
+        assemble, strips_of = _sharing(model, out, log) if split else (None, None)
+        mine, mp = run_share(todo, token, records, out_dir, work, assemble, strips_of, progress=progress,
+                             overwrite=overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
     return {'done': sorted({(u.src, u.out) for u in mine}), 'skipped': len(skipped),
             'scenes': sum(u.share for u in mine), 'megapixels': mp}
 

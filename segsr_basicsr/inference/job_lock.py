@@ -52,6 +52,8 @@ class JobLock:
                    'token': token, 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
         self._stop = threading.Event()
         self._thread = None
+        self.held = False
+        self._made = []  # folders acquire() created: removed on release when empty
 
     def _holder(self):
         """(the lock's content or {} when unreadable, seconds since its heartbeat), or None if there is none."""
@@ -92,6 +94,7 @@ class JobLock:
 
     def acquire(self):
         """Take the lock (a stopped job's is taken over) or raise :class:`InferError` naming the holder."""
+        self._made = [d for d in (self.path.parent, self.path.parent.parent) if not d.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mine = self.path.with_name(f'.{LOCK_NAME}.{os.getpid()}.tmp')
         mine.write_text(json.dumps(self.me))
@@ -99,8 +102,10 @@ class JobLock:
             for _ in range(5):
                 try:
                     _publish(mine, self.path)
+                    self.held = True
                     self._thread = threading.Thread(target=self._beat, name='segsr-job-lock', daemon=True)
                     self._thread.start()
+                    self._clear_leftovers()
                     return
                 except FileExistsError:
                     pass
@@ -113,6 +118,13 @@ class JobLock:
         finally:
             mine.unlink(missing_ok=True)
         raise InferError(f'{self.path}: could not take the output folder\'s lock; run the command again.')
+
+    def _clear_leftovers(self):
+        """Temporaries of acquisitions by processes of this host that are gone (a kill between two lines)."""
+        for p in self.path.parent.glob(f'.{LOCK_NAME}.*.tmp'):
+            pid = p.name[len(LOCK_NAME) + 2:-len('.tmp')]
+            if pid.isdigit() and not _alive(pid):
+                p.unlink(missing_ok=True)
 
     def _refusal(self, holder):
         same = 'the same' if holder.get('settings_sha256') == self.me['settings_sha256'] else 'other'
@@ -134,5 +146,11 @@ class JobLock:
         if self._thread is not None:
             self._thread.join()
         found = self._holder()
-        if found is not None and found[0].get('token') == self.me['token']:
+        if self.held and found is not None and found[0].get('token') == self.me['token']:
             self.path.unlink(missing_ok=True)
+        self.held = False
+        for d in self._made:  # a job refused or stopped before any output leaves no folders behind
+            try:
+                d.rmdir()
+            except OSError:
+                pass

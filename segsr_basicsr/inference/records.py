@@ -74,7 +74,7 @@ class DoneRecords:
     def __init__(self, out_dir, settings: dict):
         self.dir = Path(out_dir) / RECORDS_DIR
         self.settings = settings
-        self._digests = {}  # input path -> SHA-256, once per job (an input is hashed before its work starts)
+        self.digests = {}  # input path -> SHA-256, once per job (rank 0's go to every rank)
 
     def path(self, out) -> Path:
         return self.dir / f'{Path(out).name}.json'
@@ -82,9 +82,13 @@ class DoneRecords:
     def input_digest(self, src) -> str:
         """SHA-256 of the input's bytes: other pixels of the same size and time are another input."""
         key = str(Path(src).resolve())
-        if key not in self._digests:
-            self._digests[key] = file_sha256(src)
-        return self._digests[key]
+        if key not in self.digests:
+            try:
+                self.digests[key] = file_sha256(src)
+            except OSError as e:
+                raise InferError(f'{src}: cannot read it ({e.strerror}); fix its permissions or leave it out '
+                                 'of --input.') from None
+        return self.digests[key]
 
     def _expected(self, src, outs):
         st = Path(src).stat()
