@@ -10,7 +10,8 @@ Writes, under --out:
   splits/split.json             seed, ratios, per-class counts
   splits/manifest.json          every file of each split with its SHA-256, the seed and ratios, and one
                                 digest of the whole split (cite it; a test run records the digest of
-                                the images it scored)
+                                the images it scored), and the SHA-256 of every HR image written:
+                                training and testing refuse a split whose images changed since
   {train,val,test}/HR/*.png     each image as 8-bit RGB PNG, named <class-prefixed stem>.png
                                 (skip with --lists-only)
 
@@ -62,10 +63,10 @@ def main():
         for split, files in splits.items():
             (tmps[0] / f'{split}.txt').write_text(''.join(f + '\n' for f in files), encoding='utf-8')
         prep.write_json(tmps[0] / 'split.json', dict(method, counts=counts, classes=sorted(classes)))
-        manifest = prep.split_manifest(src, splits, method)
-        prep.write_json(tmps[0] / 'manifest.json', manifest)
         for (split, files), tmp in zip(splits.items(), tmps[1:]):
             prep.convert_images(src, files, tmp, image_kw, desc=split)
+        manifest = prep.split_manifest(src, splits, method, None if args.lists_only else dict(zip(splits, tmps[1:])))
+        prep.write_json(tmps[0] / 'manifest.json', manifest)
 
     print(f'{len(classes)} class(es); ' + ', '.join(f'{s}: {len(v)}' for s, v in splits.items()))
     unlisted = sum(len(v) for v in classes.values()) - sum(len(v) for v in splits.values())

@@ -7,9 +7,11 @@ Checkpoints written by training name their network; older ones need the option f
 VRT) are streamed window by window into a tiled GeoTIFF (``--cog``: Cloud-Optimised,
 with overviews) that keeps the georeferencing, strip layout, dtype, nodata and alpha;
 memory is set by ``--tile``, not by the scene. PNG/JPEG/BMP/WebP are read whole and
-give PNG. Inputs are never overwritten, outputs only with ``--overwrite``; every file is
-written under a temporary name and renamed when complete. Re-running a command does only what is
-missing (records in ``<output>/.segsr-done/``). Many GPUs or machines:
+give PNG. Inputs are never overwritten; every file is written under a temporary name and renamed
+when complete. Re-running the same command after any stop does only what is missing (records in
+``<output>/.segsr-done/``); an output another checkpoint or option made is refused unless
+``--overwrite``, and one job at a time writes in a folder (docs/contract.md, "Who may replace an
+output"). Many GPUs or machines:
 ``torchrun --nproc_per_node=N -m segsr_basicsr.infer ...`` shares the inputs among the ranks by pixel
 count. A stop (SIGTERM, SIGINT, SIGUSR1, SIGUSR2; under torchrun sent to the launcher, which forwards it)
 exits 75 and the same command finishes the job (``python -m segsr_basicsr.launch`` for torchrun's exit
@@ -62,7 +64,8 @@ def parse_args(argv=None):
     p.add_argument('--amp', default='none', choices=('bf16', 'fp16', 'none'), help='autocast dtype')
     p.add_argument('--save-maps', action='store_true', help='also write semantic maps per SR unit (PNG overlays '
                    'for images; float32 GeoTIFFs on the LR grid for rasters)')
-    p.add_argument('--overwrite', action='store_true', help='replace existing outputs (never inputs)')
+    p.add_argument('--overwrite', action='store_true', help='recompute and replace every output, also those another '
+                   'checkpoint or option made or no record explains (never inputs; docs/contract.md)')
     p.add_argument('--cog', action='store_true', help='rasters: write a Cloud-Optimised GeoTIFF with overviews')
     p.add_argument('--stretch', type=float, nargs=2, metavar=('LOW', 'HIGH'), default=None,
                    help='rasters: map each RGB strip by its LOW..HIGH percentiles (e.g. 1 99) instead of '

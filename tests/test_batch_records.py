@@ -1,8 +1,9 @@
 """One batch path: every setting that changes an output is in its done-record, by construction.
 
 The CLI (``segsr-infer``) and the API (``SeGSRUpscaler.upscale_batch``) run the same batch; a change of any
-field of ``ModelSettings`` or ``OutputSettings`` recomputes a finished output through either, and both write
-the same record. A new field without a row here fails the coverage test below.
+field of ``ModelSettings`` or ``OutputSettings`` makes a finished output another job's (docs/contract.md): refused
+through either, naming the field, and replaced only with ``--overwrite``; both write the same record. A new
+field without a row here fails the coverage test below.
 """
 import dataclasses
 import json
@@ -14,6 +15,7 @@ import torch
 import segsr_basicsr  # noqa: F401,I001
 from basicsr.archs import build_network
 from segsr_basicsr.api import load_model
+from segsr_basicsr.errors import InferError
 from segsr_basicsr.infer import main
 from segsr_basicsr.inference.records import RECORDS_DIR, ModelSettings, OutputSettings
 from segsr_basicsr.io.checkpoint import network_metadata
@@ -98,20 +100,27 @@ def test_every_setting_field_is_varied_here_or_named_elsewhere():
 
 
 @pytest.mark.parametrize('field', sorted(CHANGES))
-def test_a_changed_setting_recomputes_the_output_through_the_api_and_the_cli_with_one_record(
+def test_a_changed_setting_is_refused_naming_it_and_replaced_only_with_overwrite_through_the_api_and_the_cli(
         field, files, tmp_path, capsys):
+    """docs/contract.md#who-may-replace-an-output: an output other settings made is another job's."""
     load_kw, batch_kw, flags = CHANGES[field]
     api_out, cli_out = tmp_path / 'api', tmp_path / 'cli'
     first = _api(files, api_out, {}, {})
     assert first['skipped'] == 0 and len(first['done']) == 1
     assert _api(files, api_out, {}, {})['skipped'] == 1  # same settings: done
     before = _record(api_out)
-    changed = _api(files, api_out, load_kw, batch_kw)
-    assert changed['skipped'] == 0 and len(changed['done']) == 1, f'{field}: the old output was taken as done'
+    with pytest.raises(InferError, match=f'{OUT_NAME}: was made by other settings: .*{field} ') as e:
+        _api(files, api_out, load_kw, batch_kw)
+    assert '--overwrite' in str(e.value) and _record(api_out) == before, f'{field}: the old output was replaced'
+    changed = _api(files, api_out, load_kw, dict(batch_kw, overwrite=True))
+    assert changed['skipped'] == 0 and len(changed['done']) == 1
     assert _record(api_out)['settings'] != before['settings']
 
     _cli(files, cli_out, [], capsys)
     assert 'already done' in _cli(files, cli_out, [], capsys)
-    again = _cli(files, cli_out, flags, capsys)
+    with pytest.raises(SystemExit) as e:
+        _cli(files, cli_out, flags, capsys)
+    assert e.value.code == 2 and 'made by other settings: ' in capsys.readouterr().err
+    again = _cli(files, cli_out, [*flags, '--overwrite'], capsys)
     assert 'already done' not in again, f'{field}: the CLI took the old output as done'
     assert _record(cli_out) == _record(api_out)  # one record, whichever path wrote it

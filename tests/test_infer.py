@@ -188,9 +188,13 @@ def test_segsr_hat_save_maps_and_merged_lora(tmp_path, capsys):
     run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
     assert '1 already done, skipped' in capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / 'o').iterdir() if p.is_file()} == before
-    # a semantic map lost since, or another option: that input is recomputed
+    # a semantic map lost since: that input is recomputed; another option is another job (docs/contract.md):
+    # refused, and replaced only with --overwrite
     (tmp_path / 'o' / 'scene_SeGSR_x4_semantic_unit2.png').unlink()
     run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps')
     assert '0 scene(s)' not in capsys.readouterr().out and (tmp_path / 'o' / 'scene_SeGSR_x4_semantic_unit2.png').is_file()
-    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps', '--merge-lora')
+    with pytest.raises(SystemExit) as e:
+        run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps', '--merge-lora')
+    assert e.value.code == 2 and 'made by other settings: merge_lora False (this job: True)' in capsys.readouterr().err
+    run(opt, ckpt, '--input', src, '--output', tmp_path / 'o', '--save-maps', '--merge-lora', '--overwrite')
     assert '1 scene(s)' in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """segsr-infer over many ranks (torchrun, 2 CPU ranks, gloo): shares by pixels, outputs identical to one
-process and written once, a killed run re-run does only what is missing, a changed option recomputes."""
+process and written once, a killed run re-run does only what is missing, a changed option is refused
+without --overwrite (docs/contract.md#who-may-replace-an-output)."""
 import os
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from segsr_basicsr.archs.tiny_configs import TINY_EDSR
+from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.checkpoint import network_metadata
 from segsr_basicsr.inference.batch_plan import shares
 from train_opts import PYTHON, env
@@ -60,7 +62,7 @@ def _same_outputs(a, b):
     return names
 
 
-def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_change(tmp_path):
+def test_two_ranks_equal_one_process_resume_after_a_kill_and_refuse_a_change_without_overwrite(tmp_path):
     from basicsr.archs import build_network
     torch.manual_seed(0)
     ckpt = tmp_path / 'net.pth'
@@ -97,8 +99,10 @@ def test_two_ranks_equal_one_process_resume_after_a_kill_and_recompute_on_a_chan
     assert again.returncode == 0 and 'g0.tif strip 2/2 (LR rows ' in again.stdout, again.stderr[-3000:]
     assert ('g0.tif strip 1/2 (LR rows ' in again.stdout) != strip1_done
     _same_outputs(tmp_path / 'one', cut2)
-    # a changed option recomputes every output
+    # a changed option is another job: refused (docs/contract.md), every output recomputed with --overwrite
     changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8')
+    assert changed.returncode == 2 and 'made by other settings: tile ' in changed.stderr, changed.stderr[-3000:]
+    changed = _infer(tmp_path, cut, ckpt, '--tile-overlap', '8', '--overwrite')
     assert changed.returncode == 0 and '5 scene(s)' in changed.stdout and 'already done' not in changed.stdout
 
 
@@ -115,7 +119,9 @@ def test_api_upscale_batch_does_only_what_is_missing(tmp_path):
     assert len(first['done']) == 5 and first['skipped'] == 0
     again = model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=4)
     assert again['done'] == [] and again['skipped'] == 5 and again['megapixels'] == 0
-    assert len(model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)['done']) == 5
+    with pytest.raises(InferError, match='made by other settings: tile '):  # docs/contract.md
+        model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8)
+    assert len(model.upscale_batch([tmp_path / 'in'], tmp_path / 'api', tile=16, overlap=8, overwrite=True)['done']) == 5
 
 
 def test_the_job_line_adds_up_every_rank_of_this_job_only(tmp_path):

@@ -348,16 +348,10 @@ def make_lmdb(pairs, image_kw, compress_level=1):
                 for (src, dst), tmp in zip(pairs, tmps)]
 
 
-def split_manifest(src_root, splits, method):
-    """Every file of each split with its SHA-256 (of the source file), the method (seed and ratios, or the
-    lists it came from), and one digest over all of it: a split you can cite and check."""
-    import hashlib
-
-    from segsr_basicsr.io.digest import file_sha256
-    files = {split: [{'file': f, 'name': output_name(f), 'sha256': file_sha256(Path(src_root) / f)}
-                     for f in _progress(names, f'hashing {split}')] for split, names in splits.items()}
-    canonical = json.dumps(files, sort_keys=True, separators=(',', ':')).encode()
-    return dict(method, digest=hashlib.sha256(canonical).hexdigest(), splits=files)
+def split_manifest(src_root, splits, method, hr_folders=None):
+    """:func:`segsr_basicsr.data.manifest.split_manifest` with this module's output names."""
+    from segsr_basicsr.data.manifest import split_manifest as manifest
+    return manifest(src_root, splits, method, output_name, hr_folders)
 
 
 def write_json(path, obj):

@@ -1,16 +1,18 @@
 """A batch of scenes run: this rank's share of the units, what is already done skipped, shared scenes assembled.
 
 :func:`run_batch` is the one batch path (``segsr-infer`` and :meth:`SeGSRUpscaler.upscale_batch`): list the
-inputs, plan the outputs, sort out what the done-records (:mod:`.records`) prove finished, check every input
-the way it will be read, then run this rank's units and assemble the scenes shared in strips.
+inputs, plan the outputs, take the output folder's job lock and sort out under it what the done-records
+(:mod:`.records`) prove finished and who may replace what (docs/contract.md), check every input the way it
+will be read, then run this rank's units and assemble the scenes shared in strips.
 """
 import sys
 import warnings
 from pathlib import Path
 
-from segsr_basicsr.errors import SceneWarning
+from segsr_basicsr.errors import InferError, SceneWarning
 from segsr_basicsr.inference.batch_plan import (PARTS_DIR, check_inputs, check_job_paths, make_units, plan_outputs,
                                                 shares, streams)
+from segsr_basicsr.inference.job_lock import JobLock
 from segsr_basicsr.inference.records import RECORDS_DIR, DoneRecords, done_record, remove_stale_temps, sort_out
 from segsr_basicsr.utils.progress import JobProgress
 
@@ -23,24 +25,55 @@ def rank_and_world():
     return 0, 1
 
 
-def agree_on_plan(todo, skipped):
-    """Rank 0's plan for every rank (one broadcast), and a token naming this job: a rank that starts later
-    must not see outputs another rank already wrote as done and compute a different split (then some input
-    would be nobody's)."""
+def agree_on_plan(plan, records, overwrite):
+    """Rank 0 takes the output folder's :class:`JobLock` for the whole job, sorts out the plan under it
+    (:func:`sort_out`: docs/contract.md's rule; inputs hashed once, by rank 0) and clears what a stopped run
+    left of the plan's outputs; then its decision goes to every rank (one broadcast) with a token naming this
+    job, or its refusal, which every rank raises. A rank that sorted out on its own could see outputs another
+    rank already wrote as done and compute a different split (then some input would be nobody's). Returns
+    (todo, skipped, changed, token, lock or None); only rank 0 holds the lock."""
     import uuid
     rank, world = rank_and_world()
-    if world == 1:
-        return todo, skipped, uuid.uuid4().hex
-    import torch.distributed as dist
-    box = [(todo, skipped, uuid.uuid4().hex)]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    decided, lock, failure = None, None, None
+    if rank == 0:
+        token = uuid.uuid4().hex
+        lock = JobLock(records.dir, records.settings['settings_sha256'], token)
+        try:
+            lock.acquire()
+            decided = (*sort_out(plan, records, overwrite), token)
+            remove_stale_temps(o for src, out, maps in plan for o in [out, *maps])
+        except Exception as e:  # noqa: BLE001 - every rank must hear of it, then it is raised
+            lock.release()
+            failure, lock = e, None
+    if world > 1:
+        import torch.distributed as dist
+        box = [(decided, failure and (isinstance(failure, InferError), str(failure)), records.digests)]
+        dist.broadcast_object_list(box, src=0)
+        decided, refused, records.digests = box[0]
+        if refused and rank > 0:
+            raise InferError(refused[1]) if refused[0] else RuntimeError(f'rank 0 failed planning: {refused[1]}')
+    if failure is not None:
+        raise failure
+    return (*decided, lock)
 
 
 def _barrier(world):
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
+
+
+def _drop_parts(outs, records):
+    """The parts of finished ``outs`` (any strip count, a stopped run's too), their records and temporaries."""
+    for o in outs:
+        folder = o.parent / PARTS_DIR
+        for part in [*folder.glob(f'{o.stem}.strip*of*{o.suffix}'), *folder.glob(f'.{o.stem}.strip*of*.tmp*')]:
+            part.unlink(missing_ok=True)
+            records.forget(part)
+    try:  # the parts folder goes with the last part
+        outs[0].parent.joinpath(PARTS_DIR).rmdir()
+    except OSError:
+        pass
 
 
 def _assemble_split(units, records, rank, world, assemble):
@@ -57,38 +90,34 @@ def _assemble_split(units, records, rank, world, assemble):
         parts = [b.outputs() for b in sorted(bands, key=lambda b: b.strip)]
         assemble(u.src, u.out, list(u.maps), [p[0] for p in parts], [p[1:] for p in parts])
         records.mark(u.src, [u.out, *u.maps])
-        for o in [u.out, *u.maps]:  # this run's parts, and any a stopped run with another rank count left
-            for part in o.parent.joinpath(PARTS_DIR).glob(f'{o.stem}.strip*of*{o.suffix}'):
-                part.unlink(missing_ok=True)
-                records.forget(part)
-    try:  # the parts folder goes with the last part (every part was written before the barrier)
-        units[0].out.parent.joinpath(PARTS_DIR).rmdir()
-    except OSError:
-        pass
+        _drop_parts([u.out, *u.maps], records)
 
 
 def _run_unit(u, records, work, job, overwrite):
     outs = u.outputs()
     if u.strip is not None and not overwrite and records.status(u.src, outs) == 'done':
-        job.finish(u.pixels / 1e6, u.share)  # a strip a stopped run finished
+        job.finish(u.pixels / 1e6, u.share)  # a strip a stopped run of this job finished
         return
     Path(outs[0]).parent.mkdir(parents=True, exist_ok=True)
+    records.input_digest(u.src)  # the record names the input as it was when the work began
     work(u, outs, job)
     records.mark(u.src, outs)
+    if u.strip is None:
+        _drop_parts(outs, records)  # a stopped run under another rank count shared it in strips
     job.finish(u.pixels / 1e6, u.share)
 
 
-def run_share(todo, skipped, records, out_dir, work, assemble=None, strips_of=None, progress=True, overwrite=False):
+def run_share(todo, token, records, out_dir, work, assemble=None, strips_of=None, progress=True, overwrite=False):
     """This rank's share of ``todo`` (rank 0's plan, split by pixels): ``work(unit, outputs, job)`` for each
-    :class:`Unit` (with ``assemble``, large rasters are shared in bands, then ``assemble(src, out, maps,
-    parts, map_parts)``), after clearing what a killed run left of its outputs, then its done-record. A
-    finished strip is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`) takes
-    ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units, LR MP, skipped)."""
-    todo, skipped, token = agree_on_plan(todo, skipped)
+    :class:`Unit` (with ``assemble``, large rasters are shared in strips, then ``assemble(src, out, maps,
+    parts, map_parts)``), after clearing what a killed run left of its parts, then its done-record. A
+    finished strip is not recomputed (unless ``overwrite``). ``job`` (:class:`JobProgress`, named by the
+    job's ``token``) takes ``advance(mp)`` calls; rank 0 prints the whole job's line. Returns (done units,
+    LR MP); every rank has finished when it returns."""
     rank, world = rank_and_world()
     units = make_units(todo, world, strips_of if assemble else None)
     mine = [units[i] for i in shares([u.pixels for u in units], world)[rank]]
-    remove_stale_temps(o for u in mine for o in u.outputs())  # only this rank's: others may be in progress
+    remove_stale_temps(o for u in mine for o in u.outputs())  # the parts of this rank's strips
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     job = JobProgress(len(todo), sum(u.pixels for u in units) / 1e6, rank, world,
                       Path(out_dir) / RECORDS_DIR / 'progress', token, desc='segsr-infer',
@@ -99,31 +128,37 @@ def run_share(todo, skipped, records, out_dir, work, assemble=None, strips_of=No
         if any(u.strip for u in units):
             _barrier(world)
             _assemble_split(units, records, rank, world, assemble)
+        _barrier(world)  # the job's lock goes when every rank is done
     finally:
         job.close()
-    return mine, sum(u.pixels for u in mine) / 1e6, skipped
+    return mine, sum(u.pixels for u in mine) / 1e6
 
 
 # ----------------------------------------------------------------------------- the one batch path
 def run_batch(model, inputs, out_dir, out, overwrite=False, split=True, progress=True, log=None) -> dict:
     """``model`` (a :class:`SeGSRUpscaler`) on ``inputs`` into ``out_dir`` with :class:`OutputSettings` ``out``;
     every check before any work (identical on every rank). See :meth:`SeGSRUpscaler.upscale_batch`."""
-    from segsr_basicsr.errors import InferError
     files = check_job_paths(inputs, out_dir)
     if out.save_maps and not model.num_maps:
         raise InferError(f'--save-maps: {model.name} gives no semantic maps (a network without guidance, or an '
                          'ONNX file); save maps from the checkpoint, or export with segsr-export --maps for QA.')
     plan = plan_outputs(files, out_dir, model.scale, out.save_maps, model.num_maps if out.save_maps else 0)
     records = DoneRecords(out_dir, done_record(model.settings, out))
-    todo, skipped = sort_out(plan, records, overwrite)
-    check_inputs([src for src, _, _ in todo], out)
+    todo, skipped, changed, token, lock = agree_on_plan(plan, records, overwrite)
+    try:
+        check_inputs([src for src, _, _ in todo], out)
+        for src, dst in changed if log is not None and rank_and_world()[0] == 0 else []:
+            log(f'{src}: changed since {dst} was made from it (content digest); recomputing it')
 
-    def work(unit, outs, job):
-        _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
+        def work(unit, outs, job):
+            _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
 
-    assemble, strips_of = _sharing(model, out, log) if split else (None, None)
-    mine, mp, skipped = run_share(todo, skipped, records, out_dir, work, assemble, strips_of, progress=progress,
-                                  overwrite=overwrite)
+        assemble, strips_of = _sharing(model, out, log) if split else (None, None)
+        mine, mp = run_share(todo, token, records, out_dir, work, assemble, strips_of, progress=progress,
+                             overwrite=overwrite)
+    finally:
+        if lock is not None:
+            lock.release()
     return {'done': sorted({(u.src, u.out) for u in mine}), 'skipped': len(skipped),
             'scenes': sum(u.share for u in mine), 'megapixels': mp}
 

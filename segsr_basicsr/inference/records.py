@@ -3,9 +3,11 @@
 :class:`ModelSettings` (filled by ``load_model``) and :class:`OutputSettings` (one batch's reading, tiling
 and writing options) are the only way those settings reach the upscaler and the batch job, so the record
 of a finished output (:func:`done_record`, one function for the CLI and the API) holds every one of them
-by construction. A finished output gets ``<output>/.segsr-done/<name>.json``; re-running skips what a
-record proves finished, recomputes what other settings made (our record, other settings: stale), and
-refuses an output that no record explains (somebody else's file) unless ``overwrite``.
+by construction, with the input's path and SHA-256. A finished output gets
+``<output>/.segsr-done/<name>.json``. Who may replace an output is docs/contract.md's rule
+(:func:`sort_out`): a record of these settings and this input's content proves it done (skipped); these
+settings and this input path with other content: the input changed, recomputed; a record of other
+settings or another input, or no record at all, is another job's output: refused unless ``overwrite``.
 """
 import dataclasses
 import hashlib
@@ -17,6 +19,7 @@ from typing import Optional, Tuple
 
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
+from segsr_basicsr.io.digest import file_sha256
 from segsr_basicsr.options import TileSpec
 
 RECORDS_DIR = '.segsr-done'
@@ -71,28 +74,67 @@ class DoneRecords:
     def __init__(self, out_dir, settings: dict):
         self.dir = Path(out_dir) / RECORDS_DIR
         self.settings = settings
+        self.digests = {}  # input path -> SHA-256, once per job (rank 0's go to every rank)
 
     def path(self, out) -> Path:
         return self.dir / f'{Path(out).name}.json'
 
+    def input_digest(self, src) -> str:
+        """SHA-256 of the input's bytes: other pixels of the same size and time are another input."""
+        key = str(Path(src).resolve())
+        if key not in self.digests:
+            try:
+                self.digests[key] = file_sha256(src)
+            except OSError as e:
+                raise InferError(f'{src}: cannot read it ({e.strerror}); fix its permissions or leave it out '
+                                 'of --input.') from None
+        return self.digests[key]
+
     def _expected(self, src, outs):
         st = Path(src).stat()
         return {'input': str(Path(src).resolve()), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
-                **self.settings, 'outputs': {Path(o).name: None for o in outs}}
+                'input_sha256': self.input_digest(src), **self.settings, 'outputs': {Path(o).name: None for o in outs}}
+
+    def read(self, out) -> Optional[dict]:
+        """The record of ``out``, or None (none, or unreadable: then it proves nothing)."""
+        try:
+            rec = json.loads(self.path(out).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
 
     def status(self, src, outs) -> str:
-        """'done' (record matches, outputs intact), 'stale' (our record, other inputs/settings), 'foreign'
-        (an output exists that no record explains), or 'todo'."""
-        rec_path = self.path(outs[0])
+        """'done' (these settings, this input's content, outputs intact), 'changed' (these settings and this
+        input path, other content or outputs not intact: ours to recompute), 'other' (a record of other
+        settings or another input, its outputs on disk), 'foreign' (an output exists that no record explains),
+        or 'todo'."""
         existing = [o for o in outs if os.path.lexists(o)]
-        if not rec_path.is_file():
+        rec = self.read(outs[0])
+        if rec is None:
             return 'foreign' if existing else 'todo'
-        rec = json.loads(rec_path.read_text())
-        want = self._expected(src, outs)
+        if not existing:
+            return 'todo'
+        if rec.get('settings_sha256') != self.settings['settings_sha256']:
+            return 'other'
         sizes = rec.get('outputs') or {}
-        intact = all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in outs)
-        same = all(rec.get(k) == v for k, v in want.items() if k != 'outputs') and set(sizes) == set(want['outputs'])
-        return 'done' if same and intact else 'stale'
+        intact = set(sizes) == {Path(o).name for o in outs} and \
+            all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in outs)
+        same_path = rec.get('input') == str(Path(src).resolve())
+        same_content = rec.get('size') == Path(src).stat().st_size and rec.get('input_sha256') == self.input_digest(src)
+        if same_content and intact:
+            return 'done'  # a moved input of the same content made it too
+        return 'changed' if same_path else 'other'
+
+    def made_by(self, src, out) -> str:
+        """What made ``out`` instead of this job (for a refusal): the setting fields that differ, or the input."""
+        rec = self.read(out) or {}
+        theirs, ours = rec.get('settings') or {}, self.settings['settings']
+        diff = [f'{k} {_short(theirs.get(part, {}).get(k))} (this job: {_short(v)})'
+                for part in ('model', 'output') for k, v in ours[part].items() if theirs.get(part, {}).get(k) != v]
+        if diff:
+            more = f' and {len(diff) - 3} more' if len(diff) > 3 else ''
+            return 'was made by other settings: ' + ', '.join(diff[:3]) + more
+        return f'was made from another input ({rec.get("input")})'
 
     def forget(self, out):
         """Drop the record of ``out`` (a part that became an output)."""
@@ -107,10 +149,21 @@ class DoneRecords:
                      durable=False)
 
 
+def _short(value):
+    text = str(value)
+    return text[:12] + '…' if len(text) == 64 and all(c in '0123456789abcdef' for c in text) else text
+
+
+def _refusal(names, what):
+    more = f' (and {len(names) - 1} more)' if len(names) > 1 else ''
+    return f'{names[0]}{more}: {what}. Pass --overwrite to replace it, or choose another --output (docs/contract.md).'
+
+
 def sort_out(plan, records, overwrite):
-    """(todo, skipped): finished outputs skipped; stale ones of ours recomputed; anyone else's refused
-    unless ``overwrite`` (then everything is recomputed)."""
-    todo, skipped, foreign = [], [], []
+    """(todo, skipped, changed) by docs/contract.md's rule: finished outputs skipped; ours whose input changed
+    (``changed``) recomputed; an output no record explains, or one a record of other settings or another
+    input made, refused in one line unless ``overwrite`` (then everything is recomputed)."""
+    todo, skipped, changed, foreign, other = [], [], [], [], []
     for src, out, maps in plan:
         status = 'todo' if overwrite else records.status(src, [out, *maps])
         if status == 'done':
@@ -118,16 +171,21 @@ def sort_out(plan, records, overwrite):
             continue
         if status == 'foreign':
             foreign += [str(o) for o in [out, *maps] if os.path.lexists(o)]
+        elif status == 'other':
+            other.append((src, out))
+        elif status == 'changed':
+            changed.append((src, out))
         todo.append((src, out, maps))
     if foreign:
-        more = f' (and {len(foreign) - 5} more)' if len(foreign) > 5 else ''
-        raise InferError(f'output exists: {", ".join(foreign[:5])}{more}, and no record says segsr-infer made it '
-                         'from this input. Pass --overwrite to replace it, or choose another --output.')
-    return todo, skipped
+        raise InferError(_refusal(foreign, 'output exists, and no record says segsr-infer made it from this input'))
+    if other:
+        raise InferError(_refusal([str(o) for _, o in other], records.made_by(*other[0])))
+    return todo, skipped, changed
 
 
 def remove_stale_temps(outputs):
-    """Delete the temporary siblings (``.<name>.<pid>.tmp*``) that a killed run left beside ``outputs``."""
+    """Delete the temporary siblings (``.<name>.<pid>.tmp*``, a COG's ``.tmp.gtiff.tmp`` too) that a stopped
+    run left beside ``outputs`` (only ever called by the job holding the folder's :mod:`.job_lock`)."""
     for o in outputs:
         for tmp in Path(o).parent.glob(f'.{Path(o).name}.*.tmp*'):
             tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ import re
 import uuid
 from pathlib import Path
 
+from segsr_basicsr.data.manifest import check_split_images
 from segsr_basicsr.errors import DataError, OptionError
 from segsr_basicsr.io.images import IMG_EXTS, image_size, readable_images
 
@@ -55,7 +56,8 @@ def _crop_need(opt, path):
 
 def check_datasets(opt, path, is_train):
     """List and header-read every input of every folder dataset; check GT/LQ pairing by name and count,
-    ``LQ * scale == GT``, the training patch size and the metrics' minimum size."""
+    ``LQ * scale == GT``, the training patch size and the metrics' minimum size, and that a split's images
+    are the ones its manifest holds (by content)."""
     scale = opt.get('scale')
     need, need_why = _crop_need(opt, path)
     for phase, ds in (opt.get('datasets') or {}).items():
@@ -78,6 +80,7 @@ def check_datasets(opt, path, is_train):
                 raise DataError(f'{path}: {where}:{key} = {folder}: {others[0]} is not an image ({len(others)} such '
                                 'file(s)); BasicSR reads every file there: move it out.')
             sizes[key] = {n: image_size(Path(folder) / n) for n in names}
+        check_split_images(folders.values(), f'{path}: {where}')
         if paired and len(sizes) == 2:
             _check_pairs(sizes, folders, ds, f'{path}: {where}', scale, train, gt_size)
         if not train and 'dataroot_gt' in sizes:
