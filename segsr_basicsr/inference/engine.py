@@ -69,7 +69,7 @@ class Engine:
         window gives seams (refused); a network that takes one tile size only (a fixed-tile ONNX file) runs
         every image in tiles of that size (also by default: 'auto'), and refuses another."""
         fixed = self.info.fixed_tile
-        tile = tile.for_input(streamed) if fixed is None or tile.size != 'auto' else \
+        tile = tile.for_input(streamed, self.multiple) if fixed is None or tile.size != 'auto' else \
             TileSpec(fixed, tile.overlap, tile.margin, tile.batch)
         if fixed is not None and tile.size != fixed:
             if tile.size:

@@ -33,7 +33,8 @@ from segsr_basicsr.archs.clip_tower import CLIPImageEncoder, resize_positional_e
 from segsr_basicsr.errors import InferError
 from segsr_basicsr.io.atomic import atomic_write
 from segsr_basicsr.inference.network import describe
-from segsr_basicsr.inference.onnx_net import META_PREFIX, open_session
+from segsr_basicsr.inference.onnx_net import MAPS, META_PREFIX, open_session
+from segsr_basicsr.options import default_overlap, fitting_tile
 
 __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready', 'DEFAULT_OPSET', 'TOLERANCE',
            'META_PREFIX']
@@ -41,7 +42,7 @@ __all__ = ['export_onnx', 'dynamic_multiple', 'deepness_metadata', 'export_ready
 DEFAULT_OPSET = 18
 #: max |diff| against PyTorch (float32), values in [0, 1]; fp16 files are compared with the float32 network
 TOLERANCE = {'fp32': 1e-4, 'fp16': 2e-2}
-INPUT, OUTPUT, MAPS = 'input', 'output', 'maps'
+INPUT, OUTPUT = 'input', 'output'
 #: largest dynamic side, in LR pixels (an export bound only)
 MAX_DYNAMIC_SIDE = 8192
 
@@ -213,7 +214,8 @@ def _properties(net, tile, dynamic, multiple, fp16, maps, name, extra) -> dict:
     window = multiple if dynamic else describe(net).multiple
     props = {'scale': int(net.upscale), 'size_multiple': window,
              'tile': None if dynamic else int(tile), 'name': name, 'fp16': bool(fp16),
-             'outputs': [OUTPUT, MAPS] if maps else [OUTPUT], 'input_range': [0.0, 1.0]}
+             'outputs': [OUTPUT, MAPS] if maps else [OUTPUT], 'input_range': [0.0, 1.0],
+             'num_maps': describe(net).num_maps if maps else 0}
     props = {META_PREFIX + k: v for k, v in props.items()}
     props.update(extra or {})
     return {k: json.dumps(v) for k, v in props.items()}
@@ -230,6 +232,11 @@ def _check_request(net, tile, dynamic, maps, deepness):
     if deepness is not None and maps:
         raise InferError('--deepness and --maps: Deepness accepts super-resolution models with one output only.')
     multiple = dynamic_multiple(net)
+    window = describe(net).multiple
+    if not dynamic and fitting_tile(tile, window) != tile:  # segsr-infer and the API run the file in tiles of T
+        raise InferError(f'--tile {tile}: a fixed-tile file runs every image in {tile}x{tile} tiles, which must be '
+                         f'a multiple of the network\'s window {window} with room for the default overlap '
+                         f'({default_overlap(tile)}); use --tile {fitting_tile(tile, window)}.')
     if dynamic and tile % multiple:
         raise InferError(f'--dynamic: the example --tile {tile} must be a multiple of {multiple} (the LR sizes '
                          f'this network exports for); use {-(-tile // multiple) * multiple}.')

@@ -24,6 +24,8 @@ __all__ = ['OnnxNetwork', 'open_session']
 
 #: our metadata_props keys start with this (Deepness' keys are its own)
 META_PREFIX = 'segsr_'
+#: the name of the semantic-maps output of a file exported with ``--maps``
+MAPS = 'maps'
 
 
 def open_session(path, providers: Optional[Sequence[str]] = None, threads: Optional[int] = None):
@@ -54,6 +56,8 @@ class OnnxNetwork:
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
         self.training = False
+        #: set by the engine around a run that records maps; the last call's maps are left here
+        self.record_semantic_maps, self.semantic_maps = False, None
 
     def _read_metadata(self) -> dict:
         """Our ``segsr_*`` metadata_props (JSON), without the prefix; the scale is required."""
@@ -82,11 +86,17 @@ class OnnxNetwork:
         return int(self.metadata.get('size_multiple') or 1)
 
     @property
+    def num_maps(self) -> int:
+        """Semantic maps the file gives (``segsr-export --maps``: one per SR unit; 0 without)."""
+        if MAPS not in [o.name for o in self.session.get_outputs()]:
+            return 0
+        return int(self.metadata.get('num_maps') or 1)  # files from before num_maps: the maps as one
+
+    @property
     def info(self):
-        """The file's :class:`~segsr_basicsr.inference.network.NetworkInfo` (no semantic maps: an exported
-        file gives the SR image only)."""
+        """The file's :class:`~segsr_basicsr.inference.network.NetworkInfo`."""
         from segsr_basicsr.inference.network import NetworkInfo
-        return NetworkInfo(self.upscale, self.size_multiple, self.fixed_tile, 0, 3, self.path)
+        return NetworkInfo(self.upscale, self.size_multiple, self.fixed_tile, self.num_maps, 3, self.path)
 
     @property
     def name(self) -> str:
@@ -101,11 +111,12 @@ class OnnxNetwork:
         return self
 
     # ------------------------------------------------------------------ running
-    def _run_one(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: x})[0]
+    def _run_one(self, x: np.ndarray, names) -> list:
+        return self.session.run(names, {self.input_name: x})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s) float32 on x's device."""
+        """(B, 3, h, w) float in [0, 1] -> (B, 3, h*s, w*s) float32 on x's device; with
+        ``record_semantic_maps`` the K maps (B, E, h, w) are left in ``semantic_maps``, like a network's."""
         h, w = x.shape[-2:]
         tile = self.fixed_tile
         if tile is not None and (h > tile or w > tile):
@@ -113,6 +124,11 @@ class OnnxNetwork:
                              f'{tile} (segsr-infer --tile {tile}).')
         padded = pad_to_multiple(x.float(), tile or self.size_multiple)  # a smaller tile: up to the tile
         arr = padded.detach().cpu().numpy()
-        out = np.concatenate([self._run_one(arr[i:i + 1]) for i in range(arr.shape[0])])
+        names = [self.output_name] + ([MAPS] if self.record_semantic_maps and self.num_maps else [])
+        runs = [self._run_one(arr[i:i + 1], names) for i in range(arr.shape[0])]
         s = self.upscale
+        out = np.concatenate([r[0] for r in runs])
+        if len(names) > 1:
+            maps = torch.from_numpy(np.concatenate([r[1] for r in runs])[..., :h, :w]).to(x.device)
+            self.semantic_maps = list(maps.chunk(self.num_maps, 1))
         return torch.from_numpy(out[..., :h * s, :w * s]).to(x.device)

@@ -25,6 +25,16 @@ def default_overlap(tile: int) -> int:
 RASTER_TILE = 256
 
 
+def fitting_tile(want: int, window: int) -> int:
+    """The tile size nearest ``want`` that :func:`check_tile` accepts with the default overlap: a multiple
+    of ``window`` that leaves a step (default overlap + window <= tile)."""
+    window = max(int(window), 1)
+    size = max(1, round(int(want) / window)) * window
+    while default_overlap(size) + window > size:
+        size += window
+    return size
+
+
 @dataclass(frozen=True)
 class TileSpec:
     """How to tile: ``size`` LR pixels (None: the whole image in one pass; 'auto': see
@@ -35,12 +45,13 @@ class TileSpec:
     margin: Optional[int] = None
     batch: int = 1
 
-    def for_input(self, streamed: bool) -> 'TileSpec':
-        """'auto' made concrete: :data:`RASTER_TILE` for a streamed raster, the whole image otherwise."""
+    def for_input(self, streamed: bool, window: int = 1) -> 'TileSpec':
+        """'auto' made concrete: about :data:`RASTER_TILE` for a streamed raster (the nearest size that fits
+        the network's ``window``, :func:`fitting_tile`), the whole image otherwise."""
         if self.size != 'auto':
             return self
-        return TileSpec(RASTER_TILE, self.overlap, self.margin, self.batch) if streamed else \
-            TileSpec(None, None, None, self.batch)
+        return TileSpec(fitting_tile(RASTER_TILE, window), self.overlap, self.margin, self.batch) if streamed \
+            else TileSpec(None, None, None, self.batch)
 
     def resolve(self, h: int, w: int) -> Tuple[int, int, int]:
         """(tile, overlap, margin) for an h x w image; the whole image is one tile of max(h, w)."""

@@ -27,6 +27,12 @@ def _pyplot():
     return plt
 
 
+def _plain(text) -> str:
+    """``text`` as matplotlib prints it literally: a ``$`` would otherwise start mathtext (and a name like
+    ``x$^{2}`` fail the whole figure)."""
+    return str(text).replace('$', r'\$')
+
+
 def _entries(runs, dataset):
     """(run name, dataset entry) of the runs that saved SR images of ``dataset``."""
     found = [(r['run'], r['datasets'][dataset]) for r in runs if r['datasets'].get(dataset, {}).get('sr_images')]
@@ -93,9 +99,9 @@ def comparison_figure(runs, out, dataset=None, image=None, crop=None, metric=Non
     fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.6))
     for ax, (title, img) in zip(np.atleast_1d(axes), panels):
         ax.imshow(img[y:y + size, x:x + size, ::-1], interpolation='nearest')
-        ax.set_title(title, fontsize=8)
+        ax.set_title(_plain(title), fontsize=8)
         ax.axis('off')
-    fig.suptitle(f'{dataset} / {stem}: crop ({x}, {y}) {size}x{size}, {metric}', fontsize=9)
+    fig.suptitle(_plain(f'{dataset} / {stem}: crop ({x}, {y}) {size}x{size}, {metric}'), fontsize=9)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=150)
@@ -133,10 +139,10 @@ def training_curves(logs, out) -> Path:
                         '(experiments/<name>/train_*.log).')
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for name, points in losses.items():
-        axes[0].plot(*zip(*sorted(dict(points).items())), label=name)
+        axes[0].plot(*zip(*sorted(dict(points).items())), label=_plain(name))
     axes[0].set(xlabel='iteration', ylabel='loss', yscale='log', title='training loss')
     for name, points in metrics.items():
-        axes[1].plot(*zip(*points), marker='o', label=name)
+        axes[1].plot(*zip(*points), marker='o', label=_plain(name))
     axes[1].set(xlabel='iteration', title='validation')
     for ax in axes:
         ax.legend(fontsize=8)

@@ -64,6 +64,7 @@ def write_results(opt, dataset_opt, dataset_name, per_image, scored, out_dir, sr
     data = json.loads(path.read_text()) if path.is_file() else _run_entry(opt)
     metrics = {name: dict(m) for name, m in (opt['val'].get('metrics') or {}).items()}
     names = [m for m in metrics]
+    per_image = [(str(stem), {m: float(v) for m, v in values.items()}) for stem, values in per_image]  # numpy -> JSON
     means = {m: sum(v[m] for _, v in per_image) / len(per_image) for m in names}
     data['datasets'][dataset_name] = {
         'metrics': means, 'metric_options': metrics, 'images': len(per_image),
@@ -85,4 +86,22 @@ def read_results(path) -> Dict:
                         'wrote (results/<name>/results.json) or its folder.') from None
     if not isinstance(data, dict) or not isinstance(data.get('datasets'), dict) or 'run' not in data:
         raise DataError(f'{path}: is not a results file of segsr_basicsr.test (no run/datasets entries).')
+    for name, entry in data['datasets'].items():
+        problem = _entry_problem(entry)
+        if problem:
+            raise DataError(f'{path}: dataset {name!r} {problem}, so it is not a results file this version of '
+                            'segsr_basicsr.test writes; rerun the test to rewrite it.')
     return data
+
+
+def _entry_problem(entry) -> Optional[str]:
+    """What a dataset entry lacks of what :func:`write_results` writes and the report reads (None: nothing)."""
+    if not isinstance(entry, dict):
+        return 'is not a mapping'
+    kinds = {'metrics': dict, 'metric_options': dict, 'digest': str, 'images': int, 'per_image': dict}
+    for key, kind in kinds.items():
+        if not isinstance(entry.get(key), kind):
+            return f'has no {key} ({kind.__name__})'
+    bad = [m for m, v in entry['metrics'].items() if isinstance(v, bool) or not isinstance(v, (int, float))
+           or m not in entry['metric_options']]
+    return f'has a metric without a number or options ({bad[0]!r})' if bad else None

@@ -11,7 +11,7 @@ from typing import Dict, List, Tuple
 from segsr_basicsr.errors import DataError
 from segsr_basicsr.results.results_json import pairs_digest
 
-__all__ = ['build_table', 'bicubic_scores', 'render_markdown', 'render_csv', 'render_latex']
+__all__ = ['build_table', 'bicubic_scores', 'render_markdown', 'render_csv', 'render_latex', 'latex_escape']
 
 
 def _columns(runs) -> List[Tuple[str, str]]:
@@ -105,14 +105,24 @@ def render_csv(header, rows, best):
     return buf.getvalue()
 
 
+#: LaTeX's special characters in text mode and what prints each one as itself
+LATEX_ESCAPES = {'\\': r'\textbackslash{}', '{': r'\{', '}': r'\}', '#': r'\#', '$': r'\$', '%': r'\%', '&': r'\&',
+                 '_': r'\_', '^': r'\textasciicircum{}', '~': r'\textasciitilde{}'}
+
+
+def latex_escape(text) -> str:
+    """``text`` as LaTeX prints it literally: every special character escaped in one pass (so an escape's
+    own backslash and braces are never escaped again)."""
+    return ''.join(LATEX_ESCAPES.get(c, c) for c in str(text))
+
+
 def render_latex(header, rows, best):
-    def esc(text):
-        return str(text).replace('_', r'\_').replace('%', r'\%').replace('&', r'\&')
+    esc = latex_escape
     out = [r'\begin{tabular}{l' + 'c' * (len(header) - 1) + '}', r'\hline',
            ' & '.join(esc(h) for h in header) + r' \\', r'\hline']
     for row in rows:
-        cells = [esc(_fmt(v)) for v in row[:3]] + [r'\textbf{' + _fmt(v) + '}' if v is not None and v == b
-                                                   else _fmt(v) for v, b in zip(row[3:], best)]
+        cells = [esc(_fmt(v)) for v in row[:3]] + [r'\textbf{' + esc(_fmt(v)) + '}' if v is not None and v == b
+                                                   else esc(_fmt(v)) for v, b in zip(row[3:], best)]
         out.append(' & '.join(cells) + r' \\')
     out += [r'\hline', r'\end{tabular}']
     return '\n'.join(out) + '\n'
