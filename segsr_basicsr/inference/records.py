@@ -46,6 +46,7 @@ class OutputSettings:
     stretch: Optional[Tuple[float, float]] = None
     cog: bool = False
     no_geo: bool = False
+    quality: Optional[str] = None  # LR-consistency beside each output: None, 'figure' or 'map' (scene_quality)
 
     def image_kw(self) -> dict:
         """Keyword arguments of :func:`segsr_basicsr.io.images.read_image`."""
@@ -68,14 +69,17 @@ def done_record(model: ModelSettings, output: OutputSettings) -> dict:
 class DoneRecords:
     """``<out_dir>/.segsr-done/<output name>.json`` for every finished output: what it was made from."""
 
-    def __init__(self, out_dir, settings: dict):
+    def __init__(self, out_dir, settings: dict, extra_outputs=None):
+        """``extra_outputs(output)``: files written beside an output that its record also holds (quality files)."""
         self.dir = Path(out_dir) / RECORDS_DIR
         self.settings = settings
+        self.extra = extra_outputs or (lambda out: [])
 
     def path(self, out) -> Path:
         return self.dir / f'{Path(out).name}.json'
 
     def _expected(self, src, outs):
+        outs = [*outs, *self.extra(outs[0])]
         st = Path(src).stat()
         return {'input': str(Path(src).resolve()), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
                 **self.settings, 'outputs': {Path(o).name: None for o in outs}}
@@ -84,13 +88,14 @@ class DoneRecords:
         """'done' (record matches, outputs intact), 'stale' (our record, other inputs/settings), 'foreign'
         (an output exists that no record explains), or 'todo'."""
         rec_path = self.path(outs[0])
-        existing = [o for o in outs if os.path.lexists(o)]
+        every = [*outs, *self.extra(outs[0])]
+        existing = [o for o in every if os.path.lexists(o)]
         if not rec_path.is_file():
             return 'foreign' if existing else 'todo'
         rec = json.loads(rec_path.read_text())
         want = self._expected(src, outs)
         sizes = rec.get('outputs') or {}
-        intact = all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in outs)
+        intact = all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in every)
         same = all(rec.get(k) == v for k, v in want.items() if k != 'outputs') and set(sizes) == set(want['outputs'])
         return 'done' if same and intact else 'stale'
 
@@ -101,7 +106,7 @@ class DoneRecords:
     def mark(self, src, outs):
         """Record finished ``outs`` of ``src`` (after they are complete on disk)."""
         rec = self._expected(src, outs)
-        rec['outputs'] = {Path(o).name: os.path.getsize(o) for o in outs}
+        rec['outputs'] = {Path(o).name: os.path.getsize(o) for o in [*outs, *self.extra(outs[0])]}
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path(outs[0]), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)),
                      durable=False)
