@@ -147,3 +147,41 @@ def test_two_ranks_sharing_a_scene_give_the_figures_and_map_of_one_process(job, 
         px, py = dict(x.profile), dict(y.profile)
         assert math.isnan(px.pop('nodata')) and math.isnan(py.pop('nodata')) and px == py
         assert np.array_equal(x.read(), y.read(), equal_nan=True)
+
+
+def test_the_report_tabulates_lr_consistency_sam_and_ergas_with_their_bicubic_row_and_best(tmp_path):
+    from segsr_basicsr.data.prep import bicubic_lr
+    from segsr_basicsr.results.results_json import pairs_digest
+    from segsr_basicsr.results.tables import build_table, render_markdown
+    hr = cv2.GaussianBlur(np.random.default_rng(3).integers(0, 256, (64, 48, 3), np.uint8), (5, 5), 0)
+    cv2.imwrite(str(tmp_path / 'hr.png'), hr)
+    cv2.imwrite(str(tmp_path / 'lr.png'), bicubic_lr(hr, 4))
+    pairs = [(str(tmp_path / 'lr.png'), str(tmp_path / 'hr.png'))]
+    opts = {'lr': {'type': 'calculate_segsr_lr_consistency'}, 'sam': {'type': 'calculate_segsr_sam', 'crop_border': 4},
+            'ergas': {'type': 'calculate_segsr_ergas', 'crop_border': 4, 'scale': 4}}
+
+    def run(name, lr, sam, ergas):
+        return {'run': name, 'iter': 1, 'scale': 4, 'datasets': {'set': {
+            'metrics': {'lr': lr, 'sam': sam, 'ergas': ergas}, 'metric_options': opts, 'pairs': pairs,
+            'digest': pairs_digest(pairs)}}}
+    header, rows, best = build_table([run('a', 40.0, 2.0, 5.0), run('b', 45.0, 3.0, 4.0)])
+    assert header[3:] == ['set lr', 'set sam', 'set ergas']
+    assert best == [45.0, 2.0, 4.0]  # LR-consistency: highest; SAM and ERGAS: lowest
+    bicubic = rows[-1]
+    assert bicubic[0] == 'bicubic' and all(isinstance(v, float) and v > 0 for v in bicubic[3:])
+    assert '**2.0000**' in render_markdown(header, rows, best)
+
+
+def test_seam_check_prints_tiled_against_untiled_in_levels_and_db(job, capsys):
+    from segsr_basicsr.seams import main
+    root, _ = job
+    main(['--model', str(root / 'net.pth'), '--input', str(root / 'in' / 'p.png'), '--tile', '8', '12',
+          '--tile-overlap', '2', '4', '--device', 'cpu'])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('| ') and ln[2].isdigit()]
+    assert [ln.split('|')[1:3] for ln in lines] == [[' 8 ', ' 2 '], [' 12 ', ' 2 ']]  # 4*4 > 8, 4*4 > 12: out
+    from segsr_basicsr.api import load_model
+    model, img = load_model(root / 'net.pth', 'cpu'), np.ascontiguousarray(cv2.imread(str(root / 'in' / 'p.png'))[..., ::-1])
+    diff = np.abs(model.upscale(img, tile=8, overlap=2).astype(float) - model.upscale(img, tile=0))
+    cells = [c.strip() for c in lines[0].split('|')[3:7]]
+    assert cells[:2] == [f'{diff.max():.0f}', f'{diff.mean():.4f}'] and diff.max() > 0
+    assert float(lines[0].split('|')[6]) == pytest.approx(10 * np.log10(255 ** 2 / (diff ** 2).mean()), abs=0.005)
