@@ -51,7 +51,7 @@ demo: install
 		--curves experiments/SeGSR_HAT_demo_x4
 	$(PY) -m segsr_basicsr.infer -opt options/demo/test_SeGSR_HAT_demo_x4.yml \
 		--model experiments/SeGSR_HAT_demo_x4/models/net_g_latest.pth \
-		--input $(DEMO_DATA)/scene/demo_scene_LR.png --output results/demo_infer --tile 64 --tile-overlap 16
+		--input $(DEMO_DATA)/scene/demo_scene_LR.png --output results/demo_infer --tile 64 --tile-overlap 16 --quality-map
 	@echo
 	@echo "Demo done. Look at:"
 	@echo "  validation images + semantic maps: experiments/SeGSR_HAT_demo_x4/visualization/"

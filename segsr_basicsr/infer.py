@@ -81,18 +81,35 @@ def parse_args(argv=None):
                    'default a raster larger than an even share is cut into strips of tile rows; same pixels)')
     p.add_argument('--self-ensemble', action='store_true',
                    help='average the 8 flips/rotations of every tile, each through the whole network (8x the time)')
+    p.add_argument('--quality', action='store_true', help='score each output against its input without ground truth: '
+                   'LR-consistency in dB (the output brought back to the LR grid by the training degradation) on '
+                   'its line, the summary and in <output>.quality.json (docs/metrics.md)')
+    p.add_argument('--quality-map', action='store_true', help='--quality and its error map on the LR grid, '
+                   '<output>_lrc.tif (float32, georeferenced like the input, NaN where not scored)')
     add_image_args(p)
     return p.parse_args(argv)
 
 
 def _summary(rank, world, result, t0):
     """Rank 0: one line for the whole job (every rank's scenes and megapixels)."""
-    totals = gather_objects((result['scenes'], result['megapixels']))
+    totals = gather_objects((result['scenes'], result['megapixels'], result['quality']))
     if rank == 0:
         n, mp = round(sum(t[0] for t in totals)), sum(t[1] for t in totals)
         skip = f'; {result["skipped"]} already done, skipped' if result['skipped'] else ''
-        print(f'segsr-infer: {n} scene(s), {mp:.2f} LR MP on {world} rank(s) in {time.time() - t0:.1f} s{skip}',
-              flush=True)
+        print(f'segsr-infer: {n} scene(s), {mp:.2f} LR MP on {world} rank(s) in {time.time() - t0:.1f} s{skip}'
+              f'{_quality_words({k: v for t in totals for k, v in t[2].items()})}', flush=True)
+
+
+def _quality_words(scores):
+    """'; LR-consistency 31.20 dB' (one scene) or its mean and lowest over the scenes scored."""
+    scored = {k: v for k, v in scores.items() if v is not None}
+    if not scored:
+        return '; LR-consistency: no pixel to score' if scores else ''
+    low = min(scored, key=scored.get)
+    if len(scored) == 1:
+        return f'; LR-consistency {scored[low]:.2f} dB'
+    mean = sum(scored.values()) / len(scored)
+    return f'; LR-consistency mean {mean:.2f} dB over {len(scored)} scenes, lowest {scored[low]:.2f} dB ({low})'
 
 
 def run(args):
@@ -109,7 +126,8 @@ def run(args):
     result = model.upscale_batch(args.input, args.output, tile=tile, save_maps=args.save_maps, cog=args.cog, no_geo=args.no_geo,
                                  stretch=args.stretch, **image_kwargs(args), overwrite=args.overwrite,
                                  split=not args.no_split, progress=not args.no_progress,
-                                 log=lambda line: print(line, flush=True))
+                                 log=lambda line: print(line, flush=True),
+                                 quality='map' if args.quality_map else args.quality)
     _summary(rank, world, result, t0)
 
 

@@ -42,6 +42,7 @@ CHANGES = {
     'stretch': ({}, {'stretch': (1.0, 99.0)}, ['--stretch', '1', '99']),
     'cog': ({}, {'cog': True}, ['--cog']),
     'no_geo': ({}, {'no_geo': True}, ['--no-geo']),
+    'quality': ({}, {'quality': True}, ['--quality']),
 }
 #: fields not varied here, and where they are
 ELSEWHERE = {'backend': 'an .onnx file is another checkpoint file (checkpoint digest); tests/test_export.py'}

@@ -14,6 +14,8 @@ from segsr_basicsr.inference.batch_plan import (PARTS_DIR, check_inputs, check_j
                                                 shares, streams)
 from segsr_basicsr.inference.job_lock import JobLock
 from segsr_basicsr.inference.records import RECORDS_DIR, DoneRecords, done_record, remove_stale_temps, sort_out
+from segsr_basicsr.inference.scene_quality import describe as describe_quality
+from segsr_basicsr.inference.scene_quality import quality_outputs, score_image_files, write_quality
 from segsr_basicsr.utils.progress import JobProgress
 
 
@@ -143,38 +145,55 @@ def run_batch(model, inputs, out_dir, out, overwrite=False, split=True, progress
         raise InferError(f'--save-maps: {model.name} gives no semantic maps (a network without guidance, or an '
                          'ONNX file); save maps from the checkpoint, or export with segsr-export --maps for QA.')
     plan = plan_outputs(files, out_dir, model.scale, out.save_maps, model.num_maps if out.save_maps else 0)
-    records = DoneRecords(out_dir, done_record(model.settings, out))
+    records = DoneRecords(out_dir, done_record(model.settings, out), lambda o: [] if Path(o).parent.name == PARTS_DIR
+                          else quality_outputs(o, out.quality))
     todo, skipped, changed, token, lock = agree_on_plan(plan, records, overwrite)
+    scores = {}  # output -> LR-consistency in dB, of this rank's scenes (with out.quality)
     try:
         check_inputs([src for src, _, _ in todo], out)
         for src, dst in changed if log is not None and rank_and_world()[0] == 0 else []:
             log(f'{src}: changed since {dst} was made from it (content digest); recomputing it')
 
         def work(unit, outs, job):
-            _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log)
+            _run_one(model, out, unit, outs, _unit_progress(model, out, unit, job, progress), log, scores)
 
-        assemble, strips_of = _sharing(model, out, log) if split else (None, None)
+        assemble, strips_of = _sharing(model, out, log, scores) if split else (None, None)
         mine, mp = run_share(todo, token, records, out_dir, work, assemble, strips_of, progress=progress,
                              overwrite=overwrite)
     finally:
         if lock is not None:
             lock.release()
     return {'done': sorted({(u.src, u.out) for u in mine}), 'skipped': len(skipped),
-            'scenes': sum(u.share for u in mine), 'megapixels': mp}
+            'scenes': sum(u.share for u in mine), 'megapixels': mp, 'quality': scores}
 
 
-def _upscale_unit(model, out, unit, outs, progress) -> str:
+def _upscale_unit(model, out, unit, outs, progress, scores) -> str:
     """One input (or strip ``(k, n)`` of a raster) -> its output(s) (or parts); returns the line to print."""
     src, dst, maps = unit.src, outs[0], outs[1:]
+    qfiles = quality_outputs(dst, out.quality) if unit.strip is None else []
     if streams(src):
         st = model.upscale_raster(src, dst, tile=out.tile, maps_dst=maps or None, progress=progress,
-                                  strip=unit.strip, **out.raster_kw())
+                                  strip=unit.strip, quality=bool(qfiles), quality_map=(qfiles[1] if len(qfiles) > 1 else None),
+                                  **out.raster_kw())
         (w, h), (sw, sh) = st['lr_size'], st['sr_size']
         what = f'{src} strip {unit.strip[0] + 1}/{unit.strip[1]} (LR rows {st["lr_rows"][0]}:{st["lr_rows"][1]})' \
             if unit.strip else str(src)
-        return f'{what} -> {dst} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
+        line = f'{what} -> {dst} ({w}x{h} -> {sw}x{sh}, {st["tiles"]} tiles, {st["seconds"]:.1f} s)'
+        return line + _save_quality(src, dst, qfiles, st.get('quality'), scores)
     w, h = model.upscale_image_file(src, dst, maps, tile=out.tile, image_kw=out.image_kw(), progress=progress)
-    return f'{src} -> {dst} ({w}x{h} -> {w * model.scale}x{h * model.scale})'
+    figures = score_image_files(src, dst, (qfiles[1] if len(qfiles) > 1 else None), out.image_kw()) if qfiles else None
+    return f'{src} -> {dst} ({w}x{h} -> {w * model.scale}x{h * model.scale})' + _save_quality(src, dst, qfiles,
+                                                                                                figures, scores)
+
+
+def _save_quality(src, dst, qfiles, figures, scores) -> str:
+    """The figures of a finished output into its quality JSON (and ``scores``); the words for its line."""
+    if not qfiles:
+        return ''
+    write_quality(qfiles[0], dict(figures, input=str(src), output=Path(dst).name,
+                                  map=qfiles[1].name if len(qfiles) > 1 else None))
+    scores[str(dst)] = figures['lr_consistency_db']
+    return f', {describe_quality(figures)}'
 
 
 def _unit_progress(model, out, unit, job, progress):
@@ -189,14 +208,14 @@ def _unit_progress(model, out, unit, job, progress):
     return lambda n: job.advance(unit.pixels / 1e6 * n / tiles)
 
 
-def _run_one(model, out, unit, outs, progress, log):
+def _run_one(model, out, unit, outs, progress, log, scores):
     """:func:`_upscale_unit`; with ``log`` (the CLI) its line is logged and scene warnings become lines."""
     if log is None:
-        _upscale_unit(model, out, unit, outs, progress)
+        _upscale_unit(model, out, unit, outs, progress, scores)
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always', SceneWarning)
-        line = _upscale_unit(model, out, unit, outs, progress)
+        line = _upscale_unit(model, out, unit, outs, progress, scores)
     for w in caught:
         if issubclass(w.category, SceneWarning):
             print(f'segsr-infer: warning: {w.message}', file=sys.stderr, flush=True)
@@ -205,12 +224,17 @@ def _run_one(model, out, unit, outs, progress, log):
     log(line)
 
 
-def _sharing(model, out, log):
-    """(assemble, strips_of) for :func:`run_share`: how a large raster is shared among ranks in strips."""
+def _sharing(model, out, log, scores):
+    """(assemble, strips_of) for :func:`run_share`: how a large raster is shared among ranks in strips (a
+    shared scene's quality is scored on the assembled output: the halo crosses strip edges)."""
 
     def assemble(src, dst, maps, parts, map_parts):
         model.assemble_raster(src, parts, dst, map_parts=map_parts, maps_dst=maps, **out.raster_kw())
+        qfiles = quality_outputs(dst, out.quality)
+        figures = model.score_raster(src, dst, (qfiles[1] if len(qfiles) > 1 else None), out.bands, out.max_value, out.stretch,
+                                     out.no_geo) if qfiles else None
+        words = _save_quality(src, dst, qfiles, figures, scores)
         if log is not None:
-            log(f'{src} -> {dst} (assembled from {len(parts)} strips)')
+            log(f'{src} -> {dst} (assembled from {len(parts)} strips{words})')
 
     return assemble, lambda src, parts: model.scene_strips(src, parts, out.tile)

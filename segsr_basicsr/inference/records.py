@@ -49,6 +49,7 @@ class OutputSettings:
     stretch: Optional[Tuple[float, float]] = None
     cog: bool = False
     no_geo: bool = False
+    quality: Optional[str] = None  # LR-consistency beside each output: None, 'figure' or 'map' (scene_quality)
 
     def image_kw(self) -> dict:
         """Keyword arguments of :func:`segsr_basicsr.io.images.read_image`."""
@@ -71,10 +72,12 @@ def done_record(model: ModelSettings, output: OutputSettings) -> dict:
 class DoneRecords:
     """``<out_dir>/.segsr-done/<output name>.json`` for every finished output: what it was made from."""
 
-    def __init__(self, out_dir, settings: dict):
+    def __init__(self, out_dir, settings: dict, extra_outputs=None):
+        """``extra_outputs(output)``: files written beside an output that its record also holds (quality files)."""
         self.dir = Path(out_dir) / RECORDS_DIR
         self.settings = settings
         self.digests = {}  # input path -> SHA-256, once per job (rank 0's go to every rank)
+        self.extra = extra_outputs or (lambda out: [])
 
     def path(self, out) -> Path:
         return self.dir / f'{Path(out).name}.json'
@@ -91,6 +94,7 @@ class DoneRecords:
         return self.digests[key]
 
     def _expected(self, src, outs):
+        outs = [*outs, *self.extra(outs[0])]
         st = Path(src).stat()
         return {'input': str(Path(src).resolve()), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns,
                 'input_sha256': self.input_digest(src), **self.settings, 'outputs': {Path(o).name: None for o in outs}}
@@ -108,7 +112,8 @@ class DoneRecords:
         input path, other content or outputs not intact: ours to recompute), 'other' (a record of other
         settings or another input, its outputs on disk), 'foreign' (an output exists that no record explains),
         or 'todo'."""
-        existing = [o for o in outs if os.path.lexists(o)]
+        every = [*outs, *self.extra(outs[0])]
+        existing = [o for o in every if os.path.lexists(o)]
         rec = self.read(outs[0])
         if rec is None:
             return 'foreign' if existing else 'todo'
@@ -117,8 +122,8 @@ class DoneRecords:
         if rec.get('settings_sha256') != self.settings['settings_sha256']:
             return 'other'
         sizes = rec.get('outputs') or {}
-        intact = set(sizes) == {Path(o).name for o in outs} and \
-            all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in outs)
+        intact = set(sizes) == {Path(o).name for o in every} and \
+            all(os.path.isfile(o) and os.path.getsize(o) == sizes.get(Path(o).name) for o in every)
         same_path = rec.get('input') == str(Path(src).resolve())
         same_content = rec.get('size') == Path(src).stat().st_size and rec.get('input_sha256') == self.input_digest(src)
         if same_content and intact:
@@ -143,7 +148,7 @@ class DoneRecords:
     def mark(self, src, outs):
         """Record finished ``outs`` of ``src`` (after they are complete on disk)."""
         rec = self._expected(src, outs)
-        rec['outputs'] = {Path(o).name: os.path.getsize(o) for o in outs}
+        rec['outputs'] = {Path(o).name: os.path.getsize(o) for o in [*outs, *self.extra(outs[0])]}
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path(outs[0]), lambda tmp: Path(tmp).write_text(json.dumps(rec, indent=1)),
                      durable=False)

@@ -64,9 +64,10 @@ def map_profile(scene, no_geo, channels):
 class SceneFiles:
     """The output GeoTIFF of one scene (and its semantic-map GeoTIFFs), written block by block on a thread;
     ``sink`` is what the engine hands finished blocks to. ``lr_rows=(y0, y1)``: only that band of the
-    scene is written (a part, no georeferencing; see :func:`assemble`)."""
+    scene is written (a part, no georeferencing; see :func:`assemble`). ``quality``: a
+    :class:`~.scene_quality.LRConsistencyStream` that also scores the written blocks (a whole scene only)."""
 
-    def __init__(self, scene, target, scale, cog, no_geo, maps, name, lr_rows=None):
+    def __init__(self, scene, target, scale, cog, no_geo, maps, name, lr_rows=None, quality=None):
         self.scene, self.no_geo, self.maps, self.scale = scene, no_geo, maps, scale
         self.row0, self.lr_rows = (lr_rows or (0, 0))[0], lr_rows
         profile, meta = scene.output_profile(scale, no_geo or lr_rows is not None)
@@ -77,12 +78,15 @@ class SceneFiles:
         self.map_writers = {}
         self.worker = WriterThread()
         self.valid_pixels = 0
+        self.quality = quality
 
     def sink(self, i, r0, r1, c0, c1, block):
         sc = self.scene
         if i == 0:
             data, valid = channels_to_bands(block[0].numpy(), sc.plan, sc.rad, sc.dtype, sc.nodata)
             self.valid_pixels += int(valid.sum())
+            if self.quality is not None:
+                self.quality.add(r0, r1, c0, c1, data[self.quality.bands])
             self.worker.submit(self.writer.add, r0 - self.row0 * self.scale, c0, data,
                                (valid * np.uint8(255)) if self.writer.mask else None)
             return
@@ -97,8 +101,11 @@ class SceneFiles:
     def close(self):
         self.worker.close()
         self.writer.close()
-        for m in self.map_writers.values():
+        for m in [*self.map_writers.values(), *self._quality_map()]:
             m.close()
+
+    def _quality_map(self):
+        return [self.quality.map] if self.quality is not None and self.quality.map is not None else []
 
     def abort(self):
         if self.worker.error is None:
@@ -107,7 +114,7 @@ class SceneFiles:
             self.worker.close()
         except BaseException:  # noqa: BLE001 - the first error is the one to report
             pass
-        for wr in [self.writer, *self.map_writers.values()]:
+        for wr in [self.writer, *self.map_writers.values(), *self._quality_map()]:
             wr.abort()
 
 

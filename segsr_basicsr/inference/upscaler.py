@@ -120,13 +120,16 @@ class SeGSRUpscaler:
 
     def upscale_batch(self, inputs, out_dir, tile='auto', overlap=None, batch=1, save_maps=False, bands=None,
                       max_value=None, gray='convert', stretch=None, cog=False, no_geo=False, overwrite=False,
-                      split=True, progress=False, log=None):
+                      split=True, progress=False, log=None, quality=False):
         """The batch job ``segsr-infer`` runs: inputs (files, folders) into ``out_dir`` with its names, doing
         only what is missing (done-records of :attr:`settings` and these output settings), each rank of an
         initialised process group taking its share by pixels (``split``: a large raster shared in strips).
-        ``log``: called with one line per finished input. Returns {'done': [(src, dst)], 'skipped': n,
-        'scenes': this rank's scenes, 'megapixels': its LR MP}."""
+        ``log``: called with one line per finished input. ``quality`` (True, or 'map' for the error map too):
+        each output's LR-consistency beside it (:func:`~segsr_basicsr.inference.scene_quality.read_quality`).
+        Returns {'done': [(src, dst)], 'skipped': n, 'scenes': this rank's scenes, 'megapixels': its LR MP,
+        'quality': {output: LR-consistency in dB} of this rank's scenes}."""
         from segsr_basicsr.inference.batch import run_batch
+        from segsr_basicsr.inference.scene_quality import quality_mode
         from segsr_basicsr.options import TileSpec
         spec = tile if isinstance(tile, TileSpec) else tile_spec({'size': tile, 'overlap': overlap, 'batch': batch},
                                                                  'tile')
@@ -134,12 +137,12 @@ class SeGSRUpscaler:
             self.engine.tile_for(spec, streamed=streamed)
         out = OutputSettings(spec, bool(save_maps), None if bands is None else
                              tuple(bands), max_value, gray, None if stretch is None else tuple(stretch), bool(cog),
-                             bool(no_geo))
+                             bool(no_geo), quality_mode(quality))
         return run_batch(self, inputs, out_dir, out, overwrite=overwrite, split=split, progress=progress, log=log)
 
     # ------------------------------------------------------------------ rasters
     def upscale_raster(self, src, dst, tile='auto', overlap=None, batch=1, bands=None, max_value=None, stretch=None,
-                     cog=False, no_geo=False, maps_dst=None, progress=True, strip=None):
+                     cog=False, no_geo=False, maps_dst=None, progress=True, strip=None, quality=False, quality_map=None):
         """Super-resolve a GDAL raster (GeoTIFF, COG, JP2, VRT, ...) into a tiled GeoTIFF ``dst``, streaming.
 
         Memory is set by the tile and the scene width. ``dst`` appears only when complete (temporary
@@ -147,19 +150,28 @@ class SeGSRUpscaler:
         LR grid (one band per map channel and SR unit). ``strip=(k, n)``: only strip k of the scene's n
         strips of tile rows, as a part for :meth:`assemble_raster` (how ranks share one scene). Returns a
         dict with sizes, tiles, seconds and the valid fraction. Warnings (all-nodata scene, dropped
-        metadata) are :class:`SceneWarning`.
+        metadata) are :class:`SceneWarning`. ``quality`` (not for a strip: score the assembled output with
+        :meth:`score_raster`): ``stats['quality']`` holds the LR-consistency figures of the output, computed
+        from the blocks as they are written (:mod:`~segsr_basicsr.inference.scene_quality`), and
+        ``quality_map`` (a path) gets its error map on the LR grid.
         """
         from segsr_basicsr.io import raster as R
 
         src, dst = Path(src), Path(dst)
         t0 = time.perf_counter()
-        check_file_outputs(src, [dst, *(maps_dst or [])])
+        check_file_outputs(src, [dst, *(maps_dst or []), *([quality_map] if quality_map else [])])
+        if strip is not None and (quality or quality_map):
+            raise InferError('quality: a strip is scored after assembly (score_raster on the assembled output).')
         scene = R.RasterScene(src, bands, max_value, stretch)
+        lr = R.RasterScene(src, bands, max_value, stretch) if quality or quality_map else None
         try:
             with R.gdal_env():
-                stats = self._stream_scene(scene, dst, self.tile(tile, overlap, batch, streamed=True), cog, no_geo, maps_dst, progress, strip)
+                stats = self._stream_scene(scene, dst, self.tile(tile, overlap, batch, streamed=True), cog, no_geo,
+                                           maps_dst, progress, strip, (lr, quality_map))
         finally:
             scene.close()
+            if lr is not None:
+                lr.close()
         if stats['valid_pixels'] == 0 and strip is None:
             warnings.warn(f'{src}: every pixel is nodata/transparent; wrote it through at x{self.scale} without '
                           'running the network.', SceneWarning, stacklevel=2)
@@ -186,10 +198,25 @@ class SeGSRUpscaler:
         finally:
             scene.close()
 
-    def _stream_scene(self, scene, dst, spec, cog, no_geo, maps_dst, progress, strip):
+    def score_raster(self, src, sr_path, quality_map=None, bands=None, max_value=None, stretch=None, no_geo=False):
+        """LR-consistency figures of an output ``sr_path`` this network made from raster ``src`` (and the error
+        map at ``quality_map``), read in blocks: how a scene assembled from strips is scored."""
+        from segsr_basicsr.io import raster as R
+        from segsr_basicsr.inference.scene_quality import score_raster_file
+        if quality_map:
+            check_file_outputs(src, [quality_map])
+        lr = R.RasterScene(src, bands, max_value, stretch)
+        try:
+            with R.gdal_env():
+                return score_raster_file(lr, sr_path, self.scale, quality_map, no_geo)
+        finally:
+            lr.close()
+
+    def _stream_scene(self, scene, dst, spec, cog, no_geo, maps_dst, progress, strip, quality=(None, None)):
         from segsr_basicsr.io.atomic import temp_sibling
         from segsr_basicsr.io import raster as R
         from segsr_basicsr.inference.scene_files import SceneFiles, write_geotiff
+        from segsr_basicsr.inference.scene_quality import open_map, raster_stream
 
         s = self.scale
         for w in scene.output_profile(s, no_geo)[1]['warnings'] if not strip or strip[0] == 0 else []:
@@ -204,11 +231,15 @@ class SeGSRUpscaler:
             n_tiles, scene.path.name, 'tiles', every=5.0, megapixels=scene.height * scene.width / 1e6,
             enabled=bool(progress))
         maps_tmp = [temp_sibling(p, keep_suffix=True) for p in maps_dst]
+        lr, quality_map = quality
+        renames = list(zip(maps_tmp, maps_dst)) + ([(temp_sibling(quality_map, keep_suffix=True), quality_map)]
+                                                   if quality_map else [])
         counts = {'valid_pixels': 0}
 
         def fill(target):
             files = SceneFiles(scene, target, s, cog and not strip, no_geo, list(zip(maps_tmp, maps_dst)), str(dst),
-                               lr_rows)
+                               lr_rows, quality=lr and raster_stream(lr, s, quality_map and open_map(
+                                   scene, renames[-1][0], no_geo)))
             try:
                 self.engine.upscale_scene(scene, files.sink, spec, bool(maps_dst), bar, rows=rows)
                 files.close()
@@ -216,13 +247,15 @@ class SeGSRUpscaler:
                 files.abort()
                 raise
             counts['valid_pixels'] = files.valid_pixels
+            if files.quality is not None:
+                counts['quality'] = files.quality.figures()
 
         try:
             write_geotiff(dst, cog and not strip, fill)
-            for tmp, final in zip(maps_tmp, maps_dst):
+            for tmp, final in renames:
                 os.replace(tmp, final)
         finally:
-            R.remove_quietly(*maps_tmp)
+            R.remove_quietly(*(tmp for tmp, _ in renames))
             if not callable(progress):
                 bar.close()
         counts.update(tiles=n_tiles, lr_size=(scene.width, scene.height), lr_rows=lr_rows or (0, scene.height),

@@ -97,10 +97,14 @@ class RasterScene(ChannelScene):
         from rasterio.windows import Window
         return self.src.read(window=Window(x0, y0, x1 - x0, y1 - y0))
 
-    def read(self, y0, y1, x0, x1):
+    def read_valid(self, y0, y1, x0, x1):
+        """(raw values (count, h, w), valid (h, w) bool) of the window: what :meth:`read` stacks."""
         from rasterio.windows import Window
         data = self._safe(lambda: self.read_window(y0, y1, x0, x1), _where((y0, y1, x0, x1)))
-        valid = self._valid(data, Window(x0, y0, x1 - x0, y1 - y0))
+        return data, self._valid(data, Window(x0, y0, x1 - x0, y1 - y0))
+
+    def read(self, y0, y1, x0, x1):
+        data, valid = self.read_valid(y0, y1, x0, x1)
         return stack_channels(data, self.plan, self.rad, valid, self.name)
 
     def close(self):
