@@ -165,7 +165,7 @@ def stratified_split(classes, ratios, seed):
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise PrepError(f'--seed must be an integer >= 0, got {seed!r}.')
     ratios = [float(r) for r in ratios]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or sum(ratios) <= 0:
         raise PrepError(f'--ratios needs 3 non-negative numbers (train val test), got {ratios}.')
     total = sum(ratios)
     r_val, r_test = ratios[1] / total, ratios[2] / total

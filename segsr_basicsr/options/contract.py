@@ -150,6 +150,36 @@ def _check_registered_types(train, path):
             _registered(LOSS_REGISTRY, section['type'], 'loss', path, f'train:{key}:type')
 
 
+def _reads_gt_size(dataset_class) -> bool:
+    """Whether a dataset class reads ``opt['gt_size']`` (BasicSR's training datasets do, without a default)."""
+    import inspect
+    try:
+        return "opt['gt_size']" in inspect.getsource(dataset_class)
+    except (OSError, TypeError):
+        return False
+
+
+def _check_lmdb(dataset, where, path):
+    """An LMDB dataroot is a folder with data.mdb and the meta_info.txt BasicSR lists its keys from."""
+    for key in ('dataroot_gt', 'dataroot_lq'):
+        root = dataset.get(key)
+        if not isinstance(root, str):
+            continue
+        folder = os.path.expanduser(root)
+        meta = os.path.join(folder, 'meta_info.txt')
+        missing = [n for n in ('data.mdb', 'meta_info.txt') if not os.path.isfile(os.path.join(folder, n))]
+        if missing:
+            raise OptionError(f'{path}: {where}{key} = {root!r} is not an LMDB folder (no {" / ".join(missing)}); '
+                              'make it with BasicSR\'s scripts/data_preparation/create_lmdb.py, or use '
+                              'io_backend: {type: disk} for an image folder.')
+        try:
+            lines = [line for line in open(meta, encoding='utf-8').read().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise OptionError(f'{path}: {meta} cannot be read as text ({e}); re-create the LMDB.') from None
+        if not lines:
+            raise OptionError(f'{path}: {meta} is empty: the LMDB lists no images; re-create it.')
+
+
 def _check_dataroots(dataset, where, path):
     from segsr_basicsr.data.prep import prep_command
     for key, value in dataset.items():
@@ -179,6 +209,9 @@ def check_dataset(dataset, phase, path, scale, is_train):
         _positive_int(dataset, 'batch_size_per_gpu', where, path)
         _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
         gt_size = dataset.get('gt_size')
+        if gt_size is None and _reads_gt_size(DATASET_REGISTRY.get(dataset['type'])):
+            raise OptionError(f'{path}: missing key {where}gt_size: {dataset["type"]} crops training patches of '
+                              f'gt_size x gt_size GT pixels; set it (a multiple of scale {scale}, e.g. {16 * (scale or 4)}).')
         if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
             raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
                               f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
@@ -198,6 +231,8 @@ def check_dataset(dataset, phase, path, scale, is_train):
     if dataset['type'] == 'PairedImageDataset' and not scale:
         raise OptionError(f"{path}: {where[:-1]} is a PairedImageDataset but the option file has no 'scale'.")
     _check_dataroots(dataset, where, path)
+    if backend == 'lmdb':
+        _check_lmdb(dataset, where, path)
 
 
 def validate_options(opt, path, is_train=True):

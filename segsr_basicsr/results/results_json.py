@@ -85,4 +85,30 @@ def read_results(path) -> Dict:
                         'wrote (results/<name>/results.json) or its folder.') from None
     if not isinstance(data, dict) or not isinstance(data.get('datasets'), dict) or 'run' not in data:
         raise DataError(f'{path}: is not a results file of segsr_basicsr.test (no run/datasets entries).')
+    for name, entry in data['datasets'].items():
+        problem = _dataset_entry_problem(entry)
+        if problem:
+            raise DataError(f'{path}: datasets:{name} {problem}; it is not a results file of this version of '
+                            'segsr_basicsr.test: run segsr-test again to rewrite it.')
     return data
+
+
+#: what every dataset entry of a results file holds, and the type the tables read it as
+_ENTRY_TYPES = {'metrics': dict, 'metric_options': dict, 'images': int, 'digest': str, 'per_image': dict}
+
+
+def _dataset_entry_problem(entry) -> Optional[str]:
+    """Why a dataset entry is not one :func:`write_results` writes (None when it is)."""
+    if not isinstance(entry, dict):
+        return f'is {type(entry).__name__}, not an entry'
+    for key, kind in _ENTRY_TYPES.items():
+        if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            return f'has no {key} {kind.__name__}'
+    bad = [m for m, v in entry['metrics'].items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or m not in entry['metric_options']]
+    if bad:
+        return f'metrics:{bad[0]} is not a number with its metric options'
+    for stem, values in entry['per_image'].items():
+        if not isinstance(values, dict):
+            return f'per_image:{stem} is not a mapping of metric values'
+    return None
