@@ -77,7 +77,7 @@ def _try_build(network, arch, path):
         return ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     except OptionError as e:
         raise OptionError(f'{path}: network_g: {e}') from None
-    except (ValueError, TypeError, AssertionError, KeyError, IndexError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever a constructor raises on these options (any arch)
         raise OptionError(f'{path}: network_g ({arch}) cannot be built from these options: '
                           f'{type(e).__name__}: {e}') from None
 

@@ -7,6 +7,7 @@ misspelt key or value, the nearest valid one. The same parsers (:func:`tile_spec
 options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this pass.
 """
 import difflib
+import math
 import os
 
 from segsr_basicsr.errors import OptionError
@@ -45,6 +46,8 @@ def _positive_int(opt, key, where, path, minimum=1):
 
 
 def _registered(registry, name, what, path, where):
+    if not isinstance(name, str):
+        raise OptionError(f'{path}: {where} must be the name of a registered BasicSR {what}, got {name!r}.')
     if name not in registry:
         names = sorted(k for k in registry.keys())
         close = difflib.get_close_matches(name, names, n=3)
@@ -119,6 +122,7 @@ def check_train(opt, path):
     if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
         raise OptionError(f'{path}: train:ema_decay must be a number in [0, 1) (0: no EMA), got {ema!r}.')
     _check_registered_types(train, path)
+    _check_schedule(train, path, opt['model_type'])
     logger = _require(opt, 'logger', dict, '', path)
     _positive_int(logger, 'print_freq', 'logger:', path)
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
@@ -136,27 +140,85 @@ def _check_optimizer(train, path):
     lr = _require(optim, 'lr', (int, float), 'train:optim_g:', path)
     if not lr > 0:
         raise OptionError(f'{path}: train:optim_g:lr must be > 0, got {lr!r}.')
+    if not math.isfinite(lr):
+        raise OptionError(f'{path}: train:optim_g:lr must be a finite number > 0, got {lr!r}.')
+    kwargs = {k: v for k, v in optim.items() if k not in ('type', 'lr')}
+    try:  # one dummy parameter: whatever torch refuses in these options (betas, weight_decay, ...) is one line
+        getattr(torch.optim, optim['type'])([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise OptionError(f'{path}: train:optim_g cannot build {optim["type"]}: {type(e).__name__}: {e}') from None
     scheduler = train.get('scheduler')
     if isinstance(scheduler, dict):  # what BasicSR's BaseModel.setup_schedulers accepts
-        choice(scheduler.get('type'), ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR'),
-               f'{path}: train:scheduler:type')
+        kind = choice(scheduler.get('type'), ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR'),
+                      f'{path}: train:scheduler:type')
+        from basicsr.models import lr_scheduler
+        cls = lr_scheduler.CosineAnnealingRestartLR if kind == 'CosineAnnealingRestartLR' else \
+            lr_scheduler.MultiStepRestartLR
+        try:
+            cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr),
+                **{k: v for k, v in scheduler.items() if k != 'type'})
+        except Exception as e:  # noqa: BLE001
+            raise OptionError(f'{path}: train:scheduler cannot build {kind}: {type(e).__name__}: {e}') from None
 
 
 def _check_registered_types(train, path):
-    """Every ``train:*_opt:type`` names a BasicSR loss (BasicSR only finds out when the model is built)."""
+    """Every ``train:*_opt`` is a section naming a BasicSR loss, with a finite ``loss_weight`` >= 0; it is built
+    once (losses that load VGG weights excepted), so what its constructor refuses is one line now."""
+    import inspect
+
     from basicsr.utils.registry import LOSS_REGISTRY
     for key, section in train.items():
-        if key.endswith('_opt') and isinstance(section, dict) and 'type' in section:
-            _registered(LOSS_REGISTRY, section['type'], 'loss', path, f'train:{key}:type')
+        if not str(key).endswith('_opt') or section is None:
+            continue
+        if not isinstance(section, dict):
+            raise OptionError(f'{path}: train:{key} must be a section like {{type: L1Loss, loss_weight: 1.0}} or ~, '
+                              f'got {section!r}.')
+        kind = _require(section, 'type', str, f'train:{key}:', path)
+        _registered(LOSS_REGISTRY, kind, 'loss', path, f'train:{key}:type')
+        weight = section.get('loss_weight', 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise OptionError(f'{path}: train:{key}:loss_weight must be a number >= 0, got {weight!r}.')
+        cls = LOSS_REGISTRY.get(kind)
+        if 'layer_weights' in inspect.signature(cls).parameters:
+            continue  # a perceptual loss: building it loads VGG weights
+        try:
+            cls(**{k: v for k, v in section.items() if k != 'type'})
+        except Exception as e:  # noqa: BLE001 - whatever the loss refuses in these options
+            raise OptionError(f'{path}: train:{key} cannot build {kind}: {type(e).__name__}: {e}') from None
 
 
-def _reads_gt_size(dataset_class) -> bool:
-    """Whether a dataset class reads ``opt['gt_size']`` (BasicSR's training datasets do, without a default)."""
+def _check_schedule(train, path, model_type):
+    """What BasicSR's SRModel needs and only finds out while training: a loss, a scheduler section of numbers,
+    an integer warmup_iter."""
+    from basicsr.models.sr_model import SRModel
+    from basicsr.utils.registry import MODEL_REGISTRY
+    if issubclass(MODEL_REGISTRY.get(model_type), SRModel) and not (train.get('pixel_opt')
+                                                                      or train.get('perceptual_opt')):
+        raise OptionError(f'{path}: train has neither pixel_opt nor perceptual_opt; {model_type} trains with at least '
+                          'one (e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0}).')
+    scheduler = _require(train, 'scheduler', dict, 'train:', path, ' E.g. {type: MultiStepLR, milestones: '
+                         '[50000], gamma: 0.5}.')
+    for key, value in scheduler.items():
+        values = value if isinstance(value, list) else [value]
+        if key != 'type' and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise OptionError(f'{path}: train:scheduler:{key} must be a number or a list of numbers, got {value!r}.')
+    warmup = train.get('warmup_iter', -1)
+    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < -1):
+        raise OptionError(f'{path}: train:warmup_iter must be an integer (-1: no warm-up), got {warmup!r}.')
+
+
+#: keys BasicSR's datasets may read without a default (``opt['key']``); for the training phase, the patch keys
+_READ_KEYS, _TRAIN_READ_KEYS = ('dataroot_gt', 'dataroot_lq', 'io_backend'), ('gt_size', 'use_hflip', 'use_rot')
+
+
+def _keys_read(dataset_class, train) -> list:
+    """Which of :data:`_READ_KEYS` a dataset class reads as ``opt['key']`` (a KeyError mid-run when missing)."""
     import inspect
     try:
-        return "opt['gt_size']" in inspect.getsource(dataset_class)
+        source = inspect.getsource(dataset_class)
     except (OSError, TypeError):
-        return False
+        return []
+    return [k for k in _READ_KEYS + (_TRAIN_READ_KEYS if train else ()) if f"opt['{k}']" in source]
 
 
 def _check_lmdb(dataset, where, path):
@@ -205,19 +267,28 @@ def check_dataset(dataset, phase, path, scale, is_train):
                           f'{" / ".join(a + "[_name]" for a in allowed)}.')
     _require(dataset, 'name', str, where, path)
     _registered(DATASET_REGISTRY, _require(dataset, 'type', str, where, path), 'dataset', path, where + 'type')
+    for key in _keys_read(DATASET_REGISTRY.get(dataset['type']), kind == 'train'):
+        if dataset.get(key) is None:
+            example = f'a multiple of scale {scale}, e.g. {16 * (scale or 4)}' if key == 'gt_size' else \
+                '{type: disk}' if key == 'io_backend' else 'true or false' if key.startswith('use_') else 'a folder'
+            raise OptionError(f'{path}: missing key {where + key!r}: {dataset["type"]} reads it ({example}).')
     if kind == 'train':
         _positive_int(dataset, 'batch_size_per_gpu', where, path)
         _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
         gt_size = dataset.get('gt_size')
-        if gt_size is None and _reads_gt_size(DATASET_REGISTRY.get(dataset['type'])):
-            raise OptionError(f'{path}: missing key {where}gt_size: {dataset["type"]} crops training patches of '
-                              f'gt_size x gt_size GT pixels; set it (a multiple of scale {scale}, e.g. {16 * (scale or 4)}).')
+        if dataset.get('dataset_enlarge_ratio') is not None:
+            _positive_int(dataset, 'dataset_enlarge_ratio', where, path)
+        choice(dataset.get('prefetch_mode'), (None, 'cpu', 'cuda'), f'{path}: {where}prefetch_mode')
         if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
             raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
                               f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
     for key in ('use_hflip', 'use_rot', 'use_shuffle', 'pin_memory'):
         _flag(dataset, key, f'{path}: {where}')
-    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
+    io_backend = dataset.get('io_backend')
+    if io_backend is not None and (not isinstance(io_backend, dict) or not isinstance(io_backend.get('type'), str)):
+        raise OptionError(f'{path}: {where}io_backend must be a section with a type, like {{type: disk}}, got '
+                          f'{io_backend!r}.')
+    backend = (io_backend or {}).get('type', 'disk')
     choice(backend, ('disk', 'lmdb', 'memcached'), f'{path}: {where}io_backend:type')
     max_value = dataset.get('max_value')
     if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
@@ -235,12 +306,23 @@ def check_dataset(dataset, phase, path, scale, is_train):
         _check_lmdb(dataset, where, path)
 
 
+def _refuse_non_finite(node, path, where=''):
+    """No option takes NaN or infinity (YAML's .nan / .inf): every number of the file is finite."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f'{where}:{key}' if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f'{path}: {here} is {value}; options take finite numbers.')
+        _refuse_non_finite(value, path, here)
+
+
 def validate_options(opt, path, is_train=True):
     """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
     from segsr_basicsr.archs.network_options import check_network_options
 
+    _refuse_non_finite(opt, path)
     name = _require(opt, 'name', str, '', path)
     if not name.strip() or name in ('.', '..') or '/' in name or os.sep in name:
         raise OptionError(f'{path}: name {name!r} must be a plain folder name (it becomes experiments/<name> and '
@@ -248,14 +330,21 @@ def validate_options(opt, path, is_train=True):
     seed = opt.get('manual_seed')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
+    paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key in ('strict_load_g', 'strict_load_d'):
-        _flag(opt.get('path') or {}, key, f'{path}: path:')
+        _flag(paths, key, f'{path}: path:')
+    for key in ('param_key_g', 'param_key_d'):
+        if key in paths and paths[key] is not None and not isinstance(paths[key], str):
+            raise OptionError(f'{path}: path:{key} must be the name of an entry of the checkpoint (params, '
+                              f'params_ema) or ~, got {paths[key]!r}.')
     _registered(MODEL_REGISTRY, _require(opt, 'model_type', str, '', path), 'model', path, 'model_type')
     scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
     network = _require(opt, 'network_g', dict, '', path)
     _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
     check_network_options(network, scale, path)
-    paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
+    resume = paths.get('resume_state')
+    if resume is not None and not isinstance(resume, str):
+        raise OptionError(f'{path}: path:resume_state must be a training state file or ~, got {resume!r}.')
     for key, value in paths.items():
         if key.startswith('pretrain_network') and value is not None:
             if not isinstance(value, str) or not os.path.isfile(os.path.expanduser(value)):
