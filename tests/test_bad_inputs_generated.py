@@ -126,20 +126,25 @@ def _mutated(opt, path, new):
     return out
 
 
-def test_every_option_mutant_is_accepted_or_one_line_before_anything_is_made(base, tmp_path, capsys):
+@pytest.fixture(scope='module')
+def option_outcomes(base, tmp_path_factory):
+    """[(description, mutant, outcome, what was made in the working folder)] for every option mutant, through
+    the entry point's validation pass."""
     root, opt = base
-    work = tmp_path / 'work'
+    tmp = tmp_path_factory.mktemp('mutants')
+    work = tmp / 'work'
     work.mkdir()
-    bugs, outcomes = [], {}
+    out = []
     for i, (what, mutant) in enumerate(option_mutants(opt)):
-        opt_file = write_opt(tmp_path / f'm{i}.yml', mutant)
-        result = _outcome(lambda: _check_entry(opt_file, work))
-        outcomes[what] = result
-        if result not in ('accepted', 'refused'):
-            bugs.append(f'{what}: {result}')
-        made = os.listdir(work)
-        if made:
-            bugs.append(f'{what}: made {made} before the check ended')
+        opt_file = write_opt(tmp / f'm{i}.yml', mutant)
+        out.append((what, mutant, _outcome(lambda: _check_entry(opt_file, work)), os.listdir(work)))
+    return out
+
+
+def test_every_option_mutant_is_accepted_or_one_line_before_anything_is_made(option_outcomes, capsys):
+    bugs = [f'{what}: {result}' for what, _, result, _ in option_outcomes if result not in ('accepted', 'refused')]
+    bugs += [f'{what}: made {made} before the check ended' for what, _, _, made in option_outcomes if made]
+    outcomes = {what: result for what, _, result, _ in option_outcomes}
     with capsys.disabled():
         print(f'\n{len(outcomes)} generated option mutants: {sum(r == "refused" for r in outcomes.values())} '
               f'refused, {sum(r == "accepted" for r in outcomes.values())} accepted')
@@ -147,7 +152,8 @@ def test_every_option_mutant_is_accepted_or_one_line_before_anything_is_made(bas
     assert len(outcomes) >= 300
     # what the contract must refuse, whatever else is accepted (the generator is not vacuous)
     for what in ('name deleted', 'train:total_iter NaN', 'train:optim_g:lr inf', 'datasets:train:gt_size deleted',
-                 'network_g:num_feat negative', 'path:pretrain_network_g a number for a string'):
+                 'network_g:num_feat negative', 'path:pretrain_network_g a number for a string',
+                 'train:pixel_opt deleted', 'datasets:train:io_backend deleted', 'train:scheduler:gamma text for a number'):
         assert outcomes[what] == 'refused', what
 
 
@@ -156,19 +162,13 @@ def _sample(items, k):
     return items[::step][:k]
 
 
-def test_a_sample_of_mutants_through_the_real_entry_point(base, tmp_path, monkeypatch, capsys):
+def test_a_sample_of_mutants_through_the_real_entry_point(option_outcomes, tmp_path, monkeypatch, capsys):
     """``segsr_basicsr.train.main`` in-process: refused mutants exit 2 with one line and leave nothing; a sample
     of accepted mutants trains one iteration (a check that accepts what training then crashes on is a bug)."""
     from segsr_basicsr.train import main
-    from segsr_basicsr.training.pipeline import _check_args
-    root, opt = base
     monkeypatch.chdir(tmp_path)
-    refused, accepted = [], []
-    for what, mutant in option_mutants(opt):
-        path = write_opt(tmp_path / 'probe.yml', mutant)
-        (refused if _outcome(lambda: _check_args(['-opt', path], True)) == 'refused' else accepted).append(
-            (what, mutant))
-    capsys.readouterr()
+    refused = [(w, m) for w, m, r, _ in option_outcomes if r == 'refused']
+    accepted = [(w, m) for w, m, r, _ in option_outcomes if r == 'accepted']
     bugs = []
     for i, (what, mutant) in enumerate(_sample(refused, 12) + _sample(accepted, 6)):
         mutant = copy.deepcopy(mutant)
@@ -217,8 +217,8 @@ def _png_bytes():
 
 
 def _safetensors_bytes(tmp):
-    from segsr_basicsr.io.checkpoint import save_safetensors
-    save_safetensors({'w': torch.zeros(2)}, None, tmp / 'x.safetensors')
+    from segsr_basicsr.io.checkpoint import load_checkpoint, save_safetensors
+    save_safetensors(load_checkpoint(tmp / 'good.pth')['params'], None, tmp / 'x.safetensors')
     return (tmp / 'x.safetensors').read_bytes()
 
 
@@ -254,7 +254,12 @@ def _image(root, opt, file):
 
 def _results(root, opt, file):
     from segsr_basicsr.report import main
-    main([str(file), '--out', str(root / 'report_out' / 'report')])
+    import shutil
+    (root / 'report_out').mkdir(exist_ok=True)  # --out is checked, not created: its folder exists
+    try:
+        main([str(file), '--out', str(root / 'report_out' / 'report'), '--no-bicubic'])
+    finally:
+        shutil.rmtree(root / 'report_out')
 
 
 def _meta_info(root, opt, file):
@@ -271,7 +276,7 @@ def _split_list(root, opt, file):
     read_split_dir(file.parent, {'a': ['a/x.png', 'a/y.png']})
 
 
-_RESULTS = {'run': 'r', 'datasets': {'d': {'metrics': {'psnr': 30.0}, 'metric_options': {'psnr': {}}, 'images': 1,
+_RESULTS = {'run': 'r', 'scale': 4, 'iter': 1, 'datasets': {'d': {'metrics': {'psnr': 30.0}, 'metric_options': {'psnr': {}}, 'images': 1,
                                            'digest': 'x', 'per_image': {'x': {'psnr': 30.0}}}}}
 
 #: name -> (file name in its folder, valid content, the reader as the package calls it, valid container of a
@@ -333,3 +338,26 @@ def test_every_reader_refuses_every_corrupt_file_in_one_line(base, tmp_path, cap
         print(f'\n{count} generated reader cases ({len(READERS)} readers)')
     assert not bugs, '\n'.join(bugs)
     assert count >= len(READERS) * 10
+
+
+#: values a number given on a command line can take that break arithmetic
+_SPECIAL_NUMBERS = (math.nan, math.inf, -math.inf, -1.0, 0.0, 1.0, 1e308)
+
+
+def test_split_ratios_of_every_special_value_are_accepted_or_one_line():
+    """``datasets_prep/split_dataset.py --ratios A B C``: every triple of special values (343 cases) either
+    splits every file once or is refused in one line."""
+    import itertools
+
+    from segsr_basicsr.data.prep import stratified_split
+    classes = {'a': [f'a/{i}.png' for i in range(7)], 'b': [f'b/{i}.png' for i in range(3)]}
+    bugs, count = [], 0
+    for ratios in itertools.product(_SPECIAL_NUMBERS, repeat=3):
+        count += 1
+        out = {}
+        result = _outcome(lambda: out.update(stratified_split(classes, ratios, 0)))
+        if result == 'accepted' and sorted(sum(out.values(), [])) != sorted(sum(classes.values(), [])):
+            bugs.append(f'{ratios}: files lost or repeated: {out}')
+        elif result not in ('accepted', 'refused'):
+            bugs.append(f'{ratios}: {result}')
+    assert count == 343 and not bugs, '\n'.join(bugs)

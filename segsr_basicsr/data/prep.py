@@ -197,7 +197,11 @@ def read_split_dir(split_dir, classes):
         if not path.is_file():
             continue
         out[split] = []
-        for lineno, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        try:
+            text = path.read_text(encoding='utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrepError(f'{path}: cannot be read as a split list of UTF-8 text lines ({e}).') from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             entry = line.split('#', 1)[0].strip().replace('\\', '/')
             if not entry:
                 continue

@@ -84,10 +84,8 @@ class CheckpointsMixin:
         if isinstance(ckpt, dict) and param_key is not None and param_key not in ckpt and 'params' in ckpt:
             get_root_logger().info(f'Loading: {param_key} does not exist in {load_path}, use params.')
             param_key = 'params'
-        if param_key is None and isinstance(ckpt, dict):
-            state = strip_module_prefix(ckpt)
-        else:
-            state, _ = pick_state_dict(ckpt, param_key, source=load_path, hint=PARAM_KEY_HINT)
+        # param_key ~: params_ema / params when present, else a bare state_dict (the option pass reads the same)
+        state, _ = pick_state_dict(ckpt, param_key, source=load_path, hint=PARAM_KEY_HINT)
         get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, '
                                f'with param key: [{param_key}].')
         self._print_different_keys_loading(net, state, strict)

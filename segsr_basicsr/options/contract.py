@@ -6,62 +6,18 @@ misspelt key or value, the nearest valid one. The same parsers (:func:`tile_spec
 ...) serve the model and the command line, so a rule lives in one place. Files and folders named by
 options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this pass.
 """
-import difflib
 import math
 import os
 
 from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import suggest
+from segsr_basicsr.options.datasets import check_dataset
+from segsr_basicsr.options.keys import _flag, _positive_int, _registered, _require
 from segsr_basicsr.options.values import (_whole, check_tile, choice, parse_amp, parse_finite_check_freq,  # noqa: F401
                                           parse_grad_clip, parse_guidance_lr_mult, parse_tf32, signal_numbers,
                                           tile_spec)
 
 __all__ = ['validate_options', 'check_val', 'check_train', 'check_dataset']
-
-
-_TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
-
-
-def _require(opt, key, types, where, path, hint=''):
-    if key not in opt:
-        raise OptionError(f'{path}: missing key {where + key!r}{suggest(key, opt)}.{hint}')
-    value = opt[key]
-    types = types if isinstance(types, tuple) else (types, )
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        names = ' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-        raise OptionError(f'{path}: {where + key!r} must be {names}, got {value!r}.')
-    return value
-
-
-def _positive_int(opt, key, where, path, minimum=1):
-    """An integer count; BasicSR files often write counts as ``!!float 5e3``, which basicsr accepts too."""
-    if key in opt and (isinstance(opt[key], bool) or not isinstance(opt[key], (int, float))):
-        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {opt[key]!r}.')
-    value = _require(opt, key, (int, float), where, path)
-    if isinstance(value, float) and not value.is_integer():
-        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {value!r}.')
-    if value < minimum:
-        raise OptionError(f'{path}: {where + key!r} must be >= {minimum}, got {value}.')
-    return value
-
-
-def _registered(registry, name, what, path, where):
-    if not isinstance(name, str):
-        raise OptionError(f'{path}: {where} must be the name of a registered BasicSR {what}, got {name!r}.')
-    if name not in registry:
-        names = sorted(k for k in registry.keys())
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise OptionError(f'{path}: {where} {name!r} is not a registered BasicSR {what}.{hint} '
-                          'Check the spelling (our names start with SeGSR) and that segsr_basicsr is imported.')
-
-
-# ----------------------------------------------------------------------------- value parsers
-def _flag(section, key, where):
-    value = section.get(key, False)
-    if value is not None and not isinstance(value, bool):
-        raise OptionError(f'{where}{key} must be true or false, got {value!r}.')
-    return bool(value)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -90,7 +46,8 @@ def check_val(opt, path, is_train):
               'of val:tile)') if hat else f'{path}: val:tile'
     window = opt['network_g'].get('window_size') or 1
     check_tile(tile_spec(val.get('tile'), origin), window, origin, 'network_g:window_size')
-    metrics = val.get('metrics') or {}
+    metrics = val.get('metrics')
+    metrics = {} if metrics is None else metrics
     if not isinstance(metrics, dict):
         raise OptionError(f'{path}: val:metrics must be a section (name: {{type: calculate_psnr, ...}}).')
     from basicsr.utils.registry import METRIC_REGISTRY
@@ -98,11 +55,22 @@ def check_val(opt, path, is_train):
         _require(metrics, name, dict, 'val:metrics:', path)
         _registered(METRIC_REGISTRY, _require(metric, 'type', str, f'val:metrics:{name}:', path), 'metric', path,
                     f'val:metrics:{name}:type')
+        _check_metric_arguments(METRIC_REGISTRY.get(metric['type']), metric, f'{path}: val:metrics:{name}')
         crop = metric.get('crop_border', 0)
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
             raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
     if val.get('best_metric') is not None:
         choice(val['best_metric'], list(metrics), f'{path}: val:best_metric')
+
+
+def _check_metric_arguments(function, metric, where):
+    """The arguments a metric function requires (after the two images) are in its section; BasicSR would only
+    find out at the first validation, after training up to it."""
+    import inspect
+    params = list(inspect.signature(function).parameters.values())[2:]
+    for p in params:
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in metric:
+            raise OptionError(f'{where}: missing key {p.name!r}: {function.__name__} requires it.')
 
 
 def check_train(opt, path):
@@ -126,6 +94,9 @@ def check_train(opt, path):
     logger = _require(opt, 'logger', dict, '', path)
     _positive_int(logger, 'print_freq', 'logger:', path)
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+    if not isinstance(logger.get('use_tb_logger'), bool):  # BasicSR's MessageLogger reads it without a default
+        raise OptionError(f'{path}: logger:use_tb_logger must be true or false, got '
+                          f'{logger.get("use_tb_logger", "nothing")!r}.')
     if logger.get('keep_checkpoints') is not None:
         _positive_int(logger, 'keep_checkpoints', 'logger:', path)
     signal_numbers(train.get('stop_signals'), f'{path}: train:stop_signals')
@@ -143,6 +114,12 @@ def _check_optimizer(train, path):
     if not math.isfinite(lr):
         raise OptionError(f'{path}: train:optim_g:lr must be a finite number > 0, got {lr!r}.')
     kwargs = {k: v for k, v in optim.items() if k not in ('type', 'lr')}
+    import inspect
+    defaults = inspect.signature(getattr(torch.optim, optim['type'])).parameters
+    for key, value in kwargs.items():
+        default = defaults[key].default if key in defaults else None
+        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise OptionError(f'{path}: train:optim_g:{key} must be a number, got {value!r}.')
     try:  # one dummy parameter: whatever torch refuses in these options (betas, weight_decay, ...) is one line
         getattr(torch.optim, optim['type'])([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
     except Exception as e:  # noqa: BLE001
@@ -207,105 +184,6 @@ def _check_schedule(train, path, model_type):
         raise OptionError(f'{path}: train:warmup_iter must be an integer (-1: no warm-up), got {warmup!r}.')
 
 
-#: keys BasicSR's datasets may read without a default (``opt['key']``); for the training phase, the patch keys
-_READ_KEYS, _TRAIN_READ_KEYS = ('dataroot_gt', 'dataroot_lq', 'io_backend'), ('gt_size', 'use_hflip', 'use_rot')
-
-
-def _keys_read(dataset_class, train) -> list:
-    """Which of :data:`_READ_KEYS` a dataset class reads as ``opt['key']`` (a KeyError mid-run when missing)."""
-    import inspect
-    try:
-        source = inspect.getsource(dataset_class)
-    except (OSError, TypeError):
-        return []
-    return [k for k in _READ_KEYS + (_TRAIN_READ_KEYS if train else ()) if f"opt['{k}']" in source]
-
-
-def _check_lmdb(dataset, where, path):
-    """An LMDB dataroot is a folder with data.mdb and the meta_info.txt BasicSR lists its keys from."""
-    for key in ('dataroot_gt', 'dataroot_lq'):
-        root = dataset.get(key)
-        if not isinstance(root, str):
-            continue
-        folder = os.path.expanduser(root)
-        meta = os.path.join(folder, 'meta_info.txt')
-        missing = [n for n in ('data.mdb', 'meta_info.txt') if not os.path.isfile(os.path.join(folder, n))]
-        if missing:
-            raise OptionError(f'{path}: {where}{key} = {root!r} is not an LMDB folder (no {" / ".join(missing)}); '
-                              'make it with BasicSR\'s scripts/data_preparation/create_lmdb.py, or use '
-                              'io_backend: {type: disk} for an image folder.')
-        try:
-            lines = [line for line in open(meta, encoding='utf-8').read().splitlines() if line.strip()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise OptionError(f'{path}: {meta} cannot be read as text ({e}); re-create the LMDB.') from None
-        if not lines:
-            raise OptionError(f'{path}: {meta} is empty: the LMDB lists no images; re-create it.')
-
-
-def _check_dataroots(dataset, where, path):
-    from segsr_basicsr.data.prep import prep_command
-    for key, value in dataset.items():
-        if not (key.startswith('dataroot') or key == 'meta_info_file') or value is None:
-            continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if not isinstance(v, str):
-                raise OptionError(f'{path}: {where}{key} must be a path, got {v!r}.')
-            if not os.path.exists(os.path.expanduser(v)):
-                raise OptionError(f'{path}: {where}{key} = {v!r} does not exist (looked in {os.getcwd()} for a '
-                                  f'relative path); {prep_command(v)}.')
-
-
-def check_dataset(dataset, phase, path, scale, is_train):
-    """One ``datasets:<phase>`` section: phase name, type, dataroots, counts, gt_size, max_value, backend."""
-    from basicsr.utils.registry import DATASET_REGISTRY
-    where = f'datasets:{phase}:'
-    if not isinstance(dataset, dict):
-        raise OptionError(f'{path}: {where[:-1]!r} must be a section, got {dataset!r}.')
-    kind, allowed = phase.split('_')[0], ('train', 'val') if is_train else ('test', 'val')
-    if kind not in allowed:
-        raise OptionError(f'{path}: dataset phase {phase!r} is not recognised{suggest(kind, allowed)}; use '
-                          f'{" / ".join(a + "[_name]" for a in allowed)}.')
-    _require(dataset, 'name', str, where, path)
-    _registered(DATASET_REGISTRY, _require(dataset, 'type', str, where, path), 'dataset', path, where + 'type')
-    for key in _keys_read(DATASET_REGISTRY.get(dataset['type']), kind == 'train'):
-        if dataset.get(key) is None:
-            example = f'a multiple of scale {scale}, e.g. {16 * (scale or 4)}' if key == 'gt_size' else \
-                '{type: disk}' if key == 'io_backend' else 'true or false' if key.startswith('use_') else 'a folder'
-            raise OptionError(f'{path}: missing key {where + key!r}: {dataset["type"]} reads it ({example}).')
-    if kind == 'train':
-        _positive_int(dataset, 'batch_size_per_gpu', where, path)
-        _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
-        gt_size = dataset.get('gt_size')
-        if dataset.get('dataset_enlarge_ratio') is not None:
-            _positive_int(dataset, 'dataset_enlarge_ratio', where, path)
-        choice(dataset.get('prefetch_mode'), (None, 'cpu', 'cuda'), f'{path}: {where}prefetch_mode')
-        if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
-            raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
-                              f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
-    for key in ('use_hflip', 'use_rot', 'use_shuffle', 'pin_memory'):
-        _flag(dataset, key, f'{path}: {where}')
-    io_backend = dataset.get('io_backend')
-    if io_backend is not None and (not isinstance(io_backend, dict) or not isinstance(io_backend.get('type'), str)):
-        raise OptionError(f'{path}: {where}io_backend must be a section with a type, like {{type: disk}}, got '
-                          f'{io_backend!r}.')
-    backend = (io_backend or {}).get('type', 'disk')
-    choice(backend, ('disk', 'lmdb', 'memcached'), f'{path}: {where}io_backend:type')
-    max_value = dataset.get('max_value')
-    if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
-                                  or not max_value > 0):
-        raise OptionError(f'{path}: {where}max_value must be a number > 0 (the value that maps to white, e.g. '
-                          f'65535 or 4095), got {max_value!r}.')
-    roots = [dataset.get('dataroot_gt'), dataset.get('dataroot_lq')]
-    if backend == 'disk' and any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
-        raise OptionError(f'{path}: {where[:-1]} points at an LMDB with io_backend disk; '
-                          'set io_backend: {type: lmdb}.')
-    if dataset['type'] == 'PairedImageDataset' and not scale:
-        raise OptionError(f"{path}: {where[:-1]} is a PairedImageDataset but the option file has no 'scale'.")
-    _check_dataroots(dataset, where, path)
-    if backend == 'lmdb':
-        _check_lmdb(dataset, where, path)
-
-
 def _refuse_non_finite(node, path, where=''):
     """No option takes NaN or infinity (YAML's .nan / .inf): every number of the file is finite."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
@@ -314,6 +192,12 @@ def _refuse_non_finite(node, path, where=''):
         if isinstance(value, float) and not math.isfinite(value):
             raise OptionError(f'{path}: {here} is {value}; options take finite numbers.')
         _refuse_non_finite(value, path, here)
+
+
+#: keys of ``path`` BasicSR reads or sets; per network: pretrain_network_*, param_key_*, strict_load_*
+_PATH_KEYS = ('pretrain_network_g', 'param_key_g', 'strict_load_g', 'resume_state', 'ignore_resume_networks', 'root',
+              'experiments_root', 'models', 'training_states', 'log', 'visualization', 'results_root')
+_PATH_PREFIXES = ('pretrain_network_', 'param_key_', 'strict_load_')
 
 
 def validate_options(opt, path, is_train=True):
@@ -342,6 +226,10 @@ def validate_options(opt, path, is_train=True):
     network = _require(opt, 'network_g', dict, '', path)
     _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
     check_network_options(network, scale, path)
+    for key in paths:
+        if not (str(key).startswith(_PATH_PREFIXES) or key in _PATH_KEYS):
+            raise OptionError(f'{path}: path:{key} is not a path option{suggest(key, _PATH_KEYS)}; known: '
+                              f'{", ".join(_PATH_KEYS)} and pretrain_network_* / param_key_* / strict_load_*.')
     resume = paths.get('resume_state')
     if resume is not None and not isinstance(resume, str):
         raise OptionError(f'{path}: path:resume_state must be a training state file or ~, got {resume!r}.')

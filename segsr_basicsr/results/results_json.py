@@ -85,6 +85,10 @@ def read_results(path) -> Dict:
                         'wrote (results/<name>/results.json) or its folder.') from None
     if not isinstance(data, dict) or not isinstance(data.get('datasets'), dict) or 'run' not in data:
         raise DataError(f'{path}: is not a results file of segsr_basicsr.test (no run/datasets entries).')
+    scale = data.get('scale')
+    if not isinstance(data['run'], str) or isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise DataError(f'{path}: its run {data["run"]!r} / scale {scale!r} are not a run name and a whole scale; '
+                        'it is not a results file of this version of segsr_basicsr.test: run segsr-test again.')
     for name, entry in data['datasets'].items():
         problem = _dataset_entry_problem(entry)
         if problem:
@@ -108,7 +112,14 @@ def _dataset_entry_problem(entry) -> Optional[str]:
            if isinstance(v, bool) or not isinstance(v, (int, float)) or m not in entry['metric_options']]
     if bad:
         return f'metrics:{bad[0]} is not a number with its metric options'
+    if not all(isinstance(o, dict) for o in entry['metric_options'].values()):
+        return 'metric_options holds something other than sections'
     for stem, values in entry['per_image'].items():
         if not isinstance(values, dict):
             return f'per_image:{stem} is not a mapping of metric values'
+    pairs = entry.get('pairs', [])
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        return 'pairs is not a list of [LQ, GT] paths'
+    if not isinstance(entry.get('sr_images', {}), dict):
+        return 'sr_images is not a mapping'
     return None
