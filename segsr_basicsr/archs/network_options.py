@@ -154,6 +154,7 @@ def check_pretrained(opt, path):
     if net is None:
         return
     # the CPU build skips downloading CLIP weights, so it cannot check their digest (the real load does)
-    state = {k: v for k, v in state.items() if not k.endswith('clip_source_digest')}
+    own = net.state_dict()
+    state = {k: own[k] if k.endswith('clip_source_digest') and k in own else v for k, v in state.items()}
     load_weights(net, state, bool(paths.get('strict_load_g', True)), file, describe_checkpoint(ckpt, state),
                  describe_network(opt['network_g'], opt.get('scale')))

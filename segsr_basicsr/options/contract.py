@@ -179,8 +179,8 @@ def _check_schedule(train, path, model_type):
         values = value if isinstance(value, list) else [value]
         if key != 'type' and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             raise OptionError(f'{path}: train:scheduler:{key} must be a number or a list of numbers, got {value!r}.')
-    warmup = train.get('warmup_iter', -1)
-    if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < -1):
+    warmup = train.get('warmup_iter', -1)  # BasicSR's default is for a missing key, not for ~
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < -1:
         raise OptionError(f'{path}: train:warmup_iter must be an integer (-1: no warm-up), got {warmup!r}.')
 
 
