@@ -169,3 +169,18 @@ def test_resume_with_the_same_network_and_more_iterations_continues(trained, cap
     assert code == 0, line
     meta = torch.load(root / 'experiments' / 'run' / 'models' / 'net_g_latest.pth', weights_only=True)
     assert meta['segsr_network']['iter'] == 3
+
+
+def test_api_with_another_option_file_says_what_the_checkpoint_holds(tmp_path):
+    """load_model(checkpoint, opt=...) of another scale: one line with what the file holds, and the way out."""
+    from segsr_basicsr import load_model
+    from segsr_basicsr.errors import InferError
+    from segsr_basicsr.io.checkpoint import network_metadata
+    net = _edsr(upscale=2)
+    torch.save({'params': _state_of(net), **network_metadata({'network_g': net, 'scale': 2})}, tmp_path / 'x2.pth')
+    with pytest.raises(InferError) as err:
+        load_model(tmp_path / 'x2.pth', device='cpu', opt={'network_g': _edsr()})
+    message = str(err.value)
+    assert '\n' not in message and 'it holds SeGSR_EDSR x2' in message and 'option file the model was trained' \
+        in message, message
+    assert load_model(tmp_path / 'x2.pth', device='cpu').info.scale == 2  # without opt: the file's own network_g
