@@ -184,3 +184,25 @@ def test_api_with_another_option_file_says_what_the_checkpoint_holds(tmp_path):
     assert '\n' not in message and 'it holds SeGSR_EDSR x2' in message and 'option file the model was trained' \
         in message, message
     assert load_model(tmp_path / 'x2.pth', device='cpu').info.scale == 2  # without opt: the file's own network_g
+
+
+def test_checkpoint_of_a_network_with_a_tagged_clip_passes_the_check(tmp_path, monkeypatch):
+    """A guided network whose frozen CLIP comes from an open_clip tag saves no CLIP tensors; the check before
+    the run (which builds the network without downloading the tag) reads its checkpoint as the run does."""
+    import open_clip
+
+    from segsr_basicsr.archs.network_options import _try_build, check_pretrained
+    real = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, 'get_pretrained_cfg',
+                        lambda name, tag: {'url': 'x'} if tag == 'fake-tag' else real(name, tag))
+    network = _edsr(guidance=dict(TINY_GUIDANCE, clip_pretrained='fake-tag'))
+    saved = _try_build(network, network['type'], 'o.yml').state_dict()  # what a run with the tag saves
+    assert not any('.encoder.visual.' in k and 'lora_' not in k for k in saved)
+    assert any('lora_' in k for k in saved)
+    torch.save({'params': saved}, tmp_path / 'tagged.pth')
+    opt = {'network_g': network, 'scale': 4, 'path': {'pretrain_network_g': str(tmp_path / 'tagged.pth')}}
+    check_pretrained(opt, 'o.yml')  # accepted: the CLIP tensors come from the tag
+    torch.save({'params': {k: v for k, v in saved.items() if 'lora_' not in k}}, tmp_path / 'no_lora.pth')
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'no_lora.pth')
+    with pytest.raises(segsr_basicsr.errors.CheckpointError, match='no weights for the guidance|missing key'):
+        check_pretrained(opt, 'o.yml')

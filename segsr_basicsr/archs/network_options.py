@@ -62,7 +62,7 @@ def _try_build(network, arch, path):
 
     from basicsr.utils.registry import ARCH_REGISTRY
     net_opt = copy.deepcopy(dict(network))
-    guidance = net_opt.get('guidance')
+    guidance, from_tag = net_opt.get('guidance'), False
     if isinstance(guidance, dict):
         from segsr_basicsr.archs.clip_tower import HF_HUB_PREFIX, clip_source
         model, weights = guidance.get('clip_model', 'ViT-B-16'), guidance.get('clip_pretrained', 'openai')
@@ -70,16 +70,30 @@ def _try_build(network, arch, path):
             return None  # needs the Hugging Face cache: checked when the network is built
         try:
             if clip_source(model, weights)[2] == 'tag':
-                guidance['clip_pretrained'], guidance['quick_gelu'] = None, False
+                guidance['clip_pretrained'], guidance['quick_gelu'], from_tag = None, False, True
         except OptionError as e:
             raise OptionError(f'{path}: network_g:{e}') from None
     try:  # not basicsr's build_network: its log line would set up BasicSR's logger before the log file exists
-        return ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
+        net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     except OptionError as e:
         raise OptionError(f'{path}: network_g: {e}') from None
     except Exception as e:  # noqa: BLE001 - whatever a constructor raises on these options (any arch)
         raise OptionError(f'{path}: network_g ({arch}) cannot be built from these options: '
                           f'{type(e).__name__}: {e}') from None
+    if from_tag:
+        _as_if_from_tag(net)
+    return net
+
+
+def _as_if_from_tag(net):
+    """The CPU build took random CLIP weights instead of the tag's: mark its frozen CLIP tensors as the real
+    build does (left out of checkpoints, restored from the source), so checkpoints are read the same way."""
+    from segsr_basicsr.archs.guidance import SemanticGuidance
+    for module in net.modules():
+        if isinstance(module, SemanticGuidance) and module.tune != 'full':
+            module._unsaved_clip = True
+            module._unsaved_names = [n for n, _ in module.encoder.visual.named_parameters()  # LoRA is saved
+                                     if not n.rpartition('.')[2].startswith('lora_')]
 
 
 # ----------------------------------------------------------------------------- weights against network_g
