@@ -72,12 +72,13 @@ def build_from_checkpoint(path, opt=None, param_key=None):
 
 def _build(path, opt, param_key):
     from segsr_basicsr.io.checkpoint import load_checkpoint, pick_state_dict
+    from segsr_basicsr.archs.network_options import describe_checkpoint
     ckpt = load_checkpoint(path)
     net_opt, source = _network_options(path, ckpt, opt)
-    if isinstance(ckpt, dict):
-        ckpt = {k: v for k, v in ckpt.items() if k != META_KEY}
-    state, param_key = pick_state_dict(ckpt, param_key, source=str(path), hint='pick one with --param-key')
-    return _build_with(net_opt, state, f'{path} [{param_key}]', source), net_opt, state, param_key
+    weights = {k: v for k, v in ckpt.items() if k != META_KEY} if isinstance(ckpt, dict) else ckpt
+    state, param_key = pick_state_dict(weights, param_key, source=str(path), hint='pick one with --param-key')
+    net = _build_with(net_opt, state, f'{path} [{param_key}]', source, describe_checkpoint(ckpt, state))
+    return net, net_opt, state, param_key
 
 
 def model_backend(path, backend='auto') -> str:
@@ -112,8 +113,9 @@ def _network_options(path, ckpt, opt):
                      "opt='train.yml')).")
 
 
-def _build_with(net_opt, state, what, source):
-    """network_g built and loaded with ``state``; weights that do not fit are one line naming both."""
+def _build_with(net_opt, state, what, source, holds='the weights were saved from another network_g'):
+    """network_g built and loaded with ``state``; weights that do not fit are one line naming both and saying
+    what the file holds."""
     from basicsr.archs import build_network
 
     from segsr_basicsr.io.checkpoint import load_error_details
@@ -121,12 +123,12 @@ def _build_with(net_opt, state, what, source):
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as e:  # shapes that do not fit
-        raise InferError(f'{what} does not fit network_g of {source}: {load_error_details(e)}. Use the option '
-                         'file the model was trained with.') from None
+        raise InferError(f'{what} does not fit network_g of {source}: {load_error_details(e)}; {holds}. Use the '
+                         'option file the model was trained with.') from None
     if result.missing_keys or result.unexpected_keys:
         raise InferError(f'{what} does not match network_g of {source}: '
                          f'{len(result.missing_keys)} missing key(s) {result.missing_keys[:3]}, '
-                         f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}. '
+                         f'{len(result.unexpected_keys)} unexpected key(s) {result.unexpected_keys[:3]}; {holds}. '
                          'Use the option file the model was trained with.')
     return net
 

@@ -16,9 +16,10 @@ READERS = {'get': 0, '_require': 1, '_positive_int': 1, '_flag': 1}
 
 
 def keys_read_by_the_contract() -> set:
-    tree = ast.parse(Path(contract.__file__).read_text())
+    folder = Path(contract.__file__).parent  # the contract and its section modules
+    trees = [ast.parse(f.read_text()) for f in sorted(folder.glob('*.py')) if f.name != 'values.py']
     keys = set()
-    for node in ast.walk(tree):
+    for node in (n for tree in trees for n in ast.walk(tree)):
         if isinstance(node, ast.Call):
             name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, 'id', None)
             pos = READERS.get(name)

@@ -165,7 +165,7 @@ def stratified_split(classes, ratios, seed):
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise PrepError(f'--seed must be an integer >= 0, got {seed!r}.')
     ratios = [float(r) for r in ratios]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
+    if len(ratios) != 3 or not all(math.isfinite(r) and r >= 0 for r in ratios) or sum(ratios) <= 0:
         raise PrepError(f'--ratios needs 3 non-negative numbers (train val test), got {ratios}.')
     total = sum(ratios)
     r_val, r_test = ratios[1] / total, ratios[2] / total
@@ -197,7 +197,11 @@ def read_split_dir(split_dir, classes):
         if not path.is_file():
             continue
         out[split] = []
-        for lineno, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        try:
+            text = path.read_text(encoding='utf-8')
+        except (OSError, UnicodeDecodeError) as e:
+            raise PrepError(f'{path}: cannot be read as a split list of UTF-8 text lines ({e}).') from None
+        for lineno, line in enumerate(text.splitlines(), 1):
             entry = line.split('#', 1)[0].strip().replace('\\', '/')
             if not entry:
                 continue

@@ -56,6 +56,9 @@ def load_yaml(path):
         except yaml.YAMLError as e:
             raise OptionError(f'Option file {path} is not valid YAML ({_mark(e)}): '
                               f'{_one_line(getattr(e, "problem", None) or e)}') from None
+        except UnicodeDecodeError as e:
+            raise OptionError(f'Option file {path} is not UTF-8 text (byte {e.start}): is it an option file? Pass '
+                              'the YAML file with -opt.') from None
     if not isinstance(data, dict):
         raise OptionError(f'Option file {path} must be a YAML mapping (key: value lines), '
                           f'got {type(data).__name__}.')

@@ -10,9 +10,9 @@ from os import path as osp
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import get_dist_info
 
-from segsr_basicsr.errors import CheckpointError
-from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, load_error_details,
-                                         network_metadata, pick_state_dict, save_with_retry, set_rng_states,
+from segsr_basicsr.archs.network_options import (PARAM_KEY_HINT, describe_checkpoint, describe_network,
+                                                load_weights)
+from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, network_metadata, pick_state_dict, save_with_retry, set_rng_states,
                                          strip_module_prefix)
 from segsr_basicsr.utils.dist import gather_objects
 
@@ -77,26 +77,20 @@ class CheckpointsMixin:
                 'restart from the seed (results will differ from an uninterrupted run).')
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """BasicSR's load_network through ``torch.load(weights_only=True)``, with errors naming the file."""
+        """BasicSR's load_network through ``torch.load(weights_only=True)``; weights that do not fit are one line
+        saying what the file holds (:func:`~segsr_basicsr.archs.network_options.load_weights`)."""
         net = self.get_bare_model(net)
         ckpt = load_checkpoint(load_path, map_location='cpu')
-        if param_key is not None and param_key not in ckpt and 'params' in ckpt:
+        if isinstance(ckpt, dict) and param_key is not None and param_key not in ckpt and 'params' in ckpt:
             get_root_logger().info(f'Loading: {param_key} does not exist in {load_path}, use params.')
             param_key = 'params'
-        hint = 'set path:param_key_g to one of them, or to ~ for a bare state_dict'
-        if param_key is None:
-            state = strip_module_prefix(ckpt)
-        else:
-            state, _ = pick_state_dict(ckpt, param_key, source=load_path, hint=hint)
+        # param_key ~: params_ema / params when present, else a bare state_dict (the option pass reads the same)
+        state, _ = pick_state_dict(ckpt, param_key, source=load_path, hint=PARAM_KEY_HINT)
         get_root_logger().info(f'Loading {net.__class__.__name__} model from {load_path}, '
                                f'with param key: [{param_key}].')
         self._print_different_keys_loading(net, state, strict)
-        try:
-            net.load_state_dict(state, strict=strict)
-        except RuntimeError as e:
-            raise CheckpointError(f'The weights in {load_path} do not fit network {net.__class__.__name__}: '
-                                  f'{load_error_details(e)}. Check that network_g matches the checkpoint, '
-                                  'or set path:strict_load_g: false to load only the matching part.') from None
+        load_weights(net, state, strict, load_path, describe_checkpoint(ckpt, state),
+                     describe_network(self.opt['network_g'], self.opt.get('scale')))
 
     # ----------------------------------------------------------------- the best network
     def _best_metric(self):

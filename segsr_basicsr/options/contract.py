@@ -6,59 +6,18 @@ misspelt key or value, the nearest valid one. The same parsers (:func:`tile_spec
 ...) serve the model and the command line, so a rule lives in one place. Files and folders named by
 options are checked in :mod:`segsr_basicsr.utils.preflight` (inputs) after this pass.
 """
-import difflib
+import math
 import os
 
 from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import suggest
+from segsr_basicsr.options.datasets import check_dataset
+from segsr_basicsr.options.keys import _flag, _positive_int, _registered, _require
 from segsr_basicsr.options.values import (_whole, check_tile, choice, parse_amp, parse_finite_check_freq,  # noqa: F401
                                           parse_grad_clip, parse_guidance_lr_mult, parse_tf32, signal_numbers,
                                           tile_spec)
 
 __all__ = ['validate_options', 'check_val', 'check_train', 'check_dataset']
-
-
-_TYPE_NAMES = {int: 'an integer', str: 'a string', dict: 'a section (key: value mapping)', float: 'a number'}
-
-
-def _require(opt, key, types, where, path, hint=''):
-    if key not in opt:
-        raise OptionError(f'{path}: missing key {where + key!r}{suggest(key, opt)}.{hint}')
-    value = opt[key]
-    types = types if isinstance(types, tuple) else (types, )
-    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-        names = ' or '.join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-        raise OptionError(f'{path}: {where + key!r} must be {names}, got {value!r}.')
-    return value
-
-
-def _positive_int(opt, key, where, path, minimum=1):
-    """An integer count; BasicSR files often write counts as ``!!float 5e3``, which basicsr accepts too."""
-    if key in opt and (isinstance(opt[key], bool) or not isinstance(opt[key], (int, float))):
-        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {opt[key]!r}.')
-    value = _require(opt, key, (int, float), where, path)
-    if isinstance(value, float) and not value.is_integer():
-        raise OptionError(f'{path}: {where + key!r} must be a whole number, got {value!r}.')
-    if value < minimum:
-        raise OptionError(f'{path}: {where + key!r} must be >= {minimum}, got {value}.')
-    return value
-
-
-def _registered(registry, name, what, path, where):
-    if name not in registry:
-        names = sorted(k for k in registry.keys())
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise OptionError(f'{path}: {where} {name!r} is not a registered BasicSR {what}.{hint} '
-                          'Check the spelling (our names start with SeGSR) and that segsr_basicsr is imported.')
-
-
-# ----------------------------------------------------------------------------- value parsers
-def _flag(section, key, where):
-    value = section.get(key, False)
-    if value is not None and not isinstance(value, bool):
-        raise OptionError(f'{where}{key} must be true or false, got {value!r}.')
-    return bool(value)
 
 
 # ----------------------------------------------------------------------------- sections
@@ -87,7 +46,8 @@ def check_val(opt, path, is_train):
               'of val:tile)') if hat else f'{path}: val:tile'
     window = opt['network_g'].get('window_size') or 1
     check_tile(tile_spec(val.get('tile'), origin), window, origin, 'network_g:window_size')
-    metrics = val.get('metrics') or {}
+    metrics = val.get('metrics')
+    metrics = {} if metrics is None else metrics
     if not isinstance(metrics, dict):
         raise OptionError(f'{path}: val:metrics must be a section (name: {{type: calculate_psnr, ...}}).')
     from basicsr.utils.registry import METRIC_REGISTRY
@@ -95,11 +55,22 @@ def check_val(opt, path, is_train):
         _require(metrics, name, dict, 'val:metrics:', path)
         _registered(METRIC_REGISTRY, _require(metric, 'type', str, f'val:metrics:{name}:', path), 'metric', path,
                     f'val:metrics:{name}:type')
+        _check_metric_arguments(METRIC_REGISTRY.get(metric['type']), metric, f'{path}: val:metrics:{name}')
         crop = metric.get('crop_border', 0)
         if isinstance(crop, bool) or not isinstance(crop, int) or crop < 0:
             raise OptionError(f'{path}: val:metrics:{name}:crop_border must be an integer >= 0, got {crop!r}.')
     if val.get('best_metric') is not None:
         choice(val['best_metric'], list(metrics), f'{path}: val:best_metric')
+
+
+def _check_metric_arguments(function, metric, where):
+    """The arguments a metric function requires (after the two images) are in its section; BasicSR would only
+    find out at the first validation, after training up to it."""
+    import inspect
+    params = list(inspect.signature(function).parameters.values())[2:]
+    for p in params:
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in metric:
+            raise OptionError(f'{where}: missing key {p.name!r}: {function.__name__} requires it.')
 
 
 def check_train(opt, path):
@@ -119,9 +90,13 @@ def check_train(opt, path):
     if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
         raise OptionError(f'{path}: train:ema_decay must be a number in [0, 1) (0: no EMA), got {ema!r}.')
     _check_registered_types(train, path)
+    _check_schedule(train, path, opt['model_type'])
     logger = _require(opt, 'logger', dict, '', path)
     _positive_int(logger, 'print_freq', 'logger:', path)
     _positive_int(logger, 'save_checkpoint_freq', 'logger:', path)
+    if not isinstance(logger.get('use_tb_logger'), bool):  # BasicSR's MessageLogger reads it without a default
+        raise OptionError(f'{path}: logger:use_tb_logger must be true or false, got '
+                          f'{logger.get("use_tb_logger", "nothing")!r}.')
     if logger.get('keep_checkpoints') is not None:
         _positive_int(logger, 'keep_checkpoints', 'logger:', path)
     signal_numbers(train.get('stop_signals'), f'{path}: train:stop_signals')
@@ -136,68 +111,93 @@ def _check_optimizer(train, path):
     lr = _require(optim, 'lr', (int, float), 'train:optim_g:', path)
     if not lr > 0:
         raise OptionError(f'{path}: train:optim_g:lr must be > 0, got {lr!r}.')
+    if not math.isfinite(lr):
+        raise OptionError(f'{path}: train:optim_g:lr must be a finite number > 0, got {lr!r}.')
+    kwargs = {k: v for k, v in optim.items() if k not in ('type', 'lr')}
+    import inspect
+    defaults = inspect.signature(getattr(torch.optim, optim['type'])).parameters
+    for key, value in kwargs.items():
+        default = defaults[key].default if key in defaults else None
+        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise OptionError(f'{path}: train:optim_g:{key} must be a number, got {value!r}.')
+    try:  # one dummy parameter: whatever torch refuses in these options (betas, weight_decay, ...) is one line
+        getattr(torch.optim, optim['type'])([torch.nn.Parameter(torch.zeros(1))], lr=lr, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise OptionError(f'{path}: train:optim_g cannot build {optim["type"]}: {type(e).__name__}: {e}') from None
     scheduler = train.get('scheduler')
     if isinstance(scheduler, dict):  # what BasicSR's BaseModel.setup_schedulers accepts
-        choice(scheduler.get('type'), ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR'),
-               f'{path}: train:scheduler:type')
+        kind = choice(scheduler.get('type'), ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR'),
+                      f'{path}: train:scheduler:type')
+        from basicsr.models import lr_scheduler
+        cls = lr_scheduler.CosineAnnealingRestartLR if kind == 'CosineAnnealingRestartLR' else \
+            lr_scheduler.MultiStepRestartLR
+        try:
+            cls(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr),
+                **{k: v for k, v in scheduler.items() if k != 'type'})
+        except Exception as e:  # noqa: BLE001
+            raise OptionError(f'{path}: train:scheduler cannot build {kind}: {type(e).__name__}: {e}') from None
 
 
 def _check_registered_types(train, path):
-    """Every ``train:*_opt:type`` names a BasicSR loss (BasicSR only finds out when the model is built)."""
+    """Every ``train:*_opt`` is a section naming a BasicSR loss, with a finite ``loss_weight`` >= 0; it is built
+    once (losses that load VGG weights excepted), so what its constructor refuses is one line now."""
+    import inspect
+
     from basicsr.utils.registry import LOSS_REGISTRY
     for key, section in train.items():
-        if key.endswith('_opt') and isinstance(section, dict) and 'type' in section:
-            _registered(LOSS_REGISTRY, section['type'], 'loss', path, f'train:{key}:type')
-
-
-def _check_dataroots(dataset, where, path):
-    from segsr_basicsr.data.prep import prep_command
-    for key, value in dataset.items():
-        if not (key.startswith('dataroot') or key == 'meta_info_file') or value is None:
+        if not str(key).endswith('_opt') or section is None:
             continue
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if not isinstance(v, str):
-                raise OptionError(f'{path}: {where}{key} must be a path, got {v!r}.')
-            if not os.path.exists(os.path.expanduser(v)):
-                raise OptionError(f'{path}: {where}{key} = {v!r} does not exist (looked in {os.getcwd()} for a '
-                                  f'relative path); {prep_command(v)}.')
+        if not isinstance(section, dict):
+            raise OptionError(f'{path}: train:{key} must be a section like {{type: L1Loss, loss_weight: 1.0}} or ~, '
+                              f'got {section!r}.')
+        kind = _require(section, 'type', str, f'train:{key}:', path)
+        _registered(LOSS_REGISTRY, kind, 'loss', path, f'train:{key}:type')
+        weight = section.get('loss_weight', 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise OptionError(f'{path}: train:{key}:loss_weight must be a number >= 0, got {weight!r}.')
+        cls = LOSS_REGISTRY.get(kind)
+        if 'layer_weights' in inspect.signature(cls).parameters:
+            continue  # a perceptual loss: building it loads VGG weights
+        try:
+            cls(**{k: v for k, v in section.items() if k != 'type'})
+        except Exception as e:  # noqa: BLE001 - whatever the loss refuses in these options
+            raise OptionError(f'{path}: train:{key} cannot build {kind}: {type(e).__name__}: {e}') from None
 
 
-def check_dataset(dataset, phase, path, scale, is_train):
-    """One ``datasets:<phase>`` section: phase name, type, dataroots, counts, gt_size, max_value, backend."""
-    from basicsr.utils.registry import DATASET_REGISTRY
-    where = f'datasets:{phase}:'
-    if not isinstance(dataset, dict):
-        raise OptionError(f'{path}: {where[:-1]!r} must be a section, got {dataset!r}.')
-    kind, allowed = phase.split('_')[0], ('train', 'val') if is_train else ('test', 'val')
-    if kind not in allowed:
-        raise OptionError(f'{path}: dataset phase {phase!r} is not recognised{suggest(kind, allowed)}; use '
-                          f'{" / ".join(a + "[_name]" for a in allowed)}.')
-    _require(dataset, 'name', str, where, path)
-    _registered(DATASET_REGISTRY, _require(dataset, 'type', str, where, path), 'dataset', path, where + 'type')
-    if kind == 'train':
-        _positive_int(dataset, 'batch_size_per_gpu', where, path)
-        _positive_int(dataset, 'num_worker_per_gpu', where, path, minimum=0)
-        gt_size = dataset.get('gt_size')
-        if gt_size is not None and scale and _whole(gt_size, f'{path}: {where}gt_size', 1) % scale:
-            raise OptionError(f'{path}: {where}gt_size {gt_size} is not a multiple of scale {scale}; the LR '
-                              f'patch would not match the HR patch. Use {gt_size - gt_size % scale or scale}.')
-    for key in ('use_hflip', 'use_rot', 'use_shuffle', 'pin_memory'):
-        _flag(dataset, key, f'{path}: {where}')
-    backend = (dataset.get('io_backend') or {}).get('type', 'disk')
-    choice(backend, ('disk', 'lmdb', 'memcached'), f'{path}: {where}io_backend:type')
-    max_value = dataset.get('max_value')
-    if max_value is not None and (isinstance(max_value, bool) or not isinstance(max_value, (int, float))
-                                  or not max_value > 0):
-        raise OptionError(f'{path}: {where}max_value must be a number > 0 (the value that maps to white, e.g. '
-                          f'65535 or 4095), got {max_value!r}.')
-    roots = [dataset.get('dataroot_gt'), dataset.get('dataroot_lq')]
-    if backend == 'disk' and any(isinstance(r, str) and r.rstrip('/').endswith('.lmdb') for r in roots):
-        raise OptionError(f'{path}: {where[:-1]} points at an LMDB with io_backend disk; '
-                          'set io_backend: {type: lmdb}.')
-    if dataset['type'] == 'PairedImageDataset' and not scale:
-        raise OptionError(f"{path}: {where[:-1]} is a PairedImageDataset but the option file has no 'scale'.")
-    _check_dataroots(dataset, where, path)
+def _check_schedule(train, path, model_type):
+    """What BasicSR's SRModel needs and only finds out while training: a loss, a scheduler section of numbers,
+    an integer warmup_iter."""
+    from basicsr.models.sr_model import SRModel
+    from basicsr.utils.registry import MODEL_REGISTRY
+    if issubclass(MODEL_REGISTRY.get(model_type), SRModel) and not (train.get('pixel_opt')
+                                                                      or train.get('perceptual_opt')):
+        raise OptionError(f'{path}: train has neither pixel_opt nor perceptual_opt; {model_type} trains with at least '
+                          'one (e.g. pixel_opt: {type: L1Loss, loss_weight: 1.0}).')
+    scheduler = _require(train, 'scheduler', dict, 'train:', path, ' E.g. {type: MultiStepLR, milestones: '
+                         '[50000], gamma: 0.5}.')
+    for key, value in scheduler.items():
+        values = value if isinstance(value, list) else [value]
+        if key != 'type' and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            raise OptionError(f'{path}: train:scheduler:{key} must be a number or a list of numbers, got {value!r}.')
+    warmup = train.get('warmup_iter', -1)  # BasicSR's default is for a missing key, not for ~
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < -1:
+        raise OptionError(f'{path}: train:warmup_iter must be an integer (-1: no warm-up), got {warmup!r}.')
+
+
+def _refuse_non_finite(node, path, where=''):
+    """No option takes NaN or infinity (YAML's .nan / .inf): every number of the file is finite."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        here = f'{where}:{key}' if where else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f'{path}: {here} is {value}; options take finite numbers.')
+        _refuse_non_finite(value, path, here)
+
+
+#: keys of ``path`` BasicSR reads or sets; per network: pretrain_network_*, param_key_*, strict_load_*
+_PATH_KEYS = ('pretrain_network_g', 'param_key_g', 'strict_load_g', 'resume_state', 'ignore_resume_networks', 'root',
+              'experiments_root', 'models', 'training_states', 'log', 'visualization', 'results_root')
+_PATH_PREFIXES = ('pretrain_network_', 'param_key_', 'strict_load_')
 
 
 def validate_options(opt, path, is_train=True):
@@ -206,6 +206,7 @@ def validate_options(opt, path, is_train=True):
 
     from segsr_basicsr.archs.network_options import check_network_options
 
+    _refuse_non_finite(opt, path)
     name = _require(opt, 'name', str, '', path)
     if not name.strip() or name in ('.', '..') or '/' in name or os.sep in name:
         raise OptionError(f'{path}: name {name!r} must be a plain folder name (it becomes experiments/<name> and '
@@ -213,14 +214,25 @@ def validate_options(opt, path, is_train=True):
     seed = opt.get('manual_seed')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
+    paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key in ('strict_load_g', 'strict_load_d'):
-        _flag(opt.get('path') or {}, key, f'{path}: path:')
+        _flag(paths, key, f'{path}: path:')
+    for key in ('param_key_g', 'param_key_d'):
+        if key in paths and paths[key] is not None and not isinstance(paths[key], str):
+            raise OptionError(f'{path}: path:{key} must be the name of an entry of the checkpoint (params, '
+                              f'params_ema) or ~, got {paths[key]!r}.')
     _registered(MODEL_REGISTRY, _require(opt, 'model_type', str, '', path), 'model', path, 'model_type')
     scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
     network = _require(opt, 'network_g', dict, '', path)
     _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
     check_network_options(network, scale, path)
-    paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
+    for key in paths:
+        if not (str(key).startswith(_PATH_PREFIXES) or key in _PATH_KEYS):
+            raise OptionError(f'{path}: path:{key} is not a path option{suggest(key, _PATH_KEYS)}; known: '
+                              f'{", ".join(_PATH_KEYS)} and pretrain_network_* / param_key_* / strict_load_*.')
+    resume = paths.get('resume_state')
+    if resume is not None and not isinstance(resume, str):
+        raise OptionError(f'{path}: path:resume_state must be a training state file or ~, got {resume!r}.')
     for key, value in paths.items():
         if key.startswith('pretrain_network') and value is not None:
             if not isinstance(value, str) or not os.path.isfile(os.path.expanduser(value)):

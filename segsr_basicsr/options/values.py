@@ -3,6 +3,7 @@
 Each parser takes a raw value and where it came from (``val:tile``, ``--tile``), and returns what the code
 uses or raises an :class:`OptionError` naming the key, the value and what is allowed.
 """
+import math
 import signal
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -93,8 +94,8 @@ def choice(value, allowed, where):
 
 
 def _whole(value, where, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value) \
-            or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or float(value) != int(value) or value < minimum:
         raise OptionError(f'{where} must be a whole number >= {minimum}, got {value!r}.')
     return int(value)
 

@@ -86,22 +86,41 @@ def read_results(path) -> Dict:
                         'wrote (results/<name>/results.json) or its folder.') from None
     if not isinstance(data, dict) or not isinstance(data.get('datasets'), dict) or 'run' not in data:
         raise DataError(f'{path}: is not a results file of segsr_basicsr.test (no run/datasets entries).')
+    scale = data.get('scale')
+    if not isinstance(data['run'], str) or isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise DataError(f'{path}: its run {data["run"]!r} / scale {scale!r} are not a run name and a whole scale; '
+                        'it is not a results file of this version of segsr_basicsr.test: run segsr-test again.')
     for name, entry in data['datasets'].items():
-        problem = _entry_problem(entry)
+        problem = _dataset_entry_problem(entry)
         if problem:
-            raise DataError(f'{path}: dataset {name!r} {problem}, so it is not a results file this version of '
-                            'segsr_basicsr.test writes; rerun the test to rewrite it.')
+            raise DataError(f'{path}: datasets:{name} {problem}; it is not a results file of this version of '
+                            'segsr_basicsr.test: run segsr-test again to rewrite it.')
     return data
 
 
-def _entry_problem(entry) -> Optional[str]:
-    """What a dataset entry lacks of what :func:`write_results` writes and the report reads (None: nothing)."""
+#: what every dataset entry of a results file holds, and the type the tables read it as
+_ENTRY_TYPES = {'metrics': dict, 'metric_options': dict, 'images': int, 'digest': str, 'per_image': dict}
+
+
+def _dataset_entry_problem(entry) -> Optional[str]:
+    """Why a dataset entry is not one :func:`write_results` writes (None when it is)."""
     if not isinstance(entry, dict):
-        return 'is not a mapping'
-    kinds = {'metrics': dict, 'metric_options': dict, 'digest': str, 'images': int, 'per_image': dict}
-    for key, kind in kinds.items():
-        if not isinstance(entry.get(key), kind):
-            return f'has no {key} ({kind.__name__})'
-    bad = [m for m, v in entry['metrics'].items() if isinstance(v, bool) or not isinstance(v, (int, float))
-           or m not in entry['metric_options']]
-    return f'has a metric without a number or options ({bad[0]!r})' if bad else None
+        return f'is {type(entry).__name__}, not an entry'
+    for key, kind in _ENTRY_TYPES.items():
+        if not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool):
+            return f'has no {key} {kind.__name__}'
+    bad = [m for m, v in entry['metrics'].items()
+           if isinstance(v, bool) or not isinstance(v, (int, float)) or m not in entry['metric_options']]
+    if bad:
+        return f'metrics:{bad[0]} is not a number with its metric options'
+    if not all(isinstance(o, dict) for o in entry['metric_options'].values()):
+        return 'metric_options holds something other than sections'
+    for stem, values in entry['per_image'].items():
+        if not isinstance(values, dict):
+            return f'per_image:{stem} is not a mapping of metric values'
+    pairs = entry.get('pairs', [])
+    if not isinstance(pairs, list) or not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+        return 'pairs is not a list of [LQ, GT] paths'
+    if not isinstance(entry.get('sr_images', {}), dict):
+        return 'sr_images is not a mapping'
+    return None

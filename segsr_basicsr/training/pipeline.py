@@ -15,8 +15,9 @@ import sys
 
 import torch
 
+from segsr_basicsr.archs.network_options import check_pretrained, describe_network
 from segsr_basicsr.errors import CheckpointError
-from segsr_basicsr.io.checkpoint import load_checkpoint
+from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, network_metadata
 from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
 from segsr_basicsr.options import validate_options
@@ -196,6 +197,35 @@ def _check_state(opt, state):
     missing = _missing_networks(opt, state['iter'])
     if missing:
         raise CheckpointError(f'Cannot resume from {opt["path"]["resume_state"]}: {missing}')
+    problem = _other_run(opt, state['iter'])
+    if problem:
+        raise CheckpointError(f'Cannot resume from {opt["path"]["resume_state"]}: {problem}')
+
+
+def _other_run(opt, it):
+    """Why a state cannot continue under this option file: it is past train:total_iter (the result would be
+    labelled with an iteration that is not its own), or its net_g was saved with another network_g / scale."""
+    total = (opt.get('train') or {}).get('total_iter')
+    models = opt['path']['models']
+    if total is not None and int(total) < it:
+        return (f'it is at iteration {it}, past train:total_iter {int(total)}. Raise train:total_iter above {it} '
+                f'to train further; the weights of iteration {it} are {os.path.join(models, f"net_g_{it}.pth")}.')
+    net_file = os.path.join(models, f'net_g_{it}.pth')
+    if 'network_g' not in opt or not os.path.isfile(net_file):
+        return None
+    saved = load_checkpoint(net_file).get(META_KEY)
+    if not isinstance(saved, dict) or not isinstance(saved.get('network_g'), dict):
+        return None  # saved before checkpoints carried network_g: the strict load checks the shapes
+    ours = network_metadata(opt)[META_KEY]
+    if saved['network_g'] == ours['network_g'] and saved.get('scale') == ours['scale']:
+        return None
+    keys = sorted(k for k in set(saved['network_g']) | set(ours['network_g'])
+                  if saved['network_g'].get(k) != ours['network_g'].get(k))
+    changed = ', '.join(f'network_g:{k} {saved["network_g"].get(k)!r} -> {ours["network_g"].get(k)!r}'
+                        for k in keys[:3]) or f'scale {saved.get("scale")} -> {ours["scale"]}'
+    return (f'its {net_file} holds {describe_network(saved["network_g"], saved.get("scale"))}, this option file '
+            f'builds {describe_network(ours["network_g"], ours["scale"])} ({changed}). Resume with the option file '
+            'of that run, or train the new network under another name.')
 
 
 def load_resume_state(opt):
@@ -289,6 +319,7 @@ def _check_args(argv, is_train, prog='segsr'):
     validate_options(opt, known.opt, is_train=is_train)
     for message in check_run(opt, known.opt, is_train=is_train):
         warning_line(prog, message)
+    check_pretrained(opt, known.opt)
     return opt
 
 
