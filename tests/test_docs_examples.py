@@ -96,7 +96,7 @@ def test_the_docs_examples_of_export_infer_and_report_run_as_written(tmp_path, m
         _run(tool, argv)
     capsys.readouterr()
     assert (tmp_path / 'segsr_x4.onnx').is_file() and (tmp_path / 'all.safetensors').is_file()
-    assert (tmp_path / 'out' / 'scene_SeGSR_x4.tif').is_file()
+    assert (tmp_path / 'out_onnx' / 'scene_SeGSR_x4.tif').is_file() and (tmp_path / 'out_st' / 'scene_SeGSR_x4.tif').is_file()
     assert (tmp_path / 'results' / 'my_images_sr' / 'small_SeGSR_x4.png').is_file()
     assert (tmp_path / 'table.tex').is_file() and (tmp_path / 'table_curves.png').is_file()
     assert (tmp_path / 'results' / 'table.md').is_file()

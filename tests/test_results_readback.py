@@ -100,7 +100,8 @@ def test_the_report_escapes_every_latex_special_in_names_and_draws_them(tmp_path
 
 @pytest.mark.parametrize('damage,fragment', [
     (lambda text: text[:len(text) // 2], 'cannot be read as a results file'),
-    (lambda text: json.dumps({'run': 'x', 'datasets': {'set': {'metrics': {'psnr': 'high'}}}}), "dataset 'set' has no"),
+    (lambda text: json.dumps({'run': 'x', 'scale': 4, 'datasets': {'set': {'metrics': {'psnr': 'high'}}}}),
+     'datasets:set has no'),
     (lambda text: text.replace('"metric_options"', '"metric_opts"'), 'has no metric_options'),
     (lambda text: json.dumps([1, 2]), 'is not a results file of segsr_basicsr.test'),
 ], ids=['truncated', 'no-digest', 'renamed-key', 'not-a-mapping'])
