@@ -21,6 +21,16 @@ from segsr_basicsr.utils.preflight import check_device, check_file_outputs
 from segsr_basicsr.utils.progress import Progress
 
 
+def _tile_spec(tile, overlap, batch):
+    """A TileSpec as given, or one parsed from the API's ``tile``/``overlap``/``batch`` arguments."""
+    from segsr_basicsr.options import TileSpec
+    return tile if isinstance(tile, TileSpec) else tile_spec({'size': tile, 'overlap': overlap, 'batch': batch}, 'tile')
+
+
+def _tuple(value):
+    return None if value is None else tuple(value)
+
+
 class SeGSRUpscaler:
     """A network in eval mode plus everything needed to run it on arrays and rasters of any size.
 
@@ -42,10 +52,7 @@ class SeGSRUpscaler:
     def tile(self, tile='auto', overlap=None, batch=1, streamed=False):
         """The one tile check of every method: an int, 'auto', 0/None (whole image) or a TileSpec -> the
         TileSpec this network runs for a streamed raster or an image read whole."""
-        from segsr_basicsr.options import TileSpec
-        spec = tile if isinstance(tile, TileSpec) else tile_spec({'size': tile, 'overlap': overlap, 'batch': batch},
-                                                                 'tile')
-        return self.engine.tile_for(spec, streamed=streamed)
+        return self.engine.tile_for(_tile_spec(tile, overlap, batch), streamed=streamed)
 
     def count_tiles(self, src, tile='auto', overlap=None, strip=None):
         """Tiles the network runs on raster ``src`` (or its strip ``(k, n)``, see :meth:`upscale_raster`)."""
@@ -130,13 +137,10 @@ class SeGSRUpscaler:
         'quality': {output: LR-consistency in dB} of this rank's scenes}."""
         from segsr_basicsr.inference.batch import run_batch
         from segsr_basicsr.inference.scene_quality import quality_mode
-        from segsr_basicsr.options import TileSpec
-        spec = tile if isinstance(tile, TileSpec) else tile_spec({'size': tile, 'overlap': overlap, 'batch': batch},
-                                                                 'tile')
+        spec = _tile_spec(tile, overlap, batch)
         for streamed in (False, True):  # a tile this network cannot run is refused before any work
             self.engine.tile_for(spec, streamed=streamed)
-        out = OutputSettings(spec, bool(save_maps), None if bands is None else
-                             tuple(bands), max_value, gray, None if stretch is None else tuple(stretch), bool(cog),
+        out = OutputSettings(spec, bool(save_maps), _tuple(bands), max_value, gray, _tuple(stretch), bool(cog),
                              bool(no_geo), quality_mode(quality))
         return run_batch(self, inputs, out_dir, out, overwrite=overwrite, split=split, progress=progress, log=log)
 
