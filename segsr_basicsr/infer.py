@@ -20,20 +20,17 @@ code; docs/contract.md).
 This module is argument parsing: the work is :meth:`SeGSRUpscaler.upscale_batch`, the one batch path
 the API offers too (:mod:`segsr_basicsr.inference.batch`). """
 import argparse
-import os
-import signal
-import sys
-import threading
 import time
 
 import segsr_basicsr  # noqa: F401,I001  (compat layer + registration, before basicsr)
 
 from segsr_basicsr.api import load_model
 from segsr_basicsr.inference.batch_plan import check_job_paths
+from segsr_basicsr.inference.scene_quality import summary_words
 from segsr_basicsr.io.images import add_image_args, image_kwargs
 from segsr_basicsr.options import RASTER_TILE, signal_numbers, tile_spec
-from segsr_basicsr.training.stop import STOP_EXIT_CODE
 from segsr_basicsr.utils.dist import end_process_group, gather_objects, init_process_group, rank_device, record_stop
+from segsr_basicsr.utils.cli import STOP_EXIT_CODE, exit_on_stop_signals, exit_on_user_error
 from segsr_basicsr.utils.preflight import check_device
 
 
@@ -97,19 +94,7 @@ def _summary(rank, world, result, t0):
         n, mp = round(sum(t[0] for t in totals)), sum(t[1] for t in totals)
         skip = f'; {result["skipped"]} already done, skipped' if result['skipped'] else ''
         print(f'segsr-infer: {n} scene(s), {mp:.2f} LR MP on {world} rank(s) in {time.time() - t0:.1f} s{skip}'
-              f'{_quality_words({k: v for t in totals for k, v in t[2].items()})}', flush=True)
-
-
-def _quality_words(scores):
-    """'; LR-consistency 31.20 dB' (one scene) or its mean and lowest over the scenes scored."""
-    scored = {k: v for k, v in scores.items() if v is not None}
-    if not scored:
-        return '; LR-consistency: no pixel to score' if scores else ''
-    low = min(scored, key=scored.get)
-    if len(scored) == 1:
-        return f'; LR-consistency {scored[low]:.2f} dB'
-    mean = sum(scored.values()) / len(scored)
-    return f'; LR-consistency mean {mean:.2f} dB over {len(scored)} scenes, lowest {scored[low]:.2f} dB ({low})'
+              f'{summary_words({k: v for t in totals for k, v in t[2].items()})}', flush=True)
 
 
 def run(args):
@@ -131,41 +116,14 @@ def run(args):
     _summary(rank, world, result, t0)
 
 
-def _stop_on_signals():
-    """The stop signals end this process at once with exit 75: nothing is lost, since an output appears only
-    complete and is then recorded, and the same command does what is missing. Returns the previous handlers."""
-    numbers = signal_numbers(None)
-
-    def stop(signum, frame):
-        for num in numbers:  # a repeated signal does not interrupt the way out
-            signal.signal(num, signal.SIG_IGN)
-        rank = os.environ.get('RANK')
-        who = f' (rank {rank})' if rank is not None else ''
-        print(f'segsr-infer: {signal.Signals(signum).name} received{who}: stopping; finished outputs are kept, '
-              f'the same command finishes the job (exit code {STOP_EXIT_CODE}).', file=sys.stderr, flush=True)
-        raise SystemExit(STOP_EXIT_CODE)
-
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {num: signal.signal(num, stop) for num in numbers}
-
-
 def main(argv=None):
-    from segsr_basicsr.utils.cli import exit_on_user_error
-
     args = parse_args(argv)
-    previous = _stop_on_signals()
+    record = lambda: record_stop(STOP_EXIT_CODE, 'segsr-infer stopped by a signal; run the same command to finish')  # noqa: E731
     try:
-        with exit_on_user_error('segsr-infer'):
+        with exit_on_stop_signals('segsr-infer', signal_numbers(None), record), exit_on_user_error('segsr-infer'):
             run(args)
-    except SystemExit as e:
-        if e.code == STOP_EXIT_CODE:
-            record_stop(STOP_EXIT_CODE, 'segsr-infer stopped by a signal; run the same command to finish')
-        raise
     finally:
         end_process_group()
-        for num, handler in previous.items():
-            signal.signal(num, handler)
 
 
 if __name__ == '__main__':

@@ -267,3 +267,15 @@ def score_raster_file(lr_scene, sr_path, scale, map_path=None, no_geo=False) -> 
     out = {}
     atomic_write(map_path, lambda tmp: out.update(run(tmp)), keep_suffix=True, durable=False)
     return out
+
+
+def summary_words(scores) -> str:
+    """'; LR-consistency 31.20 dB' (one scene) or its mean and lowest over the scenes scored."""
+    scored = {k: v for k, v in scores.items() if v is not None}
+    if not scored:
+        return '; LR-consistency: no pixel to score' if scores else ''
+    low = min(scored, key=scored.get)
+    if len(scored) == 1:
+        return f'; LR-consistency {scored[low]:.2f} dB'
+    mean = sum(scored.values()) / len(scored)
+    return f'; LR-consistency mean {mean:.2f} dB over {len(scored)} scenes, lowest {scored[low]:.2f} dB ({low})'

@@ -15,11 +15,10 @@ import sys
 import threading
 
 from segsr_basicsr.options import DEFAULT_STOP_SIGNALS, signal_numbers  # noqa: F401
+from segsr_basicsr.utils.cli import STOP_EXIT_CODE  # noqa: F401
 
 __all__ = ['STOP_EXIT_CODE', 'DEFAULT_STOP_SIGNALS', 'StopRequest', 'STOP', 'signal_numbers']
 
-#: exit code of a run stopped by a signal after saving (EX_TEMPFAIL: "try again"); docs/training.md
-STOP_EXIT_CODE = 75
 
 
 class StopRequest:

@@ -1,16 +1,21 @@
-"""The front of every command: one exit convention for user errors.
+"""The front of every command: one exit convention (docs/contract.md#exit-codes).
 
 A user error (:class:`~segsr_basicsr.errors.SeGSRError`) ends a command with one line on stderr,
 ``<prog>: error: <what was wrong and what to do>``, and exit code 2, never a traceback.
-``SEGSR_DEBUG=1`` re-raises instead, for the full traceback.
+``SEGSR_DEBUG=1`` re-raises instead, for the full traceback. A stop signal ends a command that keeps
+nothing half-done (:func:`exit_on_stop_signals`) with :data:`STOP_EXIT_CODE`.
 """
 import os
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 
 from segsr_basicsr.errors import SeGSRError
 
 DEBUG_ENV = 'SEGSR_DEBUG'
+#: exit code of a run stopped by a signal after saving (EX_TEMPFAIL: "try again"); docs/training.md
+STOP_EXIT_CODE = 75
 
 
 def debug_enabled() -> bool:
@@ -63,3 +68,31 @@ def exit_on_user_error(prog: str):
             raise
         print(user_error_line(prog, e), file=sys.stderr, flush=True)
         raise SystemExit(2) from None
+
+
+@contextmanager
+def exit_on_stop_signals(prog: str, numbers, record):
+    """Inside the block the stop signals ``numbers`` end the process at once with :data:`STOP_EXIT_CODE`, for
+    a command whose outputs appear only complete (the same command then does what is missing);
+    ``record()`` runs on the way out (a stop record for the launcher). The old handlers come back after."""
+
+    def stop(signum, frame):
+        for num in numbers:  # a repeated signal does not interrupt the way out
+            signal.signal(num, signal.SIG_IGN)
+        rank = os.environ.get('RANK')
+        who = f' (rank {rank})' if rank is not None else ''
+        print(f'{prog}: {signal.Signals(signum).name} received{who}: stopping; finished outputs are kept, the '
+              f'same command finishes the job (exit code {STOP_EXIT_CODE}).', file=sys.stderr, flush=True)
+        raise SystemExit(STOP_EXIT_CODE)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {num: signal.signal(num, stop) for num in numbers} if main else {}
+    try:
+        yield
+    except SystemExit as e:
+        if e.code == STOP_EXIT_CODE:
+            record()
+        raise
+    finally:
+        for num, handler in previous.items():
+            signal.signal(num, handler)
