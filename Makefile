@@ -34,6 +34,7 @@ LOCK ?= requirements/lock.txt
 UV_VERSION ?= 0.13.9
 LOCK_TOOLS ?= .lock-tools
 LOCK_UV := $(LOCK_TOOLS)/bin/uv
+LOCK_UPGRADE ?= --upgrade
 LOCK_FLAGS ?=
 
 .PHONY: install demo test bench clean-demo wheelhouse lock
@@ -51,13 +52,14 @@ $(STAMP): setup.py $(LOCK)
 	$(PY) -m pip check
 	touch $(STAMP)
 
-# Re-resolve the lock from PyPI (today's releases) with uv: `make lock`, then `make install test demo` and
+# Re-resolve the lock from PyPI (today's releases) with uv: `make lock` (LOCK_UPGRADE= keeps the current pins,
+# LOCK_UPGRADE="--upgrade-package numpy" moves one package), then `make install test demo` and
 # `.ci/run` to check it (docs/installation.md). Inputs: setup.py (extras test, export) + requirements/torch.in.
 lock: $(LOCK_UV)
 	$(LOCK_UV) pip compile setup.py requirements/torch.in --extra test --extra export --universal \
 		--python-version 3.11 --fork-strategy fewest --generate-hashes \
 		--no-emit-package torch --no-emit-package torchvision --custom-compile-command 'make lock' \
-		$(LOCK_FLAGS) -o $(LOCK)
+		$(LOCK_UPGRADE) $(LOCK_FLAGS) -o $(LOCK)
 
 $(LOCK_UV):
 	$(PYTHON) -m venv $(LOCK_TOOLS)
