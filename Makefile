@@ -54,9 +54,9 @@ $(STAMP): setup.py $(LOCK)
 
 # Re-resolve the lock from PyPI (today's releases) with uv: `make lock` (LOCK_UPGRADE= keeps the current pins,
 # LOCK_UPGRADE="--upgrade-package numpy" moves one package), then `make install test demo` and
-# `.ci/run` to check it (docs/installation.md). Inputs: setup.py (extras test, export) + requirements/torch.in.
+# `.ci/run` to check it (docs/installation.md). Inputs: setup.py (extras test, export) + requirements/torch.in + requirements/tools.in.
 lock: $(LOCK_UV)
-	$(LOCK_UV) pip compile setup.py requirements/torch.in --extra test --extra export --universal \
+	$(LOCK_UV) pip compile setup.py requirements/torch.in requirements/tools.in --extra test --extra export --universal \
 		--python-version 3.11 --fork-strategy fewest --generate-hashes \
 		--no-emit-package torch --no-emit-package torchvision --custom-compile-command 'make lock' \
 		$(LOCK_UPGRADE) $(LOCK_FLAGS) -o $(LOCK)
