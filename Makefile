@@ -28,16 +28,42 @@ INSTALLED ?=
 WHEEL_EXTRAS = $(subst $(eval) ,$(comma),$(strip $(EXTRAS) $(if $(GEO),geo)))
 comma := ,
 
-.PHONY: install demo test bench clean-demo wheelhouse
+# The lock: every dependency of '.[test,export]' except torch/torchvision, exact versions + hashes,
+# one universal file (Linux x86_64/aarch64, CPython >= 3.11), compiled by uv (`make lock`).
+LOCK ?= requirements/lock.txt
+UV_VERSION ?= 0.13.9
+LOCK_TOOLS ?= .lock-tools
+LOCK_UV := $(LOCK_TOOLS)/bin/uv
+LOCK_UPGRADE ?= --upgrade
+LOCK_FLAGS ?=
+
+.PHONY: install demo test bench clean-demo wheelhouse lock
 
 install: $(STAMP)
 
-$(STAMP): setup.py
+# From the lock (requirements/lock.txt, every dependency at an exact version with hashes), then torch and
+# torchvision at the exact TORCH_PKGS versions (outside the hashed lock: see requirements/torch.in), then this
+# package without touching its dependencies. `pip install -e .` outside make stays loose.
+$(STAMP): setup.py $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip setuptools wheel
-	$(PY) -m pip install $(TORCH_PKGS)
-	$(PY) -m pip install -e '.[test,export]'
+	$(PY) -m pip install --require-hashes --no-deps -r $(LOCK)
+	$(PY) -m pip install --no-deps $(TORCH_PKGS)
+	$(PY) -m pip install --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Re-resolve the lock from PyPI (today's releases) with uv: `make lock` (LOCK_UPGRADE= keeps the current pins,
+# LOCK_UPGRADE="--upgrade-package numpy" moves one package), then `make install test demo` and
+# `.ci/run` to check it (docs/installation.md). Inputs: setup.py (extras test, export) + requirements/torch.in + requirements/tools.in.
+lock: $(LOCK_UV)
+	$(LOCK_UV) pip compile setup.py requirements/torch.in requirements/tools.in --extra test --extra export --universal \
+		--python-version 3.11 --fork-strategy fewest --generate-hashes \
+		--no-emit-package torch --no-emit-package torchvision --custom-compile-command 'make lock' \
+		$(LOCK_UPGRADE) $(LOCK_FLAGS) -o $(LOCK)
+
+$(LOCK_UV):
+	$(PYTHON) -m venv $(LOCK_TOOLS)
+	$(LOCK_TOOLS)/bin/pip install uv==$(UV_VERSION)
 
 test: install
 	$(PY) -m pytest -q tests

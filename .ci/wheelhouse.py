@@ -7,7 +7,8 @@ For air-gapped GPU machines that already have torch (HPC clusters, containers wi
 
 Steps: build basicsr 1.4.2 (an sdist on PyPI) and this package into wheels once; let pip resolve the
 whole dependency tree for the *target* Python and manylinux x86_64 (``pip install --dry-run --report``,
-metadata only: no torch download); keep what is reachable from segsr_basicsr without passing through
+metadata only: no torch download), held to the exact versions of the lock (``requirements/lock.txt``, the
+same that ``make install`` uses: its pins become pip constraints); keep what is reachable from segsr_basicsr without passing through
 torch/torchvision (so torch's own CUDA libraries, triton, sympy, ... stay out); download exactly those
 wheels. Wheels in ``--out`` that are not part of the new set are removed, so the folder always holds
 one consistent set (``requirements.txt`` beside them lists it).
@@ -27,6 +28,7 @@ from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
 BASICSR = 'basicsr==1.4.2'
+LOCK = REPO / 'requirements' / 'lock.txt'
 #: what the target machine brings itself (a CUDA build matching its driver)
 DEFAULT_EXCLUDE = ('torch', 'torchvision')
 
@@ -69,11 +71,22 @@ def build_local_wheels(dest: Path):
     return sorted(dest.glob('*.whl'))
 
 
-def resolve(root: str, local: Path, flags):
-    """pip's resolution of ``root`` for the target: {name: (version, requires_dist)}; metadata only."""
+def lock_constraints(lock: Path, dest: Path) -> Path:
+    """The lock's ``name==version ; marker`` lines (no hashes, no comments) as a pip constraints file."""
+    text = re.sub(r'\\\n', ' ', Path(lock).read_text())  # join continuation lines
+    pins = [re.sub(r'\s+--hash=\S+', '', line).strip() for line in text.splitlines()]
+    path = dest / 'lock-constraints.txt'
+    path.write_text('\n'.join(p for p in pins if p and not p.startswith(('#', '-'))) + '\n')
+    return path
+
+
+def resolve(root: str, local: Path, flags, lock=None):
+    """pip's resolution of ``root`` for the target, within the lock's versions when ``lock`` is given:
+    {name: (version, requires_dist)}; metadata only."""
     report = local / 'report.json'
+    held = ['--constraint', str(lock_constraints(lock, local))] if lock else []
     pip('install', '--dry-run', '--ignore-installed', '--report', str(report), '--find-links', str(local), *flags,
-        root)
+        *held, root)
     out = {}
     for item in json.loads(report.read_text())['install']:
         meta = item['metadata']
@@ -122,6 +135,9 @@ def main(argv=None):
     parser.add_argument('--installed', help='file listing what the target already has (`pip list --format=freeze` '
                                             'there; names or name==version lines): left out too, for a small '
                                             'wheelhouse installed with --no-deps')
+    parser.add_argument('--lock', default=str(LOCK),
+                        help="lock file whose versions the wheelhouse holds (default: requirements/lock.txt; "
+                             "'' resolves today's releases instead)")
     args = parser.parse_args(argv)
     if args.installed:
         args.exclude = list(args.exclude) + installed_names(args.installed)
@@ -142,7 +158,7 @@ def main(argv=None):
         built = build_local_wheels(local)
         print(f'Resolving {root} for CPython {args.python_version} manylinux (glibc >= {args.glibc}) '
               f'{args.arch} ...', flush=True)
-        resolved = resolve(root, local, flags)
+        resolved = resolve(root, local, flags, args.lock or None)
         names = closure(root, resolved, args.exclude, env)
         pins = [f'{n}=={resolved[n][0]}' for n in names]
         local_names = {canonicalize_name(parse_wheel_filename(w.name)[0]) for w in built}
