@@ -214,6 +214,8 @@ def validate_options(opt, path, is_train=True):
     seed = opt.get('manual_seed')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
+    if opt.get('num_threads') is not None:
+        _positive_int(opt, 'num_threads', '', path)
     paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key in ('strict_load_g', 'strict_load_d'):
         _flag(paths, key, f'{path}: path:')

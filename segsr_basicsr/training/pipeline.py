@@ -345,6 +345,8 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
         with exit_on_user_error(prog):
             opt = _check_args(sys.argv[1:], is_train, prog)
             patch_train_loop()
+            if opt is not None and opt.get('num_threads'):  # CPU results depend on it (docs/limits.md)
+                torch.set_num_threads(int(opt['num_threads']))
             if is_train and opt is not None:  # stop on a signal at an iteration boundary (training/stop.py)
                 STOP.install(signal_numbers((opt.get('train') or {}).get('stop_signals')))
             _run_recording_stop(pipeline)
