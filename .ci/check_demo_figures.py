@@ -3,7 +3,7 @@
 
 The README sentence it reads (whitespace and line breaks free)::
 
-    Result on the demo validation set: **28.29 dB / 0.776** (Y, crop 4) and **26.52 dB / 0.751** (RGB, crop 4),
+    Result on the demo validation set: **28.26 dB / 0.779** (Y, crop 4) and **26.51 dB / 0.756** (RGB, crop 4),
     against **27.07 / 0.712** and **25.30 / 0.688** for bicubic
 
 SeG-SR's figures come from the test run's ``results.json`` (``datasets.<name>.metrics``: psnr_y, ssim_y,

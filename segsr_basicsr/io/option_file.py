@@ -152,7 +152,7 @@ def load_option_file(path, overrides=None):
 KNOWN_TOP_LEVEL_KEYS = (
     'name', 'model_type', 'scale', 'num_gpu', 'manual_seed', 'is_train', 'dist', 'rank', 'world_size',
     'auto_resume', 'datasets', 'path', 'train', 'val', 'logger', 'dist_params', 'find_unused_parameters',
-    'tile', 'root_path', 'resume_from', 'num_threads',
+    'tile', 'root_path', 'resume_from', 'num_threads', 'cpu_kernels',
     # Real-ESRGAN / BasicSR RealESRGAN models keep their degradation settings at the top level
     'high_order_degradation', 'high_order_degradation_options', 'gt_usm', 'queue_size', 'l1_gt_usm',
     'percep_gt_usm', 'gan_gt_usm', 'gt_size', 'resize_prob', 'resize_range', 'gaussian_noise_prob', 'noise_range',

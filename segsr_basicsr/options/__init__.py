@@ -4,7 +4,7 @@
 * :mod:`.values`: the parsers of single values shared by option files and command lines (tile, amp, ...).
 """
 from segsr_basicsr.options.contract import check_dataset, check_train, check_val, validate_options  # noqa: F401
-from segsr_basicsr.options.values import (AMP_DTYPES, DEFAULT_OVERLAP, DEFAULT_STOP_SIGNALS,  # noqa: F401
+from segsr_basicsr.options.values import (AMP_DTYPES, CPU_KERNELS, DEFAULT_OVERLAP, DEFAULT_STOP_SIGNALS,  # noqa: F401
                                           RASTER_TILE, TILE_KEYS, TileSpec, check_tile, choice, default_overlap,
                                           fitting_tile,
                                           parse_amp, parse_finite_check_freq, parse_grad_clip,

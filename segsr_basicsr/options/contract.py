@@ -13,9 +13,9 @@ from segsr_basicsr.errors import OptionError
 from segsr_basicsr.io.option_file import suggest
 from segsr_basicsr.options.datasets import check_dataset
 from segsr_basicsr.options.keys import _flag, _positive_int, _registered, _require
-from segsr_basicsr.options.values import (_whole, check_tile, choice, parse_amp, parse_finite_check_freq,  # noqa: F401
-                                          parse_grad_clip, parse_guidance_lr_mult, parse_tf32, signal_numbers,
-                                          tile_spec)
+from segsr_basicsr.options.values import (CPU_KERNELS, _whole, check_tile, choice, parse_amp,  # noqa: F401
+                                          parse_finite_check_freq, parse_grad_clip, parse_guidance_lr_mult,
+                                          parse_tf32, signal_numbers, tile_spec)
 
 __all__ = ['validate_options', 'check_val', 'check_train', 'check_dataset']
 
@@ -216,6 +216,8 @@ def validate_options(opt, path, is_train=True):
         raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
     if opt.get('num_threads') is not None:
         _positive_int(opt, 'num_threads', '', path)
+    if opt.get('cpu_kernels') is not None:
+        choice(opt.get('cpu_kernels'), CPU_KERNELS, f'{path}: cpu_kernels')
     paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key in ('strict_load_g', 'strict_load_d'):
         _flag(paths, key, f'{path}: path:')

@@ -85,6 +85,10 @@ def signal_numbers(names, where='train:stop_signals'):
     return numbers
 
 
+#: top-level ``cpu_kernels``: torch/oneDNN/MKL's own choice by CPU, or their AVX2 paths (training/cpu_arithmetic.py)
+CPU_KERNELS = ('native', 'avx2')
+
+
 def choice(value, allowed, where):
     """``value`` if it is one of ``allowed``, else OptionError naming the nearest allowed value."""
     if value in allowed:

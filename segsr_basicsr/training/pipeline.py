@@ -22,6 +22,7 @@ from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_key
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
 from segsr_basicsr.options import validate_options
 from segsr_basicsr.utils.preflight import check_run
+from segsr_basicsr.training.cpu_arithmetic import pin_cpu_arithmetic
 from segsr_basicsr.training.stop import STOP, STOP_EXIT_CODE, signal_numbers
 from segsr_basicsr.compat import original, patch as _patch  # noqa: F401
 from segsr_basicsr.utils.dist import DIST_TIMEOUT_ENV, dist_ready, dist_timeout, patch_dist, record_stop  # noqa: F401
@@ -314,6 +315,8 @@ def _check_args(argv, is_train, prog='segsr'):
     if known.opt is None:
         return None  # basicsr's own argparse prints the usage
     opt = load_option_file(known.opt, overrides)
+    # num_threads, cpu_kernels: before the checks below compute anything (docs/limits.md)
+    pin_cpu_arithmetic(opt, warn=lambda line: warning_line(prog, f'{known.opt}: {line}'), source=known.opt)
     for message in unknown_top_level_keys(opt):
         warning_line(prog, f'{known.opt}: {message}')
     validate_options(opt, known.opt, is_train=is_train)
@@ -345,8 +348,6 @@ def run(pipeline, is_train, argv=None, prog='segsr'):
         with exit_on_user_error(prog):
             opt = _check_args(sys.argv[1:], is_train, prog)
             patch_train_loop()
-            if opt is not None and opt.get('num_threads'):  # CPU results depend on it (docs/limits.md)
-                torch.set_num_threads(int(opt['num_threads']))
             if is_train and opt is not None:  # stop on a signal at an iteration boundary (training/stop.py)
                 STOP.install(signal_numbers((opt.get('train') or {}).get('stop_signals')))
             _run_recording_stop(pipeline)
