@@ -2,8 +2,9 @@
 
 The same run on two CPUs can end at different weights: torch picks its vectorised kernels (ATen), oneDNN its
 convolutions and MKL its matrix products by what the CPU offers (AVX-512 on one machine, AVX2 on another),
-and the thread count sets the order of their reductions. After a few thousand steps these last-digit
-differences move the demo's figures by ~0.01-0.02 dB (docs/limits.md#reproducing-the-demo-figures).
+and the thread count sets the order of their reductions. Over the demo's 3000 steps these last-digit
+differences moved its PSNR by 0.45 dB (MKL's path on an Intel AVX-512 CPU against its path for any x86 CPU) and by
+0.02 dB (threads; ATen's and oneDNN's AVX-512 against AVX2) (docs/limits.md#reproducing-the-demo-figures).
 ``cpu_kernels: avx2`` makes all three take their AVX2 path, which every x86-64 CPU since 2013 has, with MKL
 in its reproducible mode for Intel and AMD CPUs alike (``MKL_CBWR=COMPATIBLE``); ``native`` (the default)
 keeps the fastest path. The three libraries read these settings at their first computation, so they are
