@@ -11,6 +11,7 @@ the command that produces it, and another closes it::
 The command runs with bash in the repository, ``$PY`` the running Python, ``$TMP`` a fresh folder; the markdown
 table rows (``| ... |``) it prints are compared with the block's rows, cell by cell: text must be equal,
 numbers (``26``, ``0.2420``, ``17.01%``, ``inf``) may differ by the tolerance (0 when the comment gives none).
+A block inside a fenced code block is an example of the syntax and is not run.
 Exit 1 with the cells that differ; exit 2 when a command fails or prints no table. Run by ``.ci/run`` after
 ``make test``; ``--list`` names the checked tables without running them.
 """
@@ -33,8 +34,15 @@ def checked_blocks(paths):
     for path in paths:
         text = path.read_text(encoding='utf-8')
         for m in BLOCK.finditer(text):
+            if in_fenced_code(text, m.start()):
+                continue  # an example of the syntax, not a table
             line = text.count('\n', 0, m.start()) + 1
             yield path, line, m.group(2).strip(), float(m.group(1) or 0), table_rows(m.group(3))
+
+
+def in_fenced_code(text, pos):
+    """Whether ``pos`` lies inside a fenced code block (an odd number of ``` fences before it)."""
+    return sum(line.lstrip().startswith('```') for line in text[:pos].splitlines()) % 2 == 1
 
 
 def table_rows(text):

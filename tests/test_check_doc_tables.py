@@ -65,3 +65,10 @@ def test_a_failing_command_or_no_table_is_exit_2_naming_the_place(tmp_path):
 def test_the_repository_docs_have_checked_tables():
     proc = _run('--list')
     assert proc.returncode == 0 and 'docs/inference.md' in proc.stdout and 'segsr_basicsr.seams' in proc.stdout
+
+
+def test_a_block_inside_fenced_code_is_an_example_and_not_run(tmp_path):
+    doc = _doc(tmp_path, TABLE)
+    doc.write_text('```markdown\n<!-- checked: exit 3 -->\n| a |\n<!-- /checked -->\n```\n' + doc.read_text())
+    proc = _run(doc)
+    assert proc.returncode == 0 and proc.stdout.count('as measured') == 1, proc.stdout + proc.stderr
