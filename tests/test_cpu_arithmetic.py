@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from segsr_basicsr.errors import OptionError
+from segsr_basicsr.options import check_cpu_options
 from segsr_basicsr.training import cpu_arithmetic
 from segsr_basicsr.training.cpu_arithmetic import AVX2_ENV, cpu_has_avx2, pin_cpu_arithmetic
 from train_opts import PYTHON, REPO, run_train, write_opt
@@ -118,6 +119,8 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     assert cpu_has_avx2(str(info)) == (os.uname().machine in ('x86_64', 'AMD64'))
 
 
-def test_a_misspelt_value_is_refused_with_the_nearest():
-    with pytest.raises(OptionError, match=r"cpu_kernels must be one of native, avx2, got 'avx'"):
-        pin_cpu_arithmetic({'cpu_kernels': 'avx'})
+def test_bad_values_are_refused_before_anything_is_applied():
+    with pytest.raises(OptionError, match=r"opt.yml: cpu_kernels must be one of native, avx2, got 'avx'"):
+        check_cpu_options({'cpu_kernels': 'avx'}, 'opt.yml')
+    with pytest.raises(OptionError, match=r"opt.yml: 'num_threads' must be >= 1, got 0"):
+        check_cpu_options({'num_threads': 0}, 'opt.yml')

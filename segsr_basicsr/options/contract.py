@@ -17,7 +17,7 @@ from segsr_basicsr.options.values import (CPU_KERNELS, _whole, check_tile, choic
                                           parse_finite_check_freq, parse_grad_clip, parse_guidance_lr_mult,
                                           parse_tf32, signal_numbers, tile_spec)
 
-__all__ = ['validate_options', 'check_val', 'check_train', 'check_dataset']
+__all__ = ['validate_options', 'check_cpu_options', 'check_val', 'check_train', 'check_dataset']
 
 
 # ----------------------------------------------------------------------------- sections
@@ -200,6 +200,15 @@ _PATH_KEYS = ('pretrain_network_g', 'param_key_g', 'strict_load_g', 'resume_stat
 _PATH_PREFIXES = ('pretrain_network_', 'param_key_', 'strict_load_')
 
 
+def check_cpu_options(opt, path):
+    """Top-level ``num_threads`` and ``cpu_kernels``: checked on their own too, since they are applied before the
+    rest of the pass runs (training/cpu_arithmetic.py)."""
+    if opt.get('num_threads') is not None:
+        _positive_int(opt, 'num_threads', '', path)
+    if opt.get('cpu_kernels') is not None:
+        choice(opt['cpu_kernels'], CPU_KERNELS, f'{path}: cpu_kernels')
+
+
 def validate_options(opt, path, is_train=True):
     """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
@@ -214,10 +223,7 @@ def validate_options(opt, path, is_train=True):
     seed = opt.get('manual_seed')
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise OptionError(f'{path}: manual_seed must be an integer >= 0 or ~ (random), got {seed!r}.')
-    if opt.get('num_threads') is not None:
-        _positive_int(opt, 'num_threads', '', path)
-    if opt.get('cpu_kernels') is not None:
-        choice(opt.get('cpu_kernels'), CPU_KERNELS, f'{path}: cpu_kernels')
+    check_cpu_options(opt, path)
     paths = _require(opt, 'path', dict, '', path, ' Add a "path:" section (it may be empty: path: {}).')
     for key in ('strict_load_g', 'strict_load_d'):
         _flag(paths, key, f'{path}: path:')

@@ -16,7 +16,6 @@ import platform
 import torch
 
 from segsr_basicsr.errors import OptionError
-from segsr_basicsr.options import CPU_KERNELS, choice
 
 #: the environment each library reads once, at its first computation
 AVX2_ENV = {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2', 'MKL_CBWR': 'COMPATIBLE'}
@@ -34,18 +33,16 @@ def cpu_has_avx2(cpuinfo='/proc/cpuinfo') -> bool:
     return 'avx2' in flags and 'fma' in flags
 
 
-def pin_cpu_arithmetic(opt, warn=print, source=''):
-    """Apply ``num_threads`` and ``cpu_kernels`` of the option dict ``opt`` (read from ``source``) to this process
-    and its children.
+def pin_cpu_arithmetic(opt, warn=print):
+    """Apply ``num_threads`` and ``cpu_kernels`` of the option dict ``opt`` (checked by
+    :func:`~segsr_basicsr.options.check_cpu_options`) to this process and its children.
 
     ``warn(line)`` is told when ``cpu_kernels: avx2`` cannot apply (not an x86-64 CPU with AVX2): the run goes
     on with the CPU's own kernels, so its figures may differ in the last digits from an AVX2 machine's.
     """
-    threads = opt.get('num_threads')
-    if isinstance(threads, (int, float)) and not isinstance(threads, bool) and threads >= 1 and threads % 1 == 0:
-        torch.set_num_threads(int(threads))  # (a bad value is the contract's to refuse, with the file's name)
-    kernels = choice(opt.get('cpu_kernels') or 'native', CPU_KERNELS, f'{source}: cpu_kernels' if source else
-                     'cpu_kernels')
+    if opt.get('num_threads'):
+        torch.set_num_threads(int(opt['num_threads']))
+    kernels = opt.get('cpu_kernels') or 'native'
     if kernels == 'native':
         return
     if not cpu_has_avx2():

@@ -20,7 +20,7 @@ from segsr_basicsr.errors import CheckpointError
 from segsr_basicsr.io.checkpoint import META_KEY, load_checkpoint, network_metadata
 from segsr_basicsr.io.option_file import load_option_file, unknown_top_level_keys
 from segsr_basicsr.utils.cli import exit_on_user_error, warning_line
-from segsr_basicsr.options import validate_options
+from segsr_basicsr.options import check_cpu_options, validate_options
 from segsr_basicsr.utils.preflight import check_run
 from segsr_basicsr.training.cpu_arithmetic import pin_cpu_arithmetic
 from segsr_basicsr.training.stop import STOP, STOP_EXIT_CODE, signal_numbers
@@ -315,8 +315,8 @@ def _check_args(argv, is_train, prog='segsr'):
     if known.opt is None:
         return None  # basicsr's own argparse prints the usage
     opt = load_option_file(known.opt, overrides)
-    # num_threads, cpu_kernels: before the checks below compute anything (docs/limits.md)
-    pin_cpu_arithmetic(opt, warn=lambda line: warning_line(prog, f'{known.opt}: {line}'), source=known.opt)
+    check_cpu_options(opt, known.opt)  # num_threads, cpu_kernels: applied before the checks below compute anything
+    pin_cpu_arithmetic(opt, warn=lambda line: warning_line(prog, f'{known.opt}: {line}'))
     for message in unknown_top_level_keys(opt):
         warning_line(prog, f'{known.opt}: {message}')
     validate_options(opt, known.opt, is_train=is_train)
