@@ -188,3 +188,13 @@ def test_tiles_without_a_valid_pixel_are_not_run():
     stack[:, -1, :, :16] = 1  # left half valid
     out = Engine(net)._tiled(stack, TileSpec(16, 0), False, None, None, torch.device('cpu'))
     assert net.seen == 1 and out.shape == (1, 4, 32, 64)
+
+
+def test_a_plain_basicsr_network_asked_for_maps_gives_none():
+    """SeGSRModel's validation asks for maps when save_img is on; a plain backbone has none (it crashed)."""
+    net = build_network(dict(type='MSRResNet', num_in_ch=3, num_out_ch=3, num_feat=8, num_block=1, upscale=4))
+    lq = torch.rand(1, 3, 12, 12)
+    for tile in (TileSpec(), TileSpec(size=8, overlap=2)):
+        sr, maps = Engine(net).upscale_tensor(lq, tile=tile, record_maps=True)
+        assert sr.shape == (1, 3, 48, 48) and maps == []
+        assert torch.equal(sr, Engine(net).upscale_tensor(lq, tile=tile))

@@ -146,15 +146,15 @@ class Engine:
     def _inference(self, record_maps: bool):
         """eval + no_grad (+ map recording) for the block; the network's mode is restored after."""
         net = self.net
-        was_training, record = net.training, record_maps and self.num_maps > 0
+        was_training = net.training
         net.eval()
-        if record:
+        if record_maps:
             net.record_semantic_maps = True
         try:
             with torch.no_grad():
                 yield
         finally:
-            if record:
+            if record_maps:
                 net.record_semantic_maps = False
                 net.semantic_maps = None
             net.train(was_training)
@@ -163,6 +163,7 @@ class Engine:
         h, w = source.shape[-2:]
         tile = self.tile_for(tile)
         size, overlap, margin = tile.resolve(h, w)
+        record_maps = record_maps and self.num_maps > 0  # a network without guidance has none to record
         with self._inference(record_maps):
             return tiled_forward(self._tile_fn(record_maps), source, size, overlap, margin=margin,
                                  multiple=self.multiple, batch=tile.batch, device=self.device,
