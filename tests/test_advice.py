@@ -201,8 +201,8 @@ def test_checkpoint_of_a_network_with_a_tagged_clip_passes_the_check(tmp_path, m
     assert any('lora_' in k for k in saved)
     torch.save({'params': saved}, tmp_path / 'tagged.pth')
     opt = {'network_g': network, 'scale': 4, 'path': {'pretrain_network_g': str(tmp_path / 'tagged.pth')}}
-    check_pretrained(opt, 'o.yml')  # accepted: the CLIP tensors come from the tag
+    check_pretrained(opt, 'o.yml', _try_build(network, network['type'], 'o.yml'))  # accepted: CLIP from the tag
     torch.save({'params': {k: v for k, v in saved.items() if 'lora_' not in k}}, tmp_path / 'no_lora.pth')
     opt['path']['pretrain_network_g'] = str(tmp_path / 'no_lora.pth')
     with pytest.raises(segsr_basicsr.errors.CheckpointError, match='no weights for the guidance|missing key'):
-        check_pretrained(opt, 'o.yml')
+        check_pretrained(opt, 'o.yml', _try_build(network, network['type'], 'o.yml'))

@@ -233,8 +233,7 @@ def _pretrained(root, opt, file):
     from segsr_basicsr.options import validate_options
     opt = copy.deepcopy(opt)
     opt['path']['pretrain_network_g'] = str(file)
-    validate_options(opt, 'gen.yml')
-    check_pretrained(opt, 'gen.yml')
+    check_pretrained(opt, 'gen.yml', validate_options(opt, 'gen.yml'))
 
 
 def _resume_state(root, opt, file):

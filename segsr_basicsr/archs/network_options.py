@@ -54,10 +54,11 @@ def check_network_options(network: dict, scale, path):
 
 
 def _try_build(network, arch, path):
-    """Build network_g once on the CPU and drop it, so that whatever its constructor refuses (any arch, any
-    key) is one line before BasicSR creates a folder. CLIP weights named by a pretrained tag or an hf-hub
-    repo are not fetched here (the tag is checked by name); a local CLIP file is loaded, so a wrong one is
-    caught now. Costs one build (about 1-2 s for the paper's network on a CPU)."""
+    """Build network_g once on the CPU, so that whatever its constructor refuses (any arch, any key) is one
+    line before BasicSR creates a folder; the build is returned for :func:`check_pretrained`. CLIP weights
+    named by a pretrained tag or an hf-hub repo are not fetched here (the tag is checked by name); a local
+    CLIP file is loaded, so a wrong one is caught now. Costs one build (about 1-2 s for the paper's network
+    on a CPU)."""
     import copy
 
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -151,9 +152,10 @@ def load_weights(net, state, strict, source, holds, builds):
     return net
 
 
-def check_pretrained(opt, path):
-    """Before any work: ``path:pretrain_network_g`` is read and loaded into a CPU build of network_g with the
-    run's strict_load_g, so a file of another network or scale is one line before a folder is made."""
+def check_pretrained(opt, path, net):
+    """Before any work: ``path:pretrain_network_g`` is read and loaded into ``net``, the CPU build of network_g
+    the option pass made (None: none could be made), with the run's strict_load_g, so a file of another
+    network or scale is one line before a folder is made."""
     paths = opt.get('path') or {}
     file = paths.get('pretrain_network_g')
     if not file or paths.get('resume_state'):  # a resume loads the run's own networks
@@ -164,7 +166,6 @@ def check_pretrained(opt, path):
     if isinstance(ckpt, dict) and key is not None and key not in ckpt and 'params' in ckpt:
         key = 'params'  # what BasicSR's load_network falls back to
     state, _ = pick_state_dict(ckpt, key, source=file, hint=PARAM_KEY_HINT)
-    net = check_network_options(opt['network_g'], opt.get('scale'), path)
     if net is None:
         return
     # the CPU build skips downloading CLIP weights, so it cannot check their digest (the real load does)

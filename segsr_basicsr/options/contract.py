@@ -210,7 +210,8 @@ def check_cpu_options(opt, path):
 
 
 def validate_options(opt, path, is_train=True):
-    """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val."""
+    """The whole option pass (before any work): top level, network_g, path, datasets, train/logger, val.
+    Returns the CPU build of network_g it made (None where it cannot build here: an hf-hub CLIP)."""
     from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
     from segsr_basicsr.archs.network_options import check_network_options
@@ -235,7 +236,7 @@ def validate_options(opt, path, is_train=True):
     scale = _positive_int(opt, 'scale', '', path) if 'scale' in opt else None
     network = _require(opt, 'network_g', dict, '', path)
     _registered(ARCH_REGISTRY, _require(network, 'type', str, 'network_g:', path), 'arch', path, 'network_g:type')
-    check_network_options(network, scale, path)
+    net = check_network_options(network, scale, path)
     for key in paths:
         if not (str(key).startswith(_PATH_PREFIXES) or key in _PATH_KEYS):
             raise OptionError(f'{path}: path:{key} is not a path option{suggest(key, _PATH_KEYS)}; known: '
@@ -258,7 +259,7 @@ def validate_options(opt, path, is_train=True):
     if is_train:
         check_train(opt, path)
     check_val(opt, path, is_train)
-    return opt
+    return net
 
 
 def _check_num_gpu(opt, path):

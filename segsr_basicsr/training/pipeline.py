@@ -319,10 +319,10 @@ def _check_args(argv, is_train, prog='segsr'):
     pin_cpu_arithmetic(opt, warn=lambda line: warning_line(prog, f'{known.opt}: {line}'))
     for message in unknown_top_level_keys(opt):
         warning_line(prog, f'{known.opt}: {message}')
-    validate_options(opt, known.opt, is_train=is_train)
+    net = validate_options(opt, known.opt, is_train=is_train)
     for message in check_run(opt, known.opt, is_train=is_train):
         warning_line(prog, message)
-    check_pretrained(opt, known.opt)
+    check_pretrained(opt, known.opt, net)
     return opt
 
 
