@@ -21,6 +21,7 @@ from basicsr.data.transforms import mod_crop
 from basicsr.utils.lmdb_util import LmdbMaker
 from basicsr.utils.matlab_functions import imresize
 from segsr_basicsr.errors import DataError, ImageError
+from segsr_basicsr.metrics.quality import MIN_LR_SIDE, degrade
 from segsr_basicsr.io.atomic import check_free, staged_output, staged_outputs  # noqa: F401  (scripts use prep.*)
 from segsr_basicsr.io.images import (IMG_EXTS, add_image_args, encode_png, image_kwargs, list_images,  # noqa: F401
                                      read_image, write_png)
@@ -38,21 +39,15 @@ PrepError = DataError
 
 # ----------------------------------------------------------------------------- LR making
 def bicubic_lr(hr, scale):
-    """MATLAB-compatible bicubic x1/scale of an 8-bit HR (H and W multiples of scale), rounded to 8 bit.
-
-    Same rounding as BasicSR's ``tensor2img`` (round half to even, clip 0..255), so the
-    on-the-fly LR equals the PNG the prep script writes, bit for bit.
-    """
+    """MATLAB-compatible bicubic x1/scale of an 8-bit HR (H and W multiples of scale), rounded to 8 bit by
+    :func:`segsr_basicsr.metrics.quality.degrade` (round half to even, clip 0..255, as BasicSR's
+    ``tensor2img``), so the on-the-fly LR equals the PNG the prep script writes, bit for bit."""
     h, w = hr.shape[:2]
     if h % scale or w % scale:
         raise ValueError(f'HR size {w}x{h} is not a multiple of scale {scale}; mod-crop it first.')
-    lr = imresize(hr.astype(np.float32) / 255., 1. / scale)
-    # imresize returns a transposed (non-contiguous) view; BasicSR's augment flips in place with cv2
-    return np.ascontiguousarray(np.clip(np.round(lr * 255.), 0, 255).astype(np.uint8))
-
-
-#: the MATLAB bicubic (BasicSR's imresize) needs at least this many LR pixels per side
-MIN_LR_SIDE = 2
+    lr = degrade(hr, scale, np.uint8).astype(np.uint8)
+    # contiguous: BasicSR's augment flips in place with cv2
+    return np.ascontiguousarray(lr[..., 0] if hr.ndim == 2 else lr)
 
 
 def min_hr_side(scale: int) -> int:

@@ -26,8 +26,9 @@ import numpy as np
 from basicsr.utils.matlab_functions import imresize
 from segsr_basicsr.errors import DataError
 
-#: LR pixels of SR context around an LR box that make :func:`degrade_box` equal the whole-image
-#: degradation there (the antialiased cubic kernel reaches 2 LR pixels; tests/test_quality_metrics.py)
+#: LR pixels of SR context around an LR box that make :func:`degrade` of the padded region equal the
+#: whole-image degradation in the box (the antialiased cubic kernel reaches 2 LR pixels; the streamed scorer,
+#: inference/scene_quality.py, uses it; tests/test_scene_quality.py)
 DEGRADE_HALO = 2
 
 
@@ -71,6 +72,10 @@ def lr_scale(sr_shape, lq_shape) -> int:
     return h // lh
 
 
+#: the MATLAB bicubic (BasicSR's imresize) needs at least this many LR pixels per side
+MIN_LR_SIDE = 2
+
+
 def _quantize(img, dtype) -> np.ndarray:
     """Round half to even and clip to ``dtype``'s range, as ``bicubic_lr`` makes an 8-bit LR."""
     info = np.iinfo(dtype)
@@ -80,32 +85,17 @@ def _quantize(img, dtype) -> np.ndarray:
 def degrade(sr, scale: int, quantize=None) -> np.ndarray:
     """The training degradation: MATLAB-style antialiased bicubic x1/``scale`` (BasicSR's ``imresize``).
 
-    Computed as ``segsr_basicsr.data.prep.bicubic_lr`` does (float32, values / 255); ``quantize``
-    (an integer dtype such as ``np.uint8``) also rounds and clips as it does, so an 8-bit HR gives
-    its 8-bit LR bit for bit. Returns float64 H/scale x W/scale x C."""
+    Computed in float32 on values / 255; ``quantize`` (an integer dtype such as ``np.uint8``) rounds half
+    to even and clips, as BasicSR's ``tensor2img`` does: this is the data prep's LR maker
+    (``segsr_basicsr.data.prep.bicubic_lr``). Returns float64 H/scale x W/scale x C."""
     sr = np.asarray(sr)
     sr = sr[..., None] if sr.ndim == 2 else sr
-    if min(sr.shape[:2]) < 2 * scale:
-        raise DataError(f'the SR image ({sr.shape[1]}x{sr.shape[0]}) is too small to bring to the LR grid at '
-                        f'x{scale}: the MATLAB bicubic needs at least 2 LR pixels a side.')
+    if min(sr.shape[:2]) < MIN_LR_SIDE * scale:
+        raise DataError(f'the image ({sr.shape[1]}x{sr.shape[0]}) is too small to bring to the LR grid at '
+                        f'x{scale}: the MATLAB bicubic needs at least {MIN_LR_SIDE} LR pixels a side.')
     down = imresize(sr.astype(np.float32) / 255., 1. / scale) * 255.
     down = down[..., None] if down.ndim == 2 else down
     return (_quantize(down, quantize) if quantize is not None else down).astype(np.float64)
-
-
-def degrade_box(sr, scale: int, box, quantize=None) -> np.ndarray:
-    """:func:`degrade` of the LR box ``(y0, y1, x0, x1)`` only, from the SR region around it
-    (``DEGRADE_HALO`` LR pixels more a side, cut at the image edge): equal to the same box of the
-    whole-image degradation. ``sr`` can be anything sliceable (a memory map, a raster window reader)."""
-    y0, y1, x0, x1 = box
-    h, w = sr.shape[0] // scale, sr.shape[1] // scale
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise DataError(f'LR box {tuple(box)} is not inside the {w}x{h} LR grid.')
-    py0, py1 = max(0, y0 - DEGRADE_HALO), min(h, y1 + DEGRADE_HALO)
-    px0, px1 = max(0, x0 - DEGRADE_HALO), min(w, x1 + DEGRADE_HALO)
-    region = np.asarray(sr[py0 * scale:py1 * scale, px0 * scale:px1 * scale])
-    down = degrade(region, scale, quantize)
-    return down[y0 - py0:y1 - py0, x0 - px0:x1 - px0]
 
 
 def spectral_angles(img, ref) -> np.ndarray:
