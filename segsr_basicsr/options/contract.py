@@ -111,8 +111,6 @@ def _check_optimizer(train, path):
     lr = _require(optim, 'lr', (int, float), 'train:optim_g:', path)
     if not lr > 0:
         raise OptionError(f'{path}: train:optim_g:lr must be > 0, got {lr!r}.')
-    if not math.isfinite(lr):
-        raise OptionError(f'{path}: train:optim_g:lr must be a finite number > 0, got {lr!r}.')
     kwargs = {k: v for k, v in optim.items() if k not in ('type', 'lr')}
     import inspect
     defaults = inspect.signature(getattr(torch.optim, optim['type'])).parameters
