@@ -291,3 +291,23 @@ def test_segsr_model_validation_reports_the_metrics_in_results_json(tmp_path, mo
         assert values['sam'] == pytest.approx(sam_ref(sr[4:-4, 4:-4], hr[4:-4, 4:-4]), abs=1e-6)
         assert values['ergas'] == pytest.approx(ergas_ref(sr[4:-4, 4:-4], hr[4:-4, 4:-4], 4))
     assert entry['metrics']['sam'] == pytest.approx(np.mean([v['sam'] for v in entry['per_image'].values()]))
+
+
+def test_the_best_checkpoint_keeps_the_lowest_sam_and_ergas(tmp_path):
+    """BasicSR takes 'higher is better' for any metric without ``better``: net_g_best.pth would keep the worst
+    SAM. The model and the tables ask ``registered.better`` instead."""
+    from basicsr.models import build_model
+    from tests.test_model import make_opt
+    opt = make_opt(tmp_path)
+    opt['val']['metrics'] = {'psnr': {'type': 'calculate_psnr', 'crop_border': 0},
+                             'sam': {'type': 'calculate_segsr_sam'},
+                             'ergas_up': {'type': 'calculate_segsr_ergas', 'scale': 4, 'better': 'higher'}}
+    model = build_model(opt)
+    model._initialize_best_metric_results('set')
+    record = model.best_metric_results['set']
+    assert [(m, record[m]['better'], record[m]['val']) for m in record] == [
+        ('psnr', 'higher', float('-inf')), ('sam', 'lower', float('inf')), ('ergas_up', 'higher', float('-inf'))]
+    model._update_best_metric_result('set', 'sam', 3.0, 10)
+    model._update_best_metric_result('set', 'sam', 5.0, 20)
+    model._initialize_best_metric_results('set')  # later validations keep the record
+    assert (record['sam']['val'], record['sam']['iter']) == (3.0, 10)

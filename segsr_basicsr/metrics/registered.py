@@ -77,3 +77,13 @@ def calculate_segsr_ergas(img, img2=None, crop_border=0, input_order='HWC', scal
                                  lq.shape[1:] if input_order == 'CHW' and lq.ndim == 3 else lq.shape)
     img, ref, valid = _pair(img, img2, crop_border, input_order, nodata, mask, 'calculate_segsr_ergas')
     return quality.QualitySums.of(img, ref, valid).ergas(scale)
+
+
+#: metric types whose best value is the lowest unless their options say ``better`` (docs/metrics.md)
+LOWER_IS_BETTER = ('calculate_segsr_sam', 'calculate_segsr_ergas', 'calculate_lpips', 'calculate_niqe')
+
+
+def better(metric_options) -> str:
+    """'higher' or 'lower': the option ``better`` if given, else by type. BasicSR's own default is 'higher' for
+    every metric; the best-checkpoint tracking and the tables both ask here."""
+    return str(metric_options.get('better', 'lower' if metric_options.get('type') in LOWER_IS_BETTER else 'higher'))

@@ -14,6 +14,7 @@ from segsr_basicsr.archs.network_options import (PARAM_KEY_HINT, describe_checkp
                                                 load_weights)
 from segsr_basicsr.io.checkpoint import (META_KEY, get_rng_states, load_checkpoint, network_metadata, pick_state_dict, save_with_retry, set_rng_states,
                                          strip_module_prefix)
+from segsr_basicsr.metrics.registered import better
 from segsr_basicsr.utils.dist import gather_objects
 
 #: checkpoint entry of net_g_best.pth: {metric, value, iter, better, dataset}
@@ -93,6 +94,16 @@ class CheckpointsMixin:
                      describe_network(self.opt['network_g'], self.opt.get('scale')))
 
     # ----------------------------------------------------------------- the best network
+    def _initialize_best_metric_results(self, dataset_name):
+        """BasicSR's, with each metric's direction from :func:`~segsr_basicsr.metrics.registered.better`
+        (BasicSR takes 'higher' for any metric without ``better``, so SAM/ERGAS kept their worst value)."""
+        fresh = dataset_name not in getattr(self, 'best_metric_results', {})
+        super()._initialize_best_metric_results(dataset_name)
+        if fresh:
+            for metric, record in self.best_metric_results[dataset_name].items():
+                way = better(self.opt['val']['metrics'][metric])
+                record.update(better=way, val=float('-inf') if way == 'higher' else float('inf'))
+
     def _best_metric(self):
         val = self.opt.get('val') or {}
         metrics = val.get('metrics') or {}

@@ -9,12 +9,11 @@ import io
 from typing import Dict, List, Tuple
 
 from segsr_basicsr.errors import DataError
+from segsr_basicsr.metrics.registered import better
 from segsr_basicsr.results.results_json import pairs_digest
 
 __all__ = ['build_table', 'bicubic_scores', 'render_markdown', 'render_csv', 'render_latex', 'latex_escape']
 
-#: metric types whose best value is the lowest unless their options say ``better`` (docs/metrics.md)
-LOWER_IS_BETTER = ('calculate_segsr_sam', 'calculate_segsr_ergas', 'calculate_lpips', 'calculate_niqe')
 
 
 def _columns(runs) -> List[Tuple[str, str]]:
@@ -77,7 +76,7 @@ def build_table(runs, bicubic=True):
     for j, (ds, m) in enumerate(cols):
         opts = next(r['datasets'][ds]['metric_options'][m] for r in runs if ds in r['datasets'])
         values = [row[3 + j] for row in rows[:len(runs)] if row[3 + j] is not None]
-        lower = str(opts.get('better', 'lower' if opts.get('type') in LOWER_IS_BETTER else 'higher')) == 'lower'
+        lower = better(opts) == 'lower'
         best.append((min if lower else max)(values) if values else None)
     header = ['run', 'iter', 'self-ensemble', *[f'{ds} {m}' for ds, m in cols]]
     return header, rows, best
